@@ -1,0 +1,93 @@
+//! Resilience layers for tower services that also run inside a Pingora proxy.
+//!
+//! Four layers, each a plain [`tower_layer::Layer`]:
+//!
+//! | layer | short form | answers with |
+//! |---|---|---|
+//! | [`timeout::TimeoutLayer`] | [`timeout(ms)`](timeout()) | `504 Gateway Timeout` |
+//! | [`rate_limit::RateLimitLayer`] | [`rate_limit(limit, period_ms)`](rate_limit()) | `429 Too Many Requests` + `Retry-After` |
+//! | [`retry::RetryLayer`] | [`retry(max_retries)`](retry()) | the last attempt's response |
+//! | [`circuit_breaker::CircuitBreakerLayer`] | [`circuit_breaker(percent, open_ms)`](circuit_breaker()) | `503 Service Unavailable` + `Retry-After` |
+//!
+//! HTTP-aware layers never change the inner error type: an axum `Router` (error type
+//! `Infallible`) stays `Infallible` and the layer answers with a response instead. Every layer
+//! keeps its state (limiter, breaker, budget) in an `Arc` owned by the layer value, so all clones
+//! of a service, and a proxy built from the same layer value, share one limit.
+//!
+//! With the `pingora` feature the same services also implement Pingora's `ProxyHttp`, so a
+//! `ServiceBuilder` stack wraps a reverse proxy too (see the `pingora-tower` crate).
+//!
+//! # Example
+//! ```
+//! use std::convert::Infallible;
+//! use http::{Request, Response};
+//! use tower::{ServiceBuilder, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let svc = ServiceBuilder::new()
+//!     .layer(middlewares::timeout(5_000))
+//!     .layer(middlewares::rate_limit(100, 1_000))
+//!     .layer(middlewares::retry(2))
+//!     .layer(middlewares::circuit_breaker(50, 10_000))
+//!     .service_fn(|_req: Request<String>| async {
+//!         Ok::<_, Infallible>(Response::new(String::from("hello")))
+//!     });
+//! let res = svc.oneshot(Request::new(String::new())).await.unwrap();
+//! assert_eq!(res.status(), 200);
+//! # }
+//! ```
+
+pub mod circuit_breaker;
+pub mod rate_limit;
+pub mod retry;
+pub mod timeout;
+
+mod request_info;
+
+pub use request_info::RequestInfo;
+
+use std::time::Duration;
+
+/// A [`timeout::TimeoutLayer`] that answers `504` when the inner service takes longer than `ms`
+/// milliseconds.
+pub fn timeout(ms: u64) -> timeout::TimeoutLayer {
+    timeout::TimeoutLayer::new(Duration::from_millis(ms))
+}
+
+/// A [`rate_limit::RateLimitLayer`]: one global token bucket of capacity `limit`, refilled at
+/// `limit` tokens per `period_ms` milliseconds, rejecting with `429` when empty.
+///
+/// # Panics
+/// When `limit` or `period_ms` is zero. This short form is meant for literals; use
+/// [`rate_limit::RateLimitLayer::builder`] for values read at run time, which returns an error
+/// instead.
+pub fn rate_limit(limit: u32, period_ms: u64) -> rate_limit::RateLimitLayer {
+    match rate_limit::RateLimitLayer::builder(limit, Duration::from_millis(period_ms)).build() {
+        Ok(layer) => layer,
+        Err(e) => panic!("middlewares::rate_limit({limit}, {period_ms}): {e}"),
+    }
+}
+
+/// A [`retry::RetryLayer`] allowing up to `max_retries` extra attempts for idempotent requests
+/// that fail with an error or a `502`/`503`/`504`.
+pub fn retry(max_retries: u32) -> retry::RetryLayer {
+    retry::RetryLayer::new(max_retries)
+}
+
+/// A [`circuit_breaker::CircuitBreakerLayer`] over a count-based window of the last 20 calls that
+/// opens when at least 10 calls were seen and `failure_rate_percent` of them failed, stays open
+/// `open_ms` milliseconds, then lets 3 trial calls through half-open.
+///
+/// # Panics
+/// When `failure_rate_percent` is 0 or above 100. Use
+/// [`circuit_breaker::CircuitBreakerLayer::builder`] for values read at run time.
+pub fn circuit_breaker(failure_rate_percent: u8, open_ms: u64) -> circuit_breaker::CircuitBreakerLayer {
+    match circuit_breaker::CircuitBreakerLayer::builder()
+        .failure_rate_threshold(failure_rate_percent)
+        .wait_in_open(Duration::from_millis(open_ms))
+        .build()
+    {
+        Ok(layer) => layer,
+        Err(e) => panic!("middlewares::circuit_breaker({failure_rate_percent}, {open_ms}): {e}"),
+    }
+}

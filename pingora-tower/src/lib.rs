@@ -1,0 +1,28 @@
+//! Make Pingora and the tower ecosystem speak to each other.
+//!
+//! - [`ServeTower`] runs any tower HTTP service (an axum `Router`, a hyper service) on a Pingora
+//!   listener, streaming bodies both ways.
+//! - [`server::spawn`] runs any Pingora app in-process on an address such as `127.0.0.1:0` and
+//!   stops it cleanly: for tests, examples, benches and embedding.
+//!
+//! # Example
+//! ```no_run
+//! use axum::{routing::get, Router};
+//! use pingora_tower::{server, ServeTower};
+//!
+//! # #[tokio::main] async fn main() -> std::io::Result<()> {
+//! let app = Router::new().route("/", get(|| async { "hello" }));
+//! let running = server::spawn("127.0.0.1:0", ServeTower::new(app)).await?;
+//! println!("http://{}", running.local_addr());
+//! tokio::signal::ctrl_c().await?;
+//! running.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+pub mod body;
+pub mod serve;
+pub mod server;
+
+pub use body::{BodyError, PingoraBody};
+pub use serve::ServeTower;
+pub use server::{spawn, RunningServer};

@@ -1,0 +1,452 @@
+//! `ServeTower` end to end: axum Routers on a Pingora listener, real TCP on 127.0.0.1.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request as AxumRequest, State};
+use axum::routing::{get, post};
+use axum::Router;
+use bytes::Bytes;
+use futures_util::stream;
+use http::{Request, StatusCode, Version};
+use http_body_util::BodyExt;
+use pingora_tower::{server, RunningServer, ServeTower};
+use pingora_tower_test_support::*;
+use tokio::sync::{mpsc, oneshot, Notify};
+
+const MIB: usize = 1024 * 1024;
+
+async fn start(app: Router) -> RunningServer {
+    init_tracing();
+    server::spawn("127.0.0.1:0", ServeTower::new(app))
+        .await
+        .expect("spawn")
+}
+
+fn explode() -> &'static str {
+    panic!("handler exploded")
+}
+
+fn basic_app() -> Router {
+    Router::new()
+        .route("/", get(|| async { "hello" }))
+        .route("/echo", post(|body: Bytes| async move { body }))
+        .route("/panic", get(|| async { explode() }))
+        .route(
+            "/peer",
+            get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move { peer.to_string() }),
+        )
+        .route(
+            "/version",
+            get(|req: AxumRequest| async move { format!("{:?}", req.version()) }),
+        )
+}
+
+#[tokio::test]
+async fn get_and_post_over_real_tcp() {
+    let running = start(basic_app()).await;
+    let addr = running.local_addr();
+    assert_eq!(
+        http_get(addr, "/").await,
+        (StatusCode::OK, "hello".to_owned())
+    );
+
+    let req = Request::post("/echo")
+        .header("host", "test")
+        .body(full("ping body"))
+        .unwrap();
+    let res = send(addr, req).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(body_text(res).await, "ping body");
+
+    assert_eq!(http_get(addr, "/missing").await.0, StatusCode::NOT_FOUND);
+    running.shutdown().await;
+}
+
+#[tokio::test]
+async fn head_request_gets_headers_without_body() {
+    let running = start(basic_app()).await;
+    let req = Request::head("/")
+        .header("host", "t")
+        .body(empty())
+        .unwrap();
+    let res = send(running.local_addr(), req).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["content-length"], "5");
+    assert!(body_text(res).await.is_empty());
+    running.shutdown().await;
+}
+
+#[tokio::test]
+async fn client_address_reaches_connect_info() {
+    let running = start(basic_app()).await;
+    let (status, peer) = http_get(running.local_addr(), "/peer").await;
+    assert_eq!(status, StatusCode::OK);
+    let peer: SocketAddr = peer.parse().expect("a socket address");
+    assert_eq!(peer.ip().to_string(), "127.0.0.1");
+    assert_ne!(peer.port(), running.local_addr().port());
+    running.shutdown().await;
+}
+
+/// The handler reports the first chunk it sees; the client sends the rest of 64 MiB only after
+/// that report, so a server that buffered the whole body would never get there.
+#[tokio::test]
+async fn large_request_body_streams_to_the_service() {
+    struct Seen {
+        first_chunk: Mutex<Option<oneshot::Sender<()>>>,
+    }
+    let (first_tx, first_rx) = oneshot::channel();
+    let state = Arc::new(Seen {
+        first_chunk: Mutex::new(Some(first_tx)),
+    });
+    let app = Router::new()
+        .route(
+            "/upload",
+            post(|State(seen): State<Arc<Seen>>, body: Body| async move {
+                let mut body = body.into_data_stream();
+                let mut total = 0usize;
+                while let Some(chunk) = futures_util::StreamExt::next(&mut body).await {
+                    total += chunk.expect("chunk").len();
+                    if let Some(tx) = seen.first_chunk.lock().unwrap().take() {
+                        let _ = tx.send(());
+                    }
+                }
+                total.to_string()
+            }),
+        )
+        .with_state(state);
+    let running = start(app).await;
+
+    let (tx, body) = channel_body();
+    let req = Request::post("/upload")
+        .header("host", "t")
+        .header("content-length", (64 * MIB).to_string())
+        .body(body)
+        .unwrap();
+    let mut conn = h1_connection(running.local_addr()).await;
+    let response = tokio::spawn(async move { conn.send_request(req).await });
+
+    let chunk = Bytes::from(vec![7u8; MIB]);
+    tx.send(chunk.clone()).await.unwrap();
+    tokio::time::timeout(HANG_GUARD, first_rx)
+        .await
+        .expect("the service saw the first chunk before the client sent the rest")
+        .unwrap();
+    for _ in 1..64 {
+        tx.send(chunk.clone()).await.unwrap();
+    }
+    drop(tx);
+
+    let res = tokio::time::timeout(HANG_GUARD, response)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(body_text(res).await, (64 * MIB).to_string());
+    running.shutdown().await;
+}
+
+/// The service produces the second and later chunks only after the client has received the
+/// first bytes, so a server that buffered the whole response would never send anything.
+#[tokio::test]
+async fn large_response_body_streams_to_the_client() {
+    let client_got_bytes = Arc::new(Notify::new());
+    let produced = Arc::new(AtomicUsize::new(0));
+    let app = {
+        let client_got_bytes = client_got_bytes.clone();
+        let produced = produced.clone();
+        Router::new().route(
+            "/download",
+            get(move || {
+                let client_got_bytes = client_got_bytes.clone();
+                let produced = produced.clone();
+                async move {
+                    let chunks = stream::unfold(0usize, move |i| {
+                        let client_got_bytes = client_got_bytes.clone();
+                        let produced = produced.clone();
+                        async move {
+                            if i == 64 {
+                                return None;
+                            }
+                            if i == 1 {
+                                client_got_bytes.notified().await;
+                            }
+                            produced.fetch_add(1, Ordering::SeqCst);
+                            Some((Ok::<_, std::io::Error>(Bytes::from(vec![1u8; MIB])), i + 1))
+                        }
+                    });
+                    Body::from_stream(chunks)
+                }
+            }),
+        )
+    };
+    let running = start(app).await;
+    let res = send(
+        running.local_addr(),
+        get_request(running.local_addr(), "/download"),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["transfer-encoding"], "chunked");
+    let mut body = res.into_body();
+    let first = tokio::time::timeout(HANG_GUARD, body.frame())
+        .await
+        .expect("first bytes arrived before the service produced the rest")
+        .unwrap()
+        .unwrap();
+    let mut total = first.into_data().map(|d| d.len()).unwrap_or(0);
+    assert!(produced.load(Ordering::SeqCst) < 64);
+    client_got_bytes.notify_one();
+    while let Some(frame) = tokio::time::timeout(HANG_GUARD, body.frame())
+        .await
+        .unwrap()
+    {
+        total += frame.unwrap().into_data().map(|d| d.len()).unwrap_or(0);
+    }
+    assert_eq!(total, 64 * MIB);
+    running.shutdown().await;
+}
+
+#[tokio::test]
+async fn keep_alive_serves_100_requests_on_one_connection() {
+    let running = start(basic_app()).await;
+    let addr = running.local_addr();
+    let mut conn = h1_connection(addr).await;
+    let mut peers = std::collections::HashSet::new();
+    for _ in 0..100 {
+        conn.ready().await.expect("connection still open");
+        let res = conn.send_request(get_request(addr, "/peer")).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        peers.insert(body_text(res).await);
+    }
+    assert_eq!(
+        peers.len(),
+        1,
+        "all 100 requests came from one client socket"
+    );
+    running.shutdown().await;
+}
+
+#[tokio::test]
+async fn two_hundred_concurrent_connections_all_succeed() {
+    let running = start(basic_app()).await;
+    let addr = running.local_addr();
+    let tasks: Vec<_> = (0..200)
+        .map(|_| tokio::spawn(async move { http_get(addr, "/peer").await }))
+        .collect();
+    let mut peers = std::collections::HashSet::new();
+    for task in tasks {
+        let (status, peer) = task.await.unwrap();
+        assert_eq!(status, StatusCode::OK);
+        peers.insert(peer);
+    }
+    assert_eq!(peers.len(), 200);
+    running.shutdown().await;
+}
+
+#[tokio::test]
+async fn malformed_request_line_gets_400_and_server_keeps_serving() {
+    let running = start(basic_app()).await;
+    let addr = running.local_addr();
+    let raw = raw_exchange(addr, b"THIS IS NOT HTTP\r\n\r\n").await;
+    assert_eq!(raw_status(&raw), Some(400), "got {raw:?}");
+    assert_eq!(http_get(addr, "/").await.0, StatusCode::OK);
+    running.shutdown().await;
+}
+
+#[tokio::test]
+async fn oversized_header_gets_431_and_server_keeps_serving() {
+    let running = start(basic_app()).await;
+    let addr = running.local_addr();
+    let big = "a".repeat(64 * 1024);
+    let raw = format!("GET / HTTP/1.1\r\nHost: t\r\nX-Big: {big}\r\n\r\n");
+    let answer = raw_exchange(addr, raw.as_bytes()).await;
+    assert_eq!(
+        raw_status(&answer),
+        Some(431),
+        "got {:?}",
+        &answer[..answer.len().min(200)]
+    );
+    assert_eq!(http_get(addr, "/").await.0, StatusCode::OK);
+    running.shutdown().await;
+}
+
+#[tokio::test]
+async fn handler_panic_gives_500_and_server_keeps_serving() {
+    let running = start(basic_app()).await;
+    let addr = running.local_addr();
+    assert_eq!(
+        http_get(addr, "/panic").await.0,
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
+    assert_eq!(
+        http_get(addr, "/").await,
+        (StatusCode::OK, "hello".to_owned())
+    );
+    running.shutdown().await;
+}
+
+#[tokio::test]
+async fn service_error_gives_500() {
+    init_tracing();
+    let svc = tower::service_fn(|_req: Request<pingora_tower::PingoraBody>| async {
+        Err::<http::Response<String>, _>(std::io::Error::other("backend gone"))
+    });
+    let running = server::spawn("127.0.0.1:0", ServeTower::new(svc))
+        .await
+        .unwrap();
+    assert_eq!(
+        http_get(running.local_addr(), "/").await.0,
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
+    running.shutdown().await;
+}
+
+#[tokio::test]
+async fn expect_continue_is_answered_when_the_body_is_read() {
+    let running = start(basic_app()).await;
+    let raw =
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n";
+    let mut stream = tokio::net::TcpStream::connect(running.local_addr())
+        .await
+        .unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream.write_all(raw).await.unwrap();
+    let mut buf = vec![0u8; 1024];
+    let n = tokio::time::timeout(HANG_GUARD, stream.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let interim = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(interim.starts_with("HTTP/1.1 100"), "got {interim:?}");
+    stream.write_all(b"hello").await.unwrap();
+    let mut out = Vec::new();
+    while !String::from_utf8_lossy(&out).ends_with("hello") {
+        let n = tokio::time::timeout(HANG_GUARD, stream.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_ne!(
+            n,
+            0,
+            "connection closed early: {:?}",
+            String::from_utf8_lossy(&out)
+        );
+        out.extend_from_slice(&buf[..n]);
+    }
+    assert!(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 200"));
+    running.shutdown().await;
+}
+
+#[tokio::test]
+async fn h2c_prior_knowledge() {
+    init_tracing();
+    let running = server::spawn("127.0.0.1:0", ServeTower::new(basic_app()).h2c(true))
+        .await
+        .unwrap();
+    let addr = running.local_addr();
+    let mut conn = h2c_connection(addr).await;
+    let req = Request::get(format!("http://{addr}/version"))
+        .version(Version::HTTP_2)
+        .body(empty())
+        .unwrap();
+    let res = conn.send_request(req).await.expect("h2 request");
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.version(), Version::HTTP_2);
+    assert_eq!(body_text(res).await, "HTTP/2.0");
+
+    let req = Request::post(format!("http://{addr}/echo"))
+        .version(Version::HTTP_2)
+        .body(full("over h2"))
+        .unwrap();
+    let res = conn.send_request(req).await.expect("h2 post");
+    assert_eq!(body_text(res).await, "over h2");
+    // HTTP/1.1 still works on the same port.
+    assert_eq!(http_get(addr, "/").await.0, StatusCode::OK);
+    running.shutdown().await;
+}
+
+#[tokio::test]
+async fn shutdown_lets_in_flight_requests_finish_and_refuses_new_connections() {
+    let entered = Arc::new(Notify::new());
+    let release = Arc::new(Notify::new());
+    let app = {
+        let (entered, release) = (entered.clone(), release.clone());
+        Router::new().route(
+            "/slow",
+            get(move || async move {
+                entered.notify_one();
+                release.notified().await;
+                "finished"
+            }),
+        )
+    };
+    let mut running = start(app).await;
+    let addr = running.local_addr();
+    let in_flight = tokio::spawn(async move { http_get(addr, "/slow").await });
+    tokio::time::timeout(HANG_GUARD, entered.notified())
+        .await
+        .unwrap();
+
+    running.stop_accepting().await;
+    let refused = tokio::net::TcpStream::connect(addr).await;
+    assert!(
+        refused.is_err(),
+        "a new connection was accepted after shutdown"
+    );
+
+    release.notify_one();
+    let (status, body) = tokio::time::timeout(HANG_GUARD, in_flight)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "finished"));
+    tokio::time::timeout(HANG_GUARD, running.shutdown())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn response_frames_reach_the_client_in_order_with_backpressure() {
+    // A channel-fed body: the test decides when each frame exists.
+    let (tx, rx) = mpsc::channel::<Bytes>(1);
+    let rx = Arc::new(tokio::sync::Mutex::new(Some(rx)));
+    let app = Router::new().route(
+        "/feed",
+        get(move || {
+            let rx = rx.clone();
+            async move {
+                let rx = rx.lock().await.take().expect("one request");
+                let frames = stream::unfold(rx, |mut rx| async move {
+                    rx.recv().await.map(|b| (Ok::<_, std::io::Error>(b), rx))
+                });
+                Body::from_stream(frames)
+            }
+        }),
+    );
+    let running = start(app).await;
+    let res = send(
+        running.local_addr(),
+        get_request(running.local_addr(), "/feed"),
+    )
+    .await;
+    let mut body = res.into_body();
+    for word in ["one", "two", "three"] {
+        tx.send(Bytes::from(word)).await.unwrap();
+        let frame = tokio::time::timeout(HANG_GUARD, body.frame())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(frame.into_data().unwrap(), word);
+    }
+    drop(tx);
+    assert!(tokio::time::timeout(HANG_GUARD, body.frame())
+        .await
+        .unwrap()
+        .is_none());
+    running.shutdown().await;
+}

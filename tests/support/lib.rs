@@ -1,0 +1,148 @@
+//! Shared helpers for the end-to-end tests: real TCP clients on 127.0.0.1, raw sockets for
+//! malformed input, and streaming bodies driven by the test.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::stream;
+use http::{Request, Response};
+use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+/// The body type the test clients send.
+pub type ClientBody = BoxBody<Bytes, Infallible>;
+
+/// A deadline for steps that would otherwise hang when the code under test is broken. It guards
+/// against deadlock only; no test asserts how long anything took.
+pub const HANG_GUARD: Duration = Duration::from_secs(30);
+
+/// Installs a `tracing` subscriber once (set `RUST_LOG` to see the servers' logs).
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+/// A whole body from bytes.
+pub fn full(bytes: impl Into<Bytes>) -> ClientBody {
+    Full::new(bytes.into()).boxed()
+}
+
+/// An empty body.
+pub fn empty() -> ClientBody {
+    full(Bytes::new())
+}
+
+/// A body whose chunks the test sends one at a time; dropping the sender ends it.
+pub fn channel_body() -> (mpsc::Sender<Bytes>, ClientBody) {
+    let (tx, rx) = mpsc::channel::<Bytes>(1);
+    let frames = stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|chunk| (Ok::<_, Infallible>(Frame::data(chunk)), rx))
+    });
+    (tx, StreamBody::new(frames).boxed())
+}
+
+/// One HTTP/1.1 connection to `addr`; every request sent on it reuses the same socket.
+pub async fn h1_connection(addr: SocketAddr) -> http1::SendRequest<ClientBody> {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let (sender, conn) = http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("h1 handshake");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    sender
+}
+
+/// One HTTP/2 connection with prior knowledge (h2c) to `addr`.
+pub async fn h2c_connection(addr: SocketAddr) -> http2::SendRequest<ClientBody> {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let (sender, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+        .await
+        .expect("h2 handshake");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    sender
+}
+
+/// Sends one request on a fresh HTTP/1.1 connection.
+pub async fn send(addr: SocketAddr, req: Request<ClientBody>) -> Response<Incoming> {
+    let mut conn = h1_connection(addr).await;
+    conn.send_request(req).await.expect("request")
+}
+
+/// `GET http://addr{path}` on a fresh connection, returning status and body text.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (http::StatusCode, String) {
+    let res = send(addr, get_request(addr, path)).await;
+    let status = res.status();
+    (status, body_text(res).await)
+}
+
+/// A `GET` request for `path` with a `Host` header.
+pub fn get_request(addr: SocketAddr, path: &str) -> Request<ClientBody> {
+    Request::get(path)
+        .header(http::header::HOST, addr.to_string())
+        .body(empty())
+        .expect("request")
+}
+
+/// Collects a response body as text.
+pub async fn body_text(res: Response<Incoming>) -> String {
+    let bytes = res.into_body().collect().await.expect("body").to_bytes();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// Writes `raw` on a new connection and returns everything the server sent before it closed
+/// the connection (or until the first response is complete when it keeps it open).
+pub async fn raw_exchange(addr: SocketAddr, raw: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    // The server may answer and close before reading all of a large head: ignore write errors.
+    let _ = stream.write_all(raw).await;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(HANG_GUARD, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => {
+                out.extend_from_slice(&buf[..n]);
+                if response_complete(&out) {
+                    break;
+                }
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The status code on the first line of a raw HTTP/1 response.
+pub fn raw_status(raw: &str) -> Option<u16> {
+    raw.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn response_complete(out: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(out);
+    let Some(head_end) = text.find("\r\n\r\n") else {
+        return false;
+    };
+    let length = text[..head_end]
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse::<usize>().ok())
+                .flatten()
+        })
+        .unwrap_or(0);
+    out.len() >= head_end + 4 + length
+}
