@@ -1,0 +1,112 @@
+//! Response future of [`RateLimit`](super::RateLimit).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use http::header::HeaderValue;
+use http::{Request, Response};
+use pin_project_lite::pin_project;
+use tokio::time::Sleep;
+use tower_service::Service;
+
+use super::error::{RATELIMIT, RATELIMIT_POLICY};
+use super::RateLimited;
+
+pin_project! {
+    /// Response future of [`RateLimit`](super::RateLimit): the inner future, a queued request
+    /// waiting for its slot, or a `429` answer.
+    pub struct ResponseFuture<F, S, B> {
+        #[pin]
+        state: State<F, S, B>,
+        // `RateLimit-Policy` and `RateLimit` values, when `expose_headers` is on.
+        headers: Option<(HeaderValue, HeaderValue)>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    #[project_replace = StateReplace]
+    enum State<F, S, B> {
+        Called { #[pin] fut: F },
+        // Boxed: only queued requests pay for the timer and the space of the service and the
+        // request, the common future stays small.
+        Waiting { sleep: Pin<Box<Sleep>>, pending: Box<(S, Request<B>)> },
+        Rejected { err: RateLimited },
+        Done,
+    }
+}
+
+impl<F, S, B> ResponseFuture<F, S, B> {
+    pub(super) fn called(fut: F, headers: Option<(HeaderValue, HeaderValue)>) -> Self {
+        ResponseFuture {
+            state: State::Called { fut },
+            headers,
+        }
+    }
+
+    pub(super) fn waiting(
+        sleep: Sleep,
+        svc: S,
+        req: Request<B>,
+        headers: Option<(HeaderValue, HeaderValue)>,
+    ) -> Self {
+        ResponseFuture {
+            state: State::Waiting {
+                sleep: Box::pin(sleep),
+                pending: Box::new((svc, req)),
+            },
+            headers,
+        }
+    }
+
+    pub(super) fn rejected(err: RateLimited) -> Self {
+        ResponseFuture {
+            state: State::Rejected { err },
+            headers: None,
+        }
+    }
+}
+
+impl<F, S, B, ResBody> Future for ResponseFuture<F, S, B>
+where
+    S: Service<Request<B>, Response = Response<ResBody>, Future = F>,
+    F: Future<Output = Result<Response<ResBody>, S::Error>>,
+    ResBody: Default,
+{
+    type Output = Result<Response<ResBody>, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Called { fut } => {
+                    let mut res = ready!(fut.poll(cx))?;
+                    if let Some((policy, quota)) = this.headers.take() {
+                        res.headers_mut().insert(RATELIMIT_POLICY, policy);
+                        res.headers_mut().insert(RATELIMIT, quota);
+                    }
+                    this.state.set(State::Done);
+                    return Poll::Ready(Ok(res));
+                }
+                StateProj::Waiting { sleep, .. } => {
+                    ready!(sleep.as_mut().poll(cx));
+                    if let StateReplace::Waiting { pending, .. } =
+                        this.state.as_mut().project_replace(State::Done)
+                    {
+                        // The service was made ready before `call` moved it here.
+                        let (mut svc, req) = *pending;
+                        this.state.set(State::Called { fut: svc.call(req) });
+                    }
+                }
+                StateProj::Rejected { err } => {
+                    let res = err.into_response();
+                    this.state.set(State::Done);
+                    return Poll::Ready(Ok(res));
+                }
+                // Polled after completion.
+                StateProj::Done => return Poll::Pending,
+            }
+        }
+    }
+}

@@ -1,0 +1,404 @@
+//! [`RateLimitLayer`], its builder, and the host-agnostic policy methods
+//! ([`RateLimitLayer::key_for`], [`RateLimitLayer::check`]).
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{HeaderName, HeaderValue};
+use http::HeaderMap;
+use tokio::time::Instant;
+use tower_layer::Layer;
+
+use super::error::{ceil_secs, policy_value, quota_value, RATELIMIT, RATELIMIT_POLICY};
+use super::gcra::{Gcra, Verdict};
+use super::key::{self, Key, KeyValue};
+use super::limiter::{Limiter, RateLimitStats};
+use super::{ConfigError, RateLimit, RateLimited};
+use crate::RequestInfo;
+
+/// Default bound on the number of keys held in the table ([`RateLimitBuilder::max_keys`]).
+pub const DEFAULT_MAX_KEYS: usize = 100_000;
+
+/// What the limiter decided for one request, from [`RateLimitLayer::check`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Serve the request now.
+    Allow(Quota),
+    /// Queue mode: serve the request after `delay` (its slot is already reserved).
+    Delay {
+        /// How long to hold the request before serving it.
+        delay: Duration,
+        /// The key's quota after this request (`remaining` is 0).
+        quota: Quota,
+    },
+    /// Refuse the request; answer with [`RateLimited::into_response`].
+    Reject(RateLimited),
+}
+
+/// The state of a key's bucket after an admitted request, for the `RateLimit` header.
+///
+/// Kept in raw nanoseconds; the accessors convert on demand, so a caller that does not expose
+/// headers pays for no division.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    slack: u64,
+    interval: u64,
+    reset: u64,
+}
+
+impl Quota {
+    /// Requests the key could still make right now without being delayed or rejected.
+    pub fn remaining(&self) -> u32 {
+        u32::try_from(self.slack / self.interval.max(1)).unwrap_or(u32::MAX)
+    }
+
+    /// Time until the key's bucket is full again.
+    pub fn reset(&self) -> Duration {
+        Duration::from_nanos(self.reset)
+    }
+}
+
+/// Builder returned by [`RateLimitLayer::builder`].
+#[derive(Debug, Clone)]
+#[must_use = "call .build() to get a RateLimitLayer"]
+pub struct RateLimitBuilder {
+    limit: u32,
+    period: Duration,
+    burst: Option<u32>,
+    max_delay: Option<Duration>,
+    max_queue: Option<u32>,
+    key: Key,
+    trusted_hops: usize,
+    max_keys: usize,
+    expose_headers: bool,
+    dry_run: bool,
+}
+
+impl RateLimitBuilder {
+    /// Bucket capacity: how many requests a key may send at once after being idle. Default: the
+    /// `limit`. Must be > 0.
+    pub fn burst(mut self, burst: u32) -> Self {
+        self.burst = Some(burst);
+        self
+    }
+
+    /// Queue mode: instead of rejecting a request that finds the bucket empty, hold it until its
+    /// slot comes up, if that is at most `max_delay` away (nginx `limit_req ... delay`
+    /// semantics). Requests that would wait longer are rejected with `429`.
+    pub fn queue(mut self, max_delay: Duration) -> Self {
+        self.max_delay = Some(max_delay);
+        self
+    }
+
+    /// Queue mode: hold at most `n` requests per key waiting for their slot (the `burst=` of
+    /// nginx `limit_req`); the next one is rejected. Combined with [`queue`](Self::queue), the
+    /// tighter bound wins.
+    pub fn max_queue(mut self, n: u32) -> Self {
+        self.max_queue = Some(n);
+        self
+    }
+
+    /// What requests are counted against (default [`Key::Global`]).
+    pub fn key(mut self, key: Key) -> Self {
+        self.key = key;
+        self
+    }
+
+    /// Shorthand for `.key(Key::custom(f))`: a closure returning the key, or `None` to exempt the
+    /// request from limiting.
+    pub fn key_fn<F>(self, f: F) -> Self
+    where
+        F: Fn(&RequestInfo<'_>) -> Option<String> + Send + Sync + 'static,
+    {
+        self.key(Key::custom(f))
+    }
+
+    /// With [`Key::ClientIp`], trust `n` reverse proxies in front of this server: the client
+    /// is the `n`-th address from the right of the `X-Forwarded-For` list (several headers
+    /// count as one list, in order). `0` (the default) ignores `X-Forwarded-For`. When the list
+    /// has fewer than `n` entries or that entry is not an address, the connection address is
+    /// used.
+    pub fn trusted_hops(mut self, n: usize) -> Self {
+        self.trusted_hops = n;
+        self
+    }
+
+    /// Bound on the keys held in memory (default [`DEFAULT_MAX_KEYS`]). A key whose bucket is
+    /// full again is idle and may be evicted; when the table is full and nothing is idle, new
+    /// keys share one overflow bucket (with the same rate) until room frees up. Must be > 0.
+    pub fn max_keys(mut self, n: usize) -> Self {
+        self.max_keys = n;
+        self
+    }
+
+    /// Add `RateLimit-Policy` and `RateLimit` headers to admitted responses too (default off,
+    /// which keeps the common path free of header formatting). `429` answers always carry them.
+    pub fn expose_headers(mut self, expose: bool) -> Self {
+        self.expose_headers = expose;
+        self
+    }
+
+    /// Count and log (at warn level) the requests that would be delayed or rejected, but serve
+    /// every request at once (default off).
+    pub fn dry_run(mut self, dry_run: bool) -> Self {
+        self.dry_run = dry_run;
+        self
+    }
+
+    /// Checks the settings and builds the layer.
+    ///
+    /// # Errors
+    /// When `limit`, `period`, `burst` or `max_keys` is zero; the error names the field and the
+    /// value.
+    pub fn build(self) -> Result<RateLimitLayer, ConfigError> {
+        if self.limit == 0 {
+            return Err(ConfigError::new("rate_limit.limit", "> 0", self.limit));
+        }
+        if self.period.is_zero() {
+            return Err(ConfigError::new("rate_limit.period", "> 0", self.period));
+        }
+        let burst = self.burst.unwrap_or(self.limit);
+        if burst == 0 {
+            return Err(ConfigError::new("rate_limit.burst", "> 0", burst));
+        }
+        if self.max_keys == 0 {
+            return Err(ConfigError::new(
+                "rate_limit.max_keys",
+                "> 0",
+                self.max_keys,
+            ));
+        }
+        let interval =
+            u64::try_from(self.period.as_nanos() / u128::from(self.limit)).unwrap_or(u64::MAX);
+        let by_delay = self.max_delay.map(nanos);
+        let by_queue = self
+            .max_queue
+            .map(|n| u64::from(n).saturating_mul(interval.max(1)));
+        let max_delay = match (by_delay, by_queue) {
+            (Some(a), Some(b)) => a.min(b),
+            (Some(a), None) | (None, Some(a)) => a,
+            (None, None) => 0,
+        };
+        let window_secs = ceil_secs(self.period).max(1);
+        let limiter = Limiter::new(
+            Gcra::new(interval, burst, max_delay),
+            self.max_keys,
+            Instant::now(),
+        );
+        Ok(RateLimitLayer {
+            shared: Arc::new(Shared {
+                limiter,
+                policy: policy_value(self.limit, window_secs),
+                key: self.key,
+                trusted_hops: self.trusted_hops,
+                expose_headers: self.expose_headers,
+                dry_run: self.dry_run,
+                limit: self.limit,
+                burst,
+                period: self.period,
+                window_secs,
+                max_delay: Duration::from_nanos(max_delay),
+            }),
+        })
+    }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+#[derive(Debug)]
+pub(super) struct Shared {
+    limiter: Limiter,
+    policy: HeaderValue,
+    key: Key,
+    trusted_hops: usize,
+    expose_headers: bool,
+    dry_run: bool,
+    limit: u32,
+    burst: u32,
+    period: Duration,
+    window_secs: u64,
+    max_delay: Duration,
+}
+
+/// Limits the request rate of the inner service with a token bucket (GCRA), globally or per key.
+/// See the [module docs](super).
+///
+/// Cloning the layer, or any service built from it, shares one limiter: the limit holds across
+/// every clone, and across a Pingora proxy built from the same layer value.
+#[derive(Debug, Clone)]
+pub struct RateLimitLayer {
+    shared: Arc<Shared>,
+}
+
+impl RateLimitLayer {
+    /// Starts a builder: a token bucket of capacity `limit`, refilled at `limit` tokens per
+    /// `period`, one global key, rejecting mode.
+    pub fn builder(limit: u32, period: Duration) -> RateLimitBuilder {
+        RateLimitBuilder {
+            limit,
+            period,
+            burst: None,
+            max_delay: None,
+            max_queue: None,
+            key: Key::Global,
+            trusted_hops: 0,
+            max_keys: DEFAULT_MAX_KEYS,
+            expose_headers: false,
+            dry_run: false,
+        }
+    }
+
+    /// The key `info` is counted against, or `None` when a [`Key::Custom`] closure exempted it.
+    ///
+    /// Host-agnostic step 1 of 2: the tower service and the Pingora host's `request_filter`
+    /// both call this, then [`check`](Self::check). The client address is looked up in the
+    /// request extensions (see [`Key::ClientIp`]).
+    pub fn key_for<'a>(&self, info: &RequestInfo<'a>) -> Option<KeyValue<'a>> {
+        self.key_for_peer(info, None)
+    }
+
+    /// Like [`key_for`](Self::key_for), but with the client's address given directly (when
+    /// `Some`) instead of looked up in the request extensions: for a host that knows the peer
+    /// from its session and would otherwise have to insert it into the extensions.
+    /// `X-Forwarded-For` still wins when [`trusted_hops`](RateLimitBuilder::trusted_hops) is set.
+    pub fn key_for_peer<'a>(
+        &self,
+        info: &RequestInfo<'a>,
+        peer: Option<IpAddr>,
+    ) -> Option<KeyValue<'a>> {
+        let s = &*self.shared;
+        key::key_for(&s.key, s.trusted_hops, info, peer)
+    }
+
+    /// Counts one request of `key` at `now` and decides.
+    ///
+    /// Host-agnostic step 2 of 2. Read `now` once per request (`tokio::time::Instant::now()`).
+    /// An [`Allow`](Decision::Allow) or [`Delay`](Decision::Delay) has already taken its token
+    /// or slot; a [`Reject`](Decision::Reject) has not. In dry-run mode every decision comes
+    /// back as `Allow` (the would-be delays and rejections are counted and logged).
+    pub fn check(&self, key: &KeyValue<'_>, now: Instant) -> Decision {
+        let s = &*self.shared;
+        let interval = s.limiter.gcra().interval();
+        let decision = match s.limiter.step(key, now) {
+            Verdict::Allow { slack, reset } => {
+                return Decision::Allow(Quota {
+                    slack,
+                    interval,
+                    reset,
+                })
+            }
+            Verdict::Delay { delay, reset } => Decision::Delay {
+                delay: Duration::from_nanos(delay),
+                quota: Quota {
+                    slack: 0,
+                    interval,
+                    reset,
+                },
+            },
+            Verdict::Reject { retry_after, reset } => Decision::Reject(RateLimited::new(
+                Duration::from_nanos(retry_after),
+                Duration::from_nanos(reset),
+                s.limit,
+                s.window_secs,
+            )),
+        };
+        match decision {
+            Decision::Delay { delay, quota } if s.dry_run => {
+                tracing::warn!(%key, ?delay, "rate limit (dry run): request would be delayed");
+                Decision::Allow(quota)
+            }
+            Decision::Reject(err) if s.dry_run => {
+                tracing::warn!(%key, retry_after = ?err.retry_after(), "rate limit (dry run): request would be rejected");
+                Decision::Allow(Quota {
+                    slack: 0,
+                    interval,
+                    reset: nanos(err.reset()),
+                })
+            }
+            Decision::Delay { delay, .. } => {
+                tracing::debug!(%key, ?delay, "rate limit: delaying request");
+                decision
+            }
+            Decision::Reject(err) => {
+                tracing::debug!(%key, retry_after = ?err.retry_after(), "rate limit: rejecting request");
+                decision
+            }
+            Decision::Allow(_) => decision,
+        }
+    }
+
+    /// The `RateLimit-Policy` and `RateLimit` header values for an admitted request's `quota`.
+    pub fn quota_headers(&self, quota: &Quota) -> [(HeaderName, HeaderValue); 2] {
+        [
+            (RATELIMIT_POLICY, self.shared.policy.clone()),
+            (RATELIMIT, quota_value(quota.remaining(), quota.reset())),
+        ]
+    }
+
+    /// Inserts [`quota_headers`](Self::quota_headers) into `headers` when
+    /// [`expose_headers`](RateLimitBuilder::expose_headers) is on; does nothing otherwise.
+    pub fn write_quota_headers(&self, quota: &Quota, headers: &mut HeaderMap) {
+        if self.shared.expose_headers {
+            for (name, value) in self.quota_headers(quota) {
+                headers.insert(name, value);
+            }
+        }
+    }
+
+    /// Counters and the current number of keys.
+    pub fn stats(&self) -> RateLimitStats {
+        self.shared.limiter.stats()
+    }
+
+    /// Drops every key whose bucket is full again at `now`; returns how many. Optional: full
+    /// shards also sweep themselves when a new key needs room.
+    pub fn evict_idle(&self, now: Instant) -> usize {
+        self.shared.limiter.evict_idle(now)
+    }
+
+    /// The configured `limit` (tokens per `period`).
+    pub fn limit(&self) -> u32 {
+        self.shared.limit
+    }
+
+    /// The configured refill period.
+    pub fn period(&self) -> Duration {
+        self.shared.period
+    }
+
+    /// The bucket capacity.
+    pub fn burst(&self) -> u32 {
+        self.shared.burst
+    }
+
+    /// The longest a request may be held in queue mode (`Duration::ZERO` in rejecting mode).
+    pub fn max_delay(&self) -> Duration {
+        self.shared.max_delay
+    }
+
+    /// Whether admitted responses carry `RateLimit` headers.
+    pub fn exposes_headers(&self) -> bool {
+        self.shared.expose_headers
+    }
+
+    /// Whether the layer only counts and logs.
+    pub fn is_dry_run(&self) -> bool {
+        self.shared.dry_run
+    }
+
+    /// Time between two tokens (`period / limit`).
+    pub fn interval(&self) -> Duration {
+        Duration::from_nanos(self.shared.limiter.gcra().interval())
+    }
+}
+
+impl<S> Layer<S> for RateLimitLayer {
+    type Service = RateLimit<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RateLimit::new(inner, self.clone())
+    }
+}
