@@ -1,0 +1,256 @@
+//! The response future of [`Retry`](super::Retry).
+
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use http::{request, Request, Response};
+use pin_project_lite::pin_project;
+use tokio::time::{sleep, sleep_until, Instant, Sleep};
+use tower_service::Service;
+
+use super::body::{ReplayBody, Source};
+use super::error::AttemptTimedOut;
+use super::layer::Shared;
+use super::policy::ResponseClass;
+
+pin_project! {
+    /// Response future of [`Retry`](super::Retry): drives the attempts, backoff and per-try
+    /// timeouts of one request without boxing.
+    pub struct ResponseFuture<S, B>
+    where
+        S: Service<Request<ReplayBody<B>>>,
+    {
+        #[pin]
+        kind: Kind<S::Future, S, B>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<F, S, B> {
+        // A request that is never retried: one attempt, maybe bounded by the per-try timeout.
+        Once { #[pin] fut: F, #[pin] timer: Option<Sleep>, timeout: Duration },
+        // A retryable request. `timer` is the per-try timeout during an attempt and the backoff
+        // sleep between attempts (one `Sleep`, reset, never both at once).
+        Retrying { #[pin] state: State<F>, #[pin] timer: Option<Sleep>, ctx: RetryCtx<S, B> },
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F> {
+        // An attempt in flight.
+        Attempt { #[pin] fut: F },
+        // Waiting out the backoff on `timer`.
+        Backoff,
+        // Waiting for the service clone to be ready for the next attempt.
+        Ready,
+    }
+}
+
+/// What a retryable request needs for later attempts.
+struct RetryCtx<S, B> {
+    /// The service instance the first attempt was made on; polled ready before each retry.
+    service: S,
+    head: request::Parts,
+    source: Source,
+    shared: Arc<Shared>,
+    /// Retries made so far.
+    retries: u32,
+    _body: PhantomData<fn(B)>,
+}
+
+/// How one attempt ended.
+enum Outcome<R, E> {
+    Response(R),
+    Error(E),
+    TimedOut,
+}
+
+impl<S, B> ResponseFuture<S, B>
+where
+    S: Service<Request<ReplayBody<B>>>,
+{
+    /// A single attempt, bounded by `per_try_timeout` if set.
+    pub(crate) fn once(fut: S::Future, per_try_timeout: Option<Duration>) -> Self {
+        ResponseFuture {
+            kind: Kind::Once {
+                fut,
+                timer: per_try_timeout.map(sleep),
+                timeout: per_try_timeout.unwrap_or_default(),
+            },
+        }
+    }
+
+    /// The first attempt `fut` of a retryable request, started at `now` on `service`.
+    pub(crate) fn retrying(
+        fut: S::Future,
+        now: Instant,
+        service: S,
+        head: request::Parts,
+        source: Source,
+        shared: Arc<Shared>,
+    ) -> Self {
+        let timer = shared.policy.per_try_timeout.map(|d| sleep_until(now + d));
+        ResponseFuture {
+            kind: Kind::Retrying {
+                state: State::Attempt { fut },
+                timer,
+                ctx: RetryCtx {
+                    service,
+                    head,
+                    source,
+                    shared,
+                    retries: 0,
+                    _body: PhantomData,
+                },
+            },
+        }
+    }
+}
+
+impl<S, B> RetryCtx<S, B> {
+    /// Decides whether to retry after `outcome`; on yes, takes a token from the budget and
+    /// returns when the next attempt may start.
+    fn next_attempt_at<R, E>(&mut self, outcome: &Outcome<Response<R>, E>) -> Option<Instant> {
+        let shared = &*self.shared;
+        let policy = &shared.policy;
+        let retry_after = match outcome {
+            Outcome::Response(res) => match policy.classify_response(res.status(), res.headers()) {
+                ResponseClass::Final => return None,
+                ResponseClass::RetryAfterTooLong(wait) => {
+                    tracing::debug!(?wait, max = ?policy.max_retry_after, "Retry-After above the cap; not retrying");
+                    return None;
+                }
+                ResponseClass::Retryable { retry_after } => retry_after,
+            },
+            Outcome::Error(_) | Outcome::TimedOut => None,
+        };
+        if !policy.has_retries_left(self.retries) {
+            tracing::debug!(retries = self.retries, "retries exhausted");
+            return None;
+        }
+        if !self.source.is_replayable() {
+            tracing::debug!(
+                "request body not fully captured within the replay limit; not retrying"
+            );
+            return None;
+        }
+        let now = Instant::now();
+        if !shared.budget.try_withdraw_at(now) {
+            tracing::debug!("retry budget exhausted; not retrying");
+            return None;
+        }
+        let delay = retry_after.unwrap_or_else(|| shared.backoff.delay(self.retries));
+        self.retries += 1;
+        tracing::debug!(retry = self.retries, ?delay, "retrying");
+        Some(now + delay)
+    }
+
+    fn per_try_timeout(&self) -> Option<Duration> {
+        self.shared.policy.per_try_timeout
+    }
+
+    fn next_request(&self) -> Request<ReplayBody<B>>
+    where
+        B: http_body::Body,
+    {
+        Request::from_parts(self.head.clone(), ReplayBody::replay(&self.source))
+    }
+}
+
+/// Points `timer` at `deadline`, reusing the `Sleep` when there is one.
+fn arm(mut timer: Pin<&mut Option<Sleep>>, deadline: Instant) {
+    match timer.as_mut().as_pin_mut() {
+        Some(sleep) => sleep.reset(deadline),
+        None => timer.set(Some(sleep_until(deadline))),
+    }
+}
+
+impl<S, B, ResBody> Future for ResponseFuture<S, B>
+where
+    S: Service<Request<ReplayBody<B>>, Response = Response<ResBody>>,
+    B: http_body::Body,
+    ResBody: Default,
+{
+    type Output = Result<Response<ResBody>, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Once {
+                fut,
+                timer,
+                timeout,
+            } => {
+                if let Poll::Ready(result) = fut.poll(cx) {
+                    return Poll::Ready(result);
+                }
+                if let Some(sleep) = timer.as_pin_mut() {
+                    ready!(sleep.poll(cx));
+                    tracing::debug!(?timeout, "attempt timed out");
+                    return Poll::Ready(Ok(AttemptTimedOut::new(*timeout).into_response()));
+                }
+                Poll::Pending
+            }
+            KindProj::Retrying {
+                mut state,
+                mut timer,
+                ctx,
+            } => loop {
+                match state.as_mut().project() {
+                    StateProj::Attempt { fut } => {
+                        let outcome = match fut.poll(cx) {
+                            Poll::Ready(Ok(res)) => Outcome::Response(res),
+                            Poll::Ready(Err(e)) => Outcome::Error(e),
+                            Poll::Pending => {
+                                match (ctx.per_try_timeout(), timer.as_mut().as_pin_mut()) {
+                                    (Some(_), Some(sleep)) => {
+                                        ready!(sleep.poll(cx));
+                                        Outcome::TimedOut
+                                    }
+                                    _ => return Poll::Pending,
+                                }
+                            }
+                        };
+                        let Some(at) = ctx.next_attempt_at(&outcome) else {
+                            return Poll::Ready(match outcome {
+                                Outcome::Response(res) => Ok(res),
+                                Outcome::Error(e) => Err(e),
+                                Outcome::TimedOut => {
+                                    let timeout = ctx.per_try_timeout().unwrap_or_default();
+                                    tracing::debug!(?timeout, "last attempt timed out");
+                                    Ok(AttemptTimedOut::new(timeout).into_response())
+                                }
+                            });
+                        };
+                        // Drop the failed response (and its body) or the abandoned attempt now,
+                        // not after the backoff.
+                        drop(outcome);
+                        state.set(State::Backoff);
+                        arm(timer.as_mut(), at);
+                    }
+                    StateProj::Backoff => {
+                        if let Some(sleep) = timer.as_mut().as_pin_mut() {
+                            ready!(sleep.poll(cx));
+                        }
+                        state.set(State::Ready);
+                    }
+                    StateProj::Ready => {
+                        if let Err(e) = ready!(ctx.service.poll_ready(cx)) {
+                            return Poll::Ready(Err(e));
+                        }
+                        let fut = ctx.service.call(ctx.next_request());
+                        if let Some(d) = ctx.per_try_timeout() {
+                            arm(timer.as_mut(), Instant::now() + d);
+                        }
+                        state.set(State::Attempt { fut });
+                    }
+                }
+            },
+        }
+    }
+}

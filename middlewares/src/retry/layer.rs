@@ -1,0 +1,225 @@
+//! [`RetryLayer`] and its builder.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::StatusCode;
+use tower_layer::Layer;
+
+use super::backoff::Backoff;
+use super::budget::Budget;
+use super::error::ConfigError;
+use super::policy::RetryPolicy;
+use super::Retry;
+
+/// Everything a [`Retry`] service and its futures read; one per layer, behind an `Arc`.
+#[derive(Debug, Clone)]
+pub(crate) struct Shared {
+    pub(crate) policy: RetryPolicy,
+    pub(crate) backoff: Backoff,
+    /// Its own `Arc` so setters that copy `Shared` keep sharing one budget.
+    pub(crate) budget: Arc<Budget>,
+}
+
+/// Applies [`Retry`] to a service. See the [module docs](super) for the semantics.
+///
+/// Every service made by one layer value (and every clone of them) shares one retry
+/// [`Budget`]. The setters below take knobs that cannot be invalid; knobs that can
+/// (backoff, budget, per-try timeout) go through [`RetryLayer::builder`].
+#[derive(Debug, Clone)]
+pub struct RetryLayer {
+    shared: Arc<Shared>,
+}
+
+impl RetryLayer {
+    /// Up to `max_retries` retries (so `max_retries + 1` attempts) with the defaults: statuses
+    /// 502/503/504, idempotent methods only, backoff 25 ms doubling to 1 s with full jitter,
+    /// `Retry-After` honoured up to 5 s, budget 20 % of requests plus 10 retries/s over 10 s,
+    /// 64 KiB body replay, no per-try timeout.
+    pub fn new(max_retries: u32) -> Self {
+        RetryLayer {
+            shared: Arc::new(Shared {
+                policy: RetryPolicy::new(max_retries),
+                backoff: Backoff::default(),
+                budget: Arc::new(Budget::default()),
+            }),
+        }
+    }
+
+    /// A builder for every knob, validated by [`RetryLayerBuilder::build`].
+    pub fn builder(max_retries: u32) -> RetryLayerBuilder {
+        RetryLayerBuilder {
+            policy: RetryPolicy::new(max_retries),
+            backoff_base: Backoff::DEFAULT_BASE,
+            backoff_cap: Backoff::DEFAULT_CAP,
+            jitter: true,
+            budget_ratio: Budget::DEFAULT_RATIO,
+            budget_min_per_sec: Budget::DEFAULT_MIN_PER_SEC,
+            budget_window: Budget::DEFAULT_WINDOW,
+        }
+    }
+
+    fn update(mut self, f: impl FnOnce(&mut Shared)) -> Self {
+        // Copies `Shared` only if services already hold it; the budget `Arc` stays shared.
+        f(Arc::make_mut(&mut self.shared));
+        self
+    }
+
+    /// Also retries non-idempotent requests (e.g. `POST`) that carry an `Idempotency-Key`
+    /// header. Off by default.
+    pub fn retry_with_idempotency_key(self, enabled: bool) -> Self {
+        self.update(|s| s.policy.retry_with_idempotency_key = enabled)
+    }
+
+    /// Replaces the retryable statuses (default `502`, `503`, `504`).
+    pub fn retry_on_statuses(self, statuses: impl IntoIterator<Item = StatusCode>) -> Self {
+        let set = statuses.into_iter().collect();
+        self.update(|s| s.policy.statuses = set)
+    }
+
+    /// The most request-body bytes kept for replay (default 64 KiB); a longer body is sent once
+    /// and never retried.
+    pub fn max_replay_body(self, bytes: usize) -> Self {
+        self.update(|s| s.policy.max_replay_body = bytes)
+    }
+
+    /// The longest `Retry-After` honoured (default 5 s); a response asking for longer is
+    /// returned as is.
+    pub fn max_retry_after(self, max: Duration) -> Self {
+        self.update(|s| s.policy.max_retry_after = max)
+    }
+
+    /// Full jitter on (default) or off; off makes the backoff schedule exactly
+    /// `min(cap, base * 2^n)`.
+    pub fn jitter(self, enabled: bool) -> Self {
+        self.update(|s| s.backoff = s.backoff.with_jitter(enabled))
+    }
+
+    /// The rules, for a host that drives retries itself (the Pingora proxy).
+    pub fn policy(&self) -> &RetryPolicy {
+        &self.shared.policy
+    }
+
+    /// The backoff schedule.
+    pub fn backoff(&self) -> &Backoff {
+        &self.shared.backoff
+    }
+
+    /// The retry budget shared by every service of this layer.
+    pub fn budget(&self) -> &Arc<Budget> {
+        &self.shared.budget
+    }
+}
+
+impl<S> Layer<S> for RetryLayer {
+    type Service = Retry<S>;
+
+    fn layer(&self, inner: S) -> Retry<S> {
+        Retry::from_shared(inner, Arc::clone(&self.shared))
+    }
+}
+
+/// Builds a [`RetryLayer`] with validated settings. Start with [`RetryLayer::builder`].
+#[derive(Debug, Clone)]
+pub struct RetryLayerBuilder {
+    policy: RetryPolicy,
+    backoff_base: Duration,
+    backoff_cap: Duration,
+    jitter: bool,
+    budget_ratio: f32,
+    budget_min_per_sec: u32,
+    budget_window: Duration,
+}
+
+impl RetryLayerBuilder {
+    /// See [`RetryLayer::retry_with_idempotency_key`].
+    pub fn retry_with_idempotency_key(mut self, enabled: bool) -> Self {
+        self.policy.retry_with_idempotency_key = enabled;
+        self
+    }
+
+    /// See [`RetryLayer::retry_on_statuses`].
+    pub fn retry_on_statuses(mut self, statuses: impl IntoIterator<Item = StatusCode>) -> Self {
+        self.policy.statuses = statuses.into_iter().collect();
+        self
+    }
+
+    /// See [`RetryLayer::max_replay_body`].
+    pub fn max_replay_body(mut self, bytes: usize) -> Self {
+        self.policy.max_replay_body = bytes;
+        self
+    }
+
+    /// See [`RetryLayer::max_retry_after`].
+    pub fn max_retry_after(mut self, max: Duration) -> Self {
+        self.policy.max_retry_after = max;
+        self
+    }
+
+    /// Each attempt may take at most `timeout`; a slower attempt is abandoned and counts as a
+    /// retryable failure, and when no retry follows the answer is `504 Gateway Timeout`. Must be
+    /// > 0. None by default.
+    pub fn per_try_timeout(mut self, timeout: Duration) -> Self {
+        self.policy.per_try_timeout = Some(timeout);
+        self
+    }
+
+    /// Backoff ceiling for the first retry (default 25 ms), doubling per retry up to `cap`.
+    pub fn backoff_base(mut self, base: Duration) -> Self {
+        self.backoff_base = base;
+        self
+    }
+
+    /// The longest backoff delay (default 1 s). Must be >= the base.
+    pub fn backoff_cap(mut self, cap: Duration) -> Self {
+        self.backoff_cap = cap;
+        self
+    }
+
+    /// See [`RetryLayer::jitter`].
+    pub fn jitter(mut self, enabled: bool) -> Self {
+        self.jitter = enabled;
+        self
+    }
+
+    /// Retries allowed per original request (default 0.2), in `[0, 1000]`, plus a floor of
+    /// `min_per_sec` retries per second averaged over the window (default 10). See [`Budget`].
+    pub fn budget(mut self, ratio: f32, min_per_sec: u32) -> Self {
+        self.budget_ratio = ratio;
+        self.budget_min_per_sec = min_per_sec;
+        self
+    }
+
+    /// The budget's sliding window (default 10 s), in `[1 s, 60 s]`.
+    pub fn budget_window(mut self, window: Duration) -> Self {
+        self.budget_window = window;
+        self
+    }
+
+    /// Checks the settings and builds the layer.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the field and value: `per_try_timeout` of zero, a backoff base
+    /// above the cap, a budget ratio outside `[0, 1000]` or a window outside `[1 s, 60 s]`.
+    pub fn build(self) -> Result<RetryLayer, ConfigError> {
+        if self.policy.per_try_timeout == Some(Duration::ZERO) {
+            return Err(ConfigError::new(
+                "retry.per_try_timeout",
+                "retry.per_try_timeout must be > 0, got 0ns".to_owned(),
+            ));
+        }
+        let backoff = Backoff::new(self.backoff_base, self.backoff_cap)?.with_jitter(self.jitter);
+        let budget = Budget::new(
+            self.budget_ratio,
+            self.budget_min_per_sec,
+            self.budget_window,
+        )?;
+        Ok(RetryLayer {
+            shared: Arc::new(Shared {
+                policy: self.policy,
+                backoff,
+                budget: Arc::new(budget),
+            }),
+        })
+    }
+}

@@ -1,0 +1,225 @@
+//! Retries failed requests: idempotent ones, with exponential backoff, full jitter, a shared
+//! retry budget, `Retry-After`, request-body replay and an optional per-try timeout.
+//!
+//! # What is retried
+//! A request gets up to `max_retries` extra attempts when **all** of these hold:
+//!
+//! - **The request may be repeated.** Its method is idempotent per RFC 9110 §9.2.2 — `GET`,
+//!   `HEAD`, `OPTIONS`, `TRACE`, `PUT`, `DELETE` — or it carries an `Idempotency-Key` header and
+//!   [`RetryLayer::retry_with_idempotency_key`] is on. A plain `POST` or `PATCH` is sent once.
+//! - **The attempt failed:** the inner service returned an error, the attempt exceeded the
+//!   per-try timeout, or the response status is retryable (default `502`, `503`, `504`; see
+//!   [`RetryLayer::retry_on_statuses`]). The failed response and its body are dropped before the
+//!   next attempt.
+//! - **The server did not ask for too long a pause:** a `Retry-After` on a `429` or `503` (when
+//!   that status is retryable) replaces the backoff delay, up to
+//!   [`RetryLayer::max_retry_after`] (default 5 s); a longer one means the response is returned
+//!   as is. Only the delta-seconds form (`Retry-After: 2`) is read; the HTTP-date form needs the
+//!   wall clock and is ignored (the normal backoff applies).
+//! - **The budget allows it.** One [`Budget`] per layer, shared by every service and clone the
+//!   layer makes: over a 10 s window, retries may not exceed 20 % of the requests eligible for a
+//!   retry plus 10 retries per second. When it is empty the last response (or error) is returned,
+//!   so a failing backend does not get a retry storm.
+//! - **The body can be replayed** (below).
+//!
+//! When no retry follows, the last attempt's response or error is returned unchanged; a last
+//! attempt that timed out is answered `504 Gateway Timeout` with an empty body
+//! ([`AttemptTimedOut`]). The inner error type is kept, so an axum `Router` stays `Infallible`.
+//!
+//! # Backoff
+//! Before retry `n` (0 for the first) the layer waits a random delay in
+//! `[0, min(cap, base × 2^n)]` ("full jitter"), base 25 ms and cap 1 s by default
+//! ([`RetryLayerBuilder::backoff_base`], [`RetryLayerBuilder::backoff_cap`]). With
+//! [`RetryLayer::jitter`]`(false)` the delay is exactly `min(cap, base × 2^n)`.
+//!
+//! # Request bodies
+//! The inner service receives `Request<`[`ReplayBody<B>`]`>`. On the first attempt the original
+//! body streams through unchanged while up to [`RetryLayer::max_replay_body`] bytes (default
+//! 64 KiB) are kept (reference-counted `Bytes`, not copied). Later attempts replay exactly those
+//! bytes and trailers. A request is retried only if its whole body was seen by the time the
+//! attempt failed: a body longer than the limit (skipped up front when its size hint says so), a
+//! body the inner service had not finished reading, or a body that failed is sent once and its
+//! first response returned. Requests without a body need no buffer and allocate nothing for it.
+//!
+//! # Costs
+//! A request that cannot be retried costs one branch. A retryable one clones the request head
+//! (for later attempts) and the inner service, reads the clock once and adds to the budget (two
+//! atomics); the capture buffer is allocated only for requests with a body. The response future
+//! is a named type; nothing is boxed.
+//!
+//! # Pingora
+//! The decision core — [`RetryPolicy`], [`Backoff`], [`Budget`], [`parse_retry_after`] — holds no
+//! tower or Pingora types; the proxy host reads it through [`RetryLayer::policy`],
+//! [`RetryLayer::backoff`] and [`RetryLayer::budget`] and applies the same rules from its phases.
+//!
+//! # Example
+//! ```
+//! use std::convert::Infallible;
+//! use std::sync::atomic::{AtomicUsize, Ordering};
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//!
+//! use http::{Request, Response, StatusCode};
+//! use middlewares::retry::RetryLayer;
+//! use tower::{ServiceBuilder, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+//! let layer = RetryLayer::builder(2)
+//!     .backoff_base(Duration::from_millis(10))
+//!     .per_try_timeout(Duration::from_secs(1))
+//!     .build()
+//!     .expect("valid retry settings")
+//!     .retry_with_idempotency_key(true);
+//!
+//! let calls = Arc::new(AtomicUsize::new(0));
+//! let svc = ServiceBuilder::new().layer(layer).service_fn({
+//!     let calls = calls.clone();
+//!     move |_req| {
+//!         // Fails twice with 503, then succeeds.
+//!         let n = calls.fetch_add(1, Ordering::SeqCst);
+//!         async move {
+//!             let mut res = Response::new(String::new());
+//!             if n < 2 {
+//!                 *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+//!             }
+//!             Ok::<_, Infallible>(res)
+//!         }
+//!     }
+//! });
+//!
+//! let res = svc.oneshot(Request::new(String::new())).await.unwrap();
+//! assert_eq!(res.status(), StatusCode::OK);
+//! assert_eq!(calls.load(Ordering::SeqCst), 3);
+//! # }
+//! ```
+
+mod backoff;
+mod body;
+mod budget;
+mod error;
+pub mod future;
+mod layer;
+mod policy;
+#[cfg(feature = "pingora")]
+mod proxy;
+
+use std::mem;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use http_body::Body;
+use tokio::time::Instant;
+use tower_service::Service;
+
+pub use self::backoff::Backoff;
+pub use self::body::ReplayBody;
+pub use self::budget::Budget;
+pub use self::error::{AttemptTimedOut, ConfigError};
+pub use self::future::ResponseFuture;
+pub use self::layer::{RetryLayer, RetryLayerBuilder};
+pub use self::policy::{
+    is_idempotent, parse_retry_after, ResponseClass, RetryPolicy, IDEMPOTENCY_KEY,
+};
+#[cfg(feature = "pingora")]
+pub use self::proxy::RetryProxyCtx;
+
+use self::layer::Shared;
+
+/// Retries failed requests to the inner service `S`; made by [`RetryLayer`]. See the
+/// [module docs](self).
+///
+/// Clones share the layer's [`Budget`].
+#[derive(Debug, Clone)]
+pub struct Retry<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S> Retry<S> {
+    pub(crate) fn from_shared(inner: S, shared: Arc<Shared>) -> Self {
+        Retry { inner, shared }
+    }
+
+    /// The retry rules.
+    pub fn policy(&self) -> &RetryPolicy {
+        &self.shared.policy
+    }
+
+    /// The backoff schedule.
+    pub fn backoff(&self) -> &Backoff {
+        &self.shared.backoff
+    }
+
+    /// The retry budget shared with the layer and every clone.
+    pub fn budget(&self) -> &Arc<Budget> {
+        &self.shared.budget
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Retry<S>
+where
+    S: Service<Request<ReplayBody<ReqBody>>, Response = Response<ResBody>> + Clone,
+    ReqBody: Body,
+    ResBody: Default,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S, ReqBody>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        let policy = &self.shared.policy;
+        let per_try_timeout = policy.per_try_timeout;
+        if policy.max_retries == 0 || !policy.is_retryable_request(req.method(), req.headers()) {
+            let fut = self.inner.call(req.map(ReplayBody::passthrough));
+            return ResponseFuture::once(fut, per_try_timeout);
+        }
+        let (head, body) = req.into_parts();
+        let (body, source) = match ReplayBody::capture(body, policy.max_replay_body) {
+            Ok(pair) => pair,
+            Err(body) => {
+                tracing::debug!(
+                    limit = policy.max_replay_body,
+                    "request body larger than the replay limit; it will not be retried"
+                );
+                let req = Request::from_parts(head, ReplayBody::passthrough(body));
+                return ResponseFuture::once(self.inner.call(req), per_try_timeout);
+            }
+        };
+        let now = Instant::now();
+        self.shared.budget.deposit_at(now);
+        let later_head = head.clone();
+        // Call the instance that was polled ready and keep it for the retries (each polled ready
+        // again first); `self` keeps a fresh clone for its next `poll_ready`.
+        let fresh = self.inner.clone();
+        let mut service = mem::replace(&mut self.inner, fresh);
+        let fut = service.call(Request::from_parts(head, body));
+        ResponseFuture::retrying(
+            fut,
+            now,
+            service,
+            later_head,
+            source,
+            Arc::clone(&self.shared),
+        )
+    }
+}
