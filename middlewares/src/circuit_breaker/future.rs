@@ -1,0 +1,85 @@
+//! The response future of [`CircuitBreaker`](super::CircuitBreaker).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use http::Response;
+use pin_project_lite::pin_project;
+
+use super::breaker::Permit;
+use super::error::CircuitOpen;
+
+pin_project! {
+    /// Either the inner call, holding its breaker permit until it completes, or the immediate
+    /// `503` of an open breaker.
+    ///
+    /// Dropping it before completion (a cancelled call) drops the permit unrecorded, which gives
+    /// a half-open trial slot back.
+    pub struct ResponseFuture<F> {
+        #[pin]
+        kind: Kind<F>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<F> {
+        Called {
+            #[pin]
+            future: F,
+            permit: Option<Permit>,
+        },
+        Open {
+            open: CircuitOpen,
+        },
+    }
+}
+
+impl<F> ResponseFuture<F> {
+    pub(crate) fn called(future: F, permit: Permit) -> Self {
+        ResponseFuture {
+            kind: Kind::Called {
+                future,
+                permit: Some(permit),
+            },
+        }
+    }
+
+    pub(crate) fn open(open: CircuitOpen) -> Self {
+        ResponseFuture {
+            kind: Kind::Open { open },
+        }
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    B: Default,
+{
+    type Output = Result<Response<B>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Called { future, permit } => {
+                let result = ready!(future.poll(cx));
+                if let Some(permit) = permit.take() {
+                    let status = match &result {
+                        Ok(res) => Ok(res.status()),
+                        Err(_) => Err(()),
+                    };
+                    permit.finish_with(status);
+                }
+                Poll::Ready(result)
+            }
+            KindProj::Open { open } => Poll::Ready(Ok(open.to_response())),
+        }
+    }
+}
+
+impl<F> std::fmt::Debug for ResponseFuture<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("circuit_breaker::ResponseFuture")
+    }
+}

@@ -1,0 +1,212 @@
+//! Circuit breaker: stop calling a failing service, answer `503` + `Retry-After` meanwhile.
+//!
+//! The model is Resilience4j's. A breaker watches the outcomes of recent calls in a sliding
+//! window and moves between states:
+//!
+//! ```text
+//!                 failure rate or slow-call rate >= threshold
+//!                 (once the window holds the minimum calls),
+//!                 or N consecutive failures
+//!      ┌────────┐ ───────────────────────────────────────▶ ┌──────┐
+//!      │ Closed │                                          │ Open │ ──▶ 503 + Retry-After,
+//!      └────────┘ ◀──────────┐                             └──────┘     inner not called
+//!           ▲                │ every trial call done,        │   ▲
+//!           │                │ rates below thresholds        │   │ rates >= threshold
+//!           │                │                 wait_in_open  │   │ among the trial calls
+//!           │                │                      elapsed  ▼   │ (wait grows with backoff)
+//!           │                └─────────────────────────── ┌──────────┐
+//!           │                                             │ HalfOpen │ at most N trial calls
+//!           │                                             └──────────┘
+//!      reset (handle)    ForcedOpen · ForcedClosed · Disabled: set through the handle only
+//! ```
+//!
+//! - **Closed**: calls pass; outcomes fill the window. Once it holds at least `minimum_calls`
+//!   calls and the failure rate (or the slow-call rate) reaches its threshold, the breaker
+//!   opens. [`consecutive_failures`](CircuitBreakerBuilder::consecutive_failures) opens it
+//!   after that many failures in a row regardless.
+//! - **Open**: calls are answered `503 Service Unavailable` with `Retry-After` (the time left,
+//!   in whole seconds rounded up) and the inner service is not called. After `wait_in_open`
+//!   the next call attempt moves the breaker to half-open. With
+//!   [`wait_in_open_backoff`](CircuitBreakerBuilder::wait_in_open_backoff) each reopen waits
+//!   longer, until the breaker closes again.
+//! - **HalfOpen**: at most `permitted_calls_in_half_open` trial calls are in flight, even under
+//!   concurrency; the rest get `503`. A trial whose future is dropped (cancelled) gives its slot
+//!   back without counting. When the trials' failure rate reaches the threshold the breaker
+//!   reopens (as soon as that is certain); when every trial is done below it, it closes with an
+//!   empty window.
+//!
+//! # Defaults
+//! The short form [`circuit_breaker(percent, open_ms)`](crate::circuit_breaker()) and
+//! [`CircuitBreakerLayer::builder`] use: a count window of the last 20 calls
+//! ([`Window::Count`]; [`Window::Time`] buckets per second instead), at least 10 calls before
+//! it may open, failure-rate threshold 50 % (the short form sets its own), 60 s in open (idem),
+//! 3 trial calls, no slow-call tracking, no consecutive-failure trigger, no backoff, no jitter.
+//!
+//! # Classifier
+//! By default an inner `Err` and a `5xx` response are failures; everything else, `4xx`
+//! included, succeeds. [`CircuitBreakerBuilder::classify`] replaces that with a function of
+//! `Result<StatusCode, ()>` (`Err(())` = no response at all) returning an [`Outcome`]; it knows
+//! nothing of the body or error type, so the Pingora host feeds it upstream statuses and
+//! connect errors the same way. [`Outcome::Ignored`] leaves a call out of the counts.
+//!
+//! # Keyed breakers
+//! Without a key function there is one breaker (key [`DEFAULT_KEY`]) and the request path
+//! neither hashes nor allocates. [`CircuitBreakerBuilder::key_fn`] gives each key its own
+//! breaker, e.g. per path prefix or per tenant header; the registry ([`Breakers`]) is bounded
+//! by [`max_keys`](CircuitBreakerBuilder::max_keys). [`CircuitBreakerHandle`] reads states and
+//! metrics and forces states per key; [`on_state_transition`](CircuitBreakerBuilder::on_state_transition)
+//! hears every transition.
+//!
+//! # Driving the core directly
+//! [`Breaker`] holds no tower or Pingora types: `try_acquire(now)` returns a [`Permit`] or a
+//! [`CircuitOpen`], `Permit::record(outcome, now)` settles the call, and
+//! `is_call_permitted(now)` checks without taking a permit (peer selection). The proxy host
+//! keeps one breaker per upstream address in [`CircuitBreakerLayer::breakers`] and renders
+//! rejections with [`CircuitOpen::to_response`], so both hosts answer alike.
+//!
+//! # Example
+//! ```
+//! use std::convert::Infallible;
+//! use std::time::Duration;
+//! use http::{Request, Response, StatusCode};
+//! use middlewares::circuit_breaker::{CircuitBreakerLayer, State, Window, DEFAULT_KEY};
+//! use tower::{Service, ServiceBuilder, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let layer = CircuitBreakerLayer::builder()
+//!     .failure_rate_threshold(50)
+//!     .sliding_window(Window::Count(4))
+//!     .minimum_calls(4)
+//!     .wait_in_open(Duration::from_secs(30))
+//!     .build()
+//!     .expect("valid settings");
+//! let handle = layer.handle();
+//!
+//! let mut svc = ServiceBuilder::new()
+//!     .layer(layer)
+//!     .service_fn(|_req: Request<String>| async {
+//!         let mut res = Response::new(String::new());
+//!         *res.status_mut() = StatusCode::BAD_GATEWAY;
+//!         Ok::<_, Infallible>(res)
+//!     });
+//!
+//! for _ in 0..4 {
+//!     let res = svc.ready().await.unwrap().call(Request::new(String::new())).await.unwrap();
+//!     assert_eq!(res.status(), StatusCode::BAD_GATEWAY);
+//! }
+//! assert_eq!(handle.state(DEFAULT_KEY), Some(State::Open));
+//!
+//! let res = svc.ready().await.unwrap().call(Request::new(String::new())).await.unwrap();
+//! assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+//! assert_eq!(res.headers()["retry-after"], "30");
+//! # }
+//! ```
+
+mod breaker;
+mod error;
+pub mod future;
+mod layer;
+#[cfg(feature = "pingora")]
+mod proxy;
+mod registry;
+mod window;
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use tokio::time::Instant;
+use tower_service::Service;
+
+pub use self::breaker::{Breaker, Metrics, Outcome, Permit, State};
+pub use self::error::{CircuitOpen, ConfigError};
+pub use self::layer::{CircuitBreakerBuilder, CircuitBreakerHandle, CircuitBreakerLayer};
+#[cfg(feature = "pingora")]
+pub use self::proxy::CircuitBreakerProxyCtx;
+pub use self::registry::Breakers;
+pub use self::window::Window;
+
+use self::future::ResponseFuture;
+use self::layer::{Route, Shared};
+use crate::RequestInfo;
+
+/// The key of the single breaker of a layer without a key function.
+pub const DEFAULT_KEY: &str = "default";
+
+/// Calls the inner service while its breaker admits calls; answers `503` + `Retry-After`
+/// otherwise. Built by [`CircuitBreakerLayer`]; clones share the breakers.
+#[derive(Clone, Debug)]
+pub struct CircuitBreaker<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S> CircuitBreaker<S> {
+    fn from_shared(inner: S, shared: Arc<Shared>) -> Self {
+        CircuitBreaker { inner, shared }
+    }
+
+    /// The breakers this service shares with its layer (the proxy host keys them by upstream
+    /// address).
+    pub fn breakers(&self) -> &Breakers {
+        &self.shared.breakers
+    }
+
+    /// A handle on the same breakers as [`CircuitBreakerLayer::handle`].
+    pub fn handle(&self) -> CircuitBreakerHandle {
+        CircuitBreakerHandle::new(self.shared.breakers.clone())
+    }
+
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for CircuitBreaker<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: Default,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        let admitted = match &self.shared.route {
+            Route::Single(breaker) => breaker.try_acquire_with(Instant::now),
+            Route::Keyed(key_fn) => {
+                let key = key_fn(&RequestInfo::from_request(&req));
+                self.shared
+                    .breakers
+                    .get(&key)
+                    .try_acquire_with(Instant::now)
+            }
+        };
+        match admitted {
+            Ok(permit) => ResponseFuture::called(self.inner.call(req), permit),
+            Err(open) => {
+                tracing::debug!(
+                    state = %open.state(),
+                    retry_after_secs = open.retry_after_secs(),
+                    "circuit breaker rejected request"
+                );
+                ResponseFuture::open(open)
+            }
+        }
+    }
+}
