@@ -29,13 +29,18 @@
 //!     .layer(middlewares::rate_limit(100, 1_000))
 //!     .layer(middlewares::retry(2))
 //!     .layer(middlewares::circuit_breaker(50, 10_000))
-//!     .service_fn(|_req: Request<String>| async {
+//!     .service_fn(|_req: Request<middlewares::retry::ReplayBody<String>>| async {
 //!         Ok::<_, Infallible>(Response::new(String::from("hello")))
 //!     });
 //! let res = svc.oneshot(Request::new(String::new())).await.unwrap();
 //! assert_eq!(res.status(), 200);
 //! # }
 //! ```
+
+// First, so the forwarding macro is in scope for the layer modules below.
+#[cfg(feature = "pingora")]
+#[macro_use]
+pub mod proxy_host;
 
 pub mod circuit_breaker;
 pub mod rate_limit;
@@ -81,7 +86,10 @@ pub fn retry(max_retries: u32) -> retry::RetryLayer {
 /// # Panics
 /// When `failure_rate_percent` is 0 or above 100. Use
 /// [`circuit_breaker::CircuitBreakerLayer::builder`] for values read at run time.
-pub fn circuit_breaker(failure_rate_percent: u8, open_ms: u64) -> circuit_breaker::CircuitBreakerLayer {
+pub fn circuit_breaker(
+    failure_rate_percent: u8,
+    open_ms: u64,
+) -> circuit_breaker::CircuitBreakerLayer {
     match circuit_breaker::CircuitBreakerLayer::builder()
         .failure_rate_threshold(failure_rate_percent)
         .wait_in_open(Duration::from_millis(open_ms))

@@ -1,0 +1,162 @@
+//! The Pingora host of [`CircuitBreaker`]: one breaker per upstream backend.
+//!
+//! `upstream_peer` takes a permit from the breaker of the backend the inner proxy picked (keyed
+//! by its socket address, in the layer's shared registry); an open backend is skipped by asking
+//! the inner proxy for another. When every candidate is open the client gets `503` with
+//! `Retry-After` at once, and no backend is contacted. The attempt's outcome is recorded from
+//! `fail_to_connect` / `error_while_proxy` (failures) or the response status (through the layer's
+//! classifier); a permit still held when the request ends (the client went away) is released
+//! unrecorded in `logging`.
+
+use async_trait::async_trait;
+use pingora_core::upstreams::peer::{HttpPeer, Peer};
+use pingora_error::{Error, ErrorType, Result};
+use pingora_http::ResponseHeader;
+use pingora_proxy::{FailToProxy, Session};
+use tokio::time::Instant;
+
+use super::layer::Shared;
+use super::{CircuitBreaker, CircuitOpen, Outcome, Permit};
+use crate::proxy_host::{PeerChoice, ProxyPolicy};
+
+impl_proxy_http!(CircuitBreaker, Shared, CircuitBreakerProxyCtx, |this| &this
+    .shared);
+
+/// Per-request state of the circuit breaker in a proxy.
+#[derive(Debug, Default)]
+pub struct CircuitBreakerProxyCtx {
+    /// The permit of the attempt in progress.
+    permit: Option<Permit>,
+    /// The last open breaker a candidate was skipped for.
+    skipped: Option<CircuitOpen>,
+    /// Every candidate was open: this layer answers the request.
+    all_open: bool,
+}
+
+impl CircuitBreakerProxyCtx {
+    fn settle(&mut self, outcome: Outcome) {
+        if let Some(permit) = self.permit.take() {
+            permit.finish(outcome);
+        }
+    }
+}
+
+#[async_trait]
+impl ProxyPolicy for Shared {
+    type Ctx = CircuitBreakerProxyCtx;
+
+    fn new_ctx(&self) -> CircuitBreakerProxyCtx {
+        CircuitBreakerProxyCtx::default()
+    }
+
+    fn select_peer(
+        &self,
+        _session: &mut Session,
+        peer: &mut HttpPeer,
+        ctx: &mut CircuitBreakerProxyCtx,
+    ) -> Result<PeerChoice> {
+        // A permit left from an earlier attempt was settled by the failure hooks; drop any rest.
+        ctx.permit = None;
+        let breaker = self.breakers.get(&peer.address().to_string());
+        match breaker.try_acquire_with(Instant::now) {
+            Ok(permit) => {
+                ctx.permit = Some(permit);
+                Ok(PeerChoice::Accept)
+            }
+            Err(open) => {
+                tracing::debug!(backend = %peer.address(), "circuit open, skipping backend");
+                ctx.skipped = Some(open);
+                Ok(PeerChoice::Skip)
+            }
+        }
+    }
+
+    fn no_peer(&self, e: Box<Error>, ctx: &mut CircuitBreakerProxyCtx) -> Box<Error> {
+        if ctx.skipped.is_none() {
+            return e;
+        }
+        ctx.all_open = true;
+        let mut e = Error::explain(
+            ErrorType::HTTPStatus(503),
+            "every backend's circuit is open",
+        );
+        e.set_retry(false);
+        e
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut CircuitBreakerProxyCtx,
+    ) -> Result<()> {
+        if let Some(permit) = ctx.permit.take() {
+            permit.finish_with(Ok(response.status));
+        }
+        Ok(())
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut CircuitBreakerProxyCtx,
+        e: Box<Error>,
+    ) -> Box<Error> {
+        ctx.settle(self.breakers.classify(Err(())));
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        _peer: &HttpPeer,
+        _session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut CircuitBreakerProxyCtx,
+        _client_reused: bool,
+    ) -> Box<Error> {
+        // Already settled when the error is a status another layer turned into a retry.
+        ctx.settle(self.breakers.classify(Err(())));
+        e
+    }
+
+    async fn respond_to_failure(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut CircuitBreakerProxyCtx,
+    ) -> Option<FailToProxy> {
+        if !ctx.all_open || e.etype() != &ErrorType::HTTPStatus(503) {
+            return None;
+        }
+        let open = ctx.skipped.as_ref()?;
+        let mut response = ResponseHeader::build(open.status(), Some(2)).ok()?;
+        for (name, value) in &open.headers() {
+            response.insert_header(name.clone(), value.clone()).ok()?;
+        }
+        response
+            .insert_header(http::header::CONTENT_LENGTH, 0)
+            .ok()?;
+        session.set_keepalive(None);
+        if let Err(e) = session
+            .write_response_header(Box::new(response), true)
+            .await
+        {
+            tracing::debug!(error = %e, "could not write the 503 response");
+        }
+        Some(FailToProxy {
+            error_code: 503,
+            can_reuse_downstream: false,
+        })
+    }
+
+    async fn logging(
+        &self,
+        _session: &mut Session,
+        _e: Option<&Error>,
+        ctx: &mut CircuitBreakerProxyCtx,
+    ) {
+        // Still held: the request ended before the attempt did (cancelled), count nothing.
+        ctx.permit = None;
+    }
+}

@@ -1,0 +1,654 @@
+//! One macro that writes the whole `ProxyHttp` impl for a layer's service.
+
+/// Every `ProxyHttp` method the generated impl defines. A test compares this list with the
+/// methods of pingora-proxy's trait, so a method added upstream cannot silently fall back to its
+/// default instead of being forwarded.
+#[cfg(test)]
+pub(crate) const FORWARDED_METHODS: &[&str] = &[
+    "new_ctx",
+    "upstream_peer",
+    "init_downstream_modules",
+    "init_upstream_modules",
+    "request_filter",
+    "early_request_filter",
+    "allow_spawning_subrequest",
+    "request_body_filter",
+    "request_cache_filter",
+    "cache_key_callback",
+    "cache_miss",
+    "cache_hit_filter",
+    "proxy_upstream_filter",
+    "response_cache_filter",
+    "cache_vary_filter",
+    "cache_not_modified_filter",
+    "range_header_filter",
+    "upstream_request_filter",
+    "adjust_upstream_modules",
+    "upstream_response_filter",
+    "response_filter",
+    "custom_forwarding",
+    "downstream_custom_message_proxy_filter",
+    "upstream_custom_message_proxy_filter",
+    "upstream_response_body_filter",
+    "upstream_response_trailer_filter",
+    "response_body_filter",
+    "response_trailer_filter",
+    "logging",
+    "persist_connection_context",
+    "on_connection_reuse",
+    "suppress_error_log",
+    "suppress_proxy_warn_log",
+    "error_while_proxy",
+    "fail_to_connect",
+    "fail_to_proxy",
+    "should_serve_stale",
+    "connected_to_upstream",
+    "request_summary",
+    "is_purge",
+    "purge_action",
+    "purge_response_filter",
+];
+
+/// `impl_proxy_http!(Service, PolicyType, CtxType, |this| policy_expr)` implements `ProxyHttp`
+/// for `Service<S>` (a struct with an `inner: S` field) by forwarding every method to `inner` and
+/// calling the [`ProxyPolicy`](super::ProxyPolicy) (whose `Ctx` is `CtxType`) returned by
+/// `policy_expr` at its hooks.
+macro_rules! impl_proxy_http {
+    ($svc:ident, $policy:ty, $ctx:ty, |$this:ident| $get_policy:expr) => {
+        const _: () = {
+            use std::any::Any;
+            use std::borrow::Cow;
+            use std::time::Duration;
+
+            use async_trait::async_trait;
+            use bytes::Bytes;
+            use http::HeaderMap;
+            use pingora_cache::key::HashBinary;
+            use pingora_cache::{
+                CacheKey, CacheMeta, ForcedFreshness, HitHandler, PurgeAction, RespCacheable,
+            };
+            use pingora_core::modules::http::HttpModules;
+            use pingora_core::protocols::Digest;
+            use pingora_core::upstreams::peer::HttpPeer;
+            use pingora_error::{Error, Result};
+            use pingora_http::{RequestHeader, ResponseHeader};
+            use pingora_proxy::{
+                FailToProxy, ProxyHttp, ProxyWarnLogContext, PurgeStatus, RangeType, Session,
+            };
+            use tokio::sync::mpsc;
+
+            use $crate::proxy_host::{LayerCtx, PeerChoice, ProxyPolicy, MAX_PEER_SKIPS};
+
+            impl<S> $svc<S> {
+                #[inline]
+                fn proxy_policy(&self) -> &$policy {
+                    let $this = self;
+                    $get_policy
+                }
+            }
+
+            #[async_trait]
+            impl<S> ProxyHttp for $svc<S>
+            where
+                S: ProxyHttp + Send + Sync,
+                S::CTX: Send + Sync,
+            {
+                type CTX = LayerCtx<S::CTX, $ctx>;
+
+                fn new_ctx(&self) -> Self::CTX {
+                    LayerCtx {
+                        inner: self.inner.new_ctx(),
+                        own: self.proxy_policy().new_ctx(),
+                    }
+                }
+
+                async fn upstream_peer(
+                    &self,
+                    session: &mut Session,
+                    ctx: &mut Self::CTX,
+                ) -> Result<Box<HttpPeer>> {
+                    let policy = self.proxy_policy();
+                    policy.before_upstream_peer(session, &mut ctx.own).await?;
+                    for _ in 0..=MAX_PEER_SKIPS {
+                        let mut peer = match self.inner.upstream_peer(session, &mut ctx.inner).await
+                        {
+                            Ok(peer) => peer,
+                            Err(e) => return Err(policy.no_peer(e, &mut ctx.own)),
+                        };
+                        match policy.select_peer(session, &mut peer, &mut ctx.own)? {
+                            PeerChoice::Accept => return Ok(peer),
+                            PeerChoice::Skip => continue,
+                        }
+                    }
+                    let e = Error::explain(
+                        pingora_error::ErrorType::ConnectNoRoute,
+                        "every peer offered was skipped",
+                    );
+                    Err(policy.no_peer(e, &mut ctx.own))
+                }
+
+                fn init_downstream_modules(&self, modules: &mut HttpModules) {
+                    self.inner.init_downstream_modules(modules)
+                }
+
+                #[cfg(feature = "upstream_modules")]
+                fn init_upstream_modules(&self, modules: &mut HttpModules) {
+                    self.inner.init_upstream_modules(modules)
+                }
+
+                async fn request_filter(
+                    &self,
+                    session: &mut Session,
+                    ctx: &mut Self::CTX,
+                ) -> Result<bool> {
+                    if self
+                        .proxy_policy()
+                        .request_filter(session, &mut ctx.own)
+                        .await?
+                    {
+                        return Ok(true);
+                    }
+                    self.inner.request_filter(session, &mut ctx.inner).await
+                }
+
+                async fn early_request_filter(
+                    &self,
+                    session: &mut Session,
+                    ctx: &mut Self::CTX,
+                ) -> Result<()> {
+                    self.inner
+                        .early_request_filter(session, &mut ctx.inner)
+                        .await
+                }
+
+                fn allow_spawning_subrequest(&self, session: &Session, ctx: &Self::CTX) -> bool {
+                    self.inner.allow_spawning_subrequest(session, &ctx.inner)
+                }
+
+                async fn request_body_filter(
+                    &self,
+                    session: &mut Session,
+                    body: &mut Option<Bytes>,
+                    end_of_stream: bool,
+                    ctx: &mut Self::CTX,
+                ) -> Result<()> {
+                    self.inner
+                        .request_body_filter(session, body, end_of_stream, &mut ctx.inner)
+                        .await
+                }
+
+                fn request_cache_filter(
+                    &self,
+                    session: &mut Session,
+                    ctx: &mut Self::CTX,
+                ) -> Result<()> {
+                    self.inner.request_cache_filter(session, &mut ctx.inner)
+                }
+
+                fn cache_key_callback(
+                    &self,
+                    session: &Session,
+                    ctx: &mut Self::CTX,
+                ) -> Result<CacheKey> {
+                    self.inner.cache_key_callback(session, &mut ctx.inner)
+                }
+
+                fn cache_miss(&self, session: &mut Session, ctx: &mut Self::CTX) {
+                    self.inner.cache_miss(session, &mut ctx.inner)
+                }
+
+                async fn cache_hit_filter(
+                    &self,
+                    session: &mut Session,
+                    meta: &CacheMeta,
+                    hit_handler: &mut HitHandler,
+                    is_fresh: bool,
+                    ctx: &mut Self::CTX,
+                ) -> Result<Option<ForcedFreshness>> {
+                    self.inner
+                        .cache_hit_filter(session, meta, hit_handler, is_fresh, &mut ctx.inner)
+                        .await
+                }
+
+                async fn proxy_upstream_filter(
+                    &self,
+                    session: &mut Session,
+                    ctx: &mut Self::CTX,
+                ) -> Result<bool> {
+                    self.inner
+                        .proxy_upstream_filter(session, &mut ctx.inner)
+                        .await
+                }
+
+                fn response_cache_filter(
+                    &self,
+                    session: &Session,
+                    resp: &ResponseHeader,
+                    ctx: &mut Self::CTX,
+                ) -> Result<RespCacheable> {
+                    self.inner
+                        .response_cache_filter(session, resp, &mut ctx.inner)
+                }
+
+                fn cache_vary_filter(
+                    &self,
+                    meta: &CacheMeta,
+                    ctx: &mut Self::CTX,
+                    req: &RequestHeader,
+                ) -> Option<HashBinary> {
+                    self.inner.cache_vary_filter(meta, &mut ctx.inner, req)
+                }
+
+                fn cache_not_modified_filter(
+                    &self,
+                    session: &Session,
+                    resp: &ResponseHeader,
+                    ctx: &mut Self::CTX,
+                ) -> Result<bool> {
+                    self.inner
+                        .cache_not_modified_filter(session, resp, &mut ctx.inner)
+                }
+
+                fn range_header_filter(
+                    &self,
+                    session: &mut Session,
+                    resp: &mut ResponseHeader,
+                    ctx: &mut Self::CTX,
+                ) -> RangeType {
+                    self.inner
+                        .range_header_filter(session, resp, &mut ctx.inner)
+                }
+
+                async fn upstream_request_filter(
+                    &self,
+                    session: &mut Session,
+                    upstream_request: &mut RequestHeader,
+                    ctx: &mut Self::CTX,
+                ) -> Result<()> {
+                    self.inner
+                        .upstream_request_filter(session, upstream_request, &mut ctx.inner)
+                        .await
+                }
+
+                #[cfg(feature = "upstream_modules")]
+                async fn adjust_upstream_modules(
+                    &self,
+                    session: &mut Session,
+                    upstream_response: &ResponseHeader,
+                    end_of_stream: bool,
+                    ctx: &mut Self::CTX,
+                ) -> Result<()> {
+                    self.inner
+                        .adjust_upstream_modules(
+                            session,
+                            upstream_response,
+                            end_of_stream,
+                            &mut ctx.inner,
+                        )
+                        .await
+                }
+
+                async fn upstream_response_filter(
+                    &self,
+                    session: &mut Session,
+                    upstream_response: &mut ResponseHeader,
+                    ctx: &mut Self::CTX,
+                ) -> Result<()> {
+                    self.inner
+                        .upstream_response_filter(session, upstream_response, &mut ctx.inner)
+                        .await?;
+                    self.proxy_policy()
+                        .upstream_response_filter(session, upstream_response, &mut ctx.own)
+                        .await
+                }
+
+                async fn response_filter(
+                    &self,
+                    session: &mut Session,
+                    upstream_response: &mut ResponseHeader,
+                    ctx: &mut Self::CTX,
+                ) -> Result<()> {
+                    self.inner
+                        .response_filter(session, upstream_response, &mut ctx.inner)
+                        .await?;
+                    self.proxy_policy()
+                        .response_filter(session, upstream_response, &mut ctx.own)
+                        .await
+                }
+
+                async fn custom_forwarding(
+                    &self,
+                    session: &mut Session,
+                    ctx: &mut Self::CTX,
+                    custom_message_to_upstream: Option<mpsc::Sender<Bytes>>,
+                    custom_message_to_downstream: mpsc::Sender<Bytes>,
+                ) -> Result<()> {
+                    self.inner
+                        .custom_forwarding(
+                            session,
+                            &mut ctx.inner,
+                            custom_message_to_upstream,
+                            custom_message_to_downstream,
+                        )
+                        .await
+                }
+
+                async fn downstream_custom_message_proxy_filter(
+                    &self,
+                    session: &mut Session,
+                    custom_message: Bytes,
+                    ctx: &mut Self::CTX,
+                    final_hop: bool,
+                ) -> Result<Option<Bytes>> {
+                    self.inner
+                        .downstream_custom_message_proxy_filter(
+                            session,
+                            custom_message,
+                            &mut ctx.inner,
+                            final_hop,
+                        )
+                        .await
+                }
+
+                async fn upstream_custom_message_proxy_filter(
+                    &self,
+                    session: &mut Session,
+                    custom_message: Bytes,
+                    ctx: &mut Self::CTX,
+                    final_hop: bool,
+                ) -> Result<Option<Bytes>> {
+                    self.inner
+                        .upstream_custom_message_proxy_filter(
+                            session,
+                            custom_message,
+                            &mut ctx.inner,
+                            final_hop,
+                        )
+                        .await
+                }
+
+                fn upstream_response_body_filter(
+                    &self,
+                    session: &mut Session,
+                    body: &mut Option<Bytes>,
+                    end_of_stream: bool,
+                    ctx: &mut Self::CTX,
+                ) -> Result<Option<Duration>> {
+                    self.proxy_policy()
+                        .upstream_response_body_filter(session, &mut ctx.own)?;
+                    self.inner.upstream_response_body_filter(
+                        session,
+                        body,
+                        end_of_stream,
+                        &mut ctx.inner,
+                    )
+                }
+
+                fn upstream_response_trailer_filter(
+                    &self,
+                    session: &mut Session,
+                    upstream_trailers: &mut HeaderMap,
+                    ctx: &mut Self::CTX,
+                ) -> Result<()> {
+                    self.inner.upstream_response_trailer_filter(
+                        session,
+                        upstream_trailers,
+                        &mut ctx.inner,
+                    )
+                }
+
+                fn response_body_filter(
+                    &self,
+                    session: &mut Session,
+                    body: &mut Option<Bytes>,
+                    end_of_stream: bool,
+                    ctx: &mut Self::CTX,
+                ) -> Result<Option<Duration>> {
+                    self.inner
+                        .response_body_filter(session, body, end_of_stream, &mut ctx.inner)
+                }
+
+                async fn response_trailer_filter(
+                    &self,
+                    session: &mut Session,
+                    upstream_trailers: &mut HeaderMap,
+                    ctx: &mut Self::CTX,
+                ) -> Result<Option<Bytes>> {
+                    self.inner
+                        .response_trailer_filter(session, upstream_trailers, &mut ctx.inner)
+                        .await
+                }
+
+                async fn logging(
+                    &self,
+                    session: &mut Session,
+                    e: Option<&Error>,
+                    ctx: &mut Self::CTX,
+                ) {
+                    self.inner.logging(session, e, &mut ctx.inner).await;
+                    self.proxy_policy().logging(session, e, &mut ctx.own).await;
+                }
+
+                fn persist_connection_context(
+                    &self,
+                    session: &Session,
+                    ctx: &Self::CTX,
+                ) -> Option<Box<dyn Any + Send + Sync>> {
+                    self.inner.persist_connection_context(session, &ctx.inner)
+                }
+
+                fn on_connection_reuse(
+                    &self,
+                    session: &mut Session,
+                    ctx: &mut Self::CTX,
+                    prev_ctx: Box<dyn Any + Send + Sync>,
+                ) {
+                    self.inner
+                        .on_connection_reuse(session, &mut ctx.inner, prev_ctx)
+                }
+
+                fn suppress_error_log(
+                    &self,
+                    session: &Session,
+                    ctx: &Self::CTX,
+                    error: &Error,
+                ) -> bool {
+                    self.inner.suppress_error_log(session, &ctx.inner, error)
+                }
+
+                fn suppress_proxy_warn_log(
+                    &self,
+                    session: &Session,
+                    ctx: &Self::CTX,
+                    error: &Error,
+                    context: ProxyWarnLogContext,
+                ) -> bool {
+                    self.inner
+                        .suppress_proxy_warn_log(session, &ctx.inner, error, context)
+                }
+
+                fn error_while_proxy(
+                    &self,
+                    peer: &HttpPeer,
+                    session: &mut Session,
+                    e: Box<Error>,
+                    ctx: &mut Self::CTX,
+                    client_reused: bool,
+                ) -> Box<Error> {
+                    let e = self.inner.error_while_proxy(
+                        peer,
+                        session,
+                        e,
+                        &mut ctx.inner,
+                        client_reused,
+                    );
+                    self.proxy_policy().error_while_proxy(
+                        peer,
+                        session,
+                        e,
+                        &mut ctx.own,
+                        client_reused,
+                    )
+                }
+
+                fn fail_to_connect(
+                    &self,
+                    session: &mut Session,
+                    peer: &HttpPeer,
+                    ctx: &mut Self::CTX,
+                    e: Box<Error>,
+                ) -> Box<Error> {
+                    let e = self.inner.fail_to_connect(session, peer, &mut ctx.inner, e);
+                    self.proxy_policy()
+                        .fail_to_connect(session, peer, &mut ctx.own, e)
+                }
+
+                async fn fail_to_proxy(
+                    &self,
+                    session: &mut Session,
+                    e: &Error,
+                    ctx: &mut Self::CTX,
+                ) -> FailToProxy {
+                    let policy = self.proxy_policy();
+                    if let Some(answered) =
+                        policy.respond_to_failure(session, e, &mut ctx.own).await
+                    {
+                        return answered;
+                    }
+                    match policy.replace_final_error(session, e, &mut ctx.own) {
+                        Some(replaced) => {
+                            self.inner
+                                .fail_to_proxy(session, &replaced, &mut ctx.inner)
+                                .await
+                        }
+                        None => self.inner.fail_to_proxy(session, e, &mut ctx.inner).await,
+                    }
+                }
+
+                fn should_serve_stale(
+                    &self,
+                    session: &mut Session,
+                    ctx: &mut Self::CTX,
+                    error: Option<&Error>,
+                ) -> bool {
+                    self.inner
+                        .should_serve_stale(session, &mut ctx.inner, error)
+                }
+
+                async fn connected_to_upstream(
+                    &self,
+                    session: &mut Session,
+                    reused: bool,
+                    peer: &HttpPeer,
+                    #[cfg(unix)] fd: std::os::unix::io::RawFd,
+                    #[cfg(windows)] sock: std::os::windows::io::RawSocket,
+                    digest: Option<&Digest>,
+                    ctx: &mut Self::CTX,
+                ) -> Result<()> {
+                    self.inner
+                        .connected_to_upstream(
+                            session,
+                            reused,
+                            peer,
+                            #[cfg(unix)]
+                            fd,
+                            #[cfg(windows)]
+                            sock,
+                            digest,
+                            &mut ctx.inner,
+                        )
+                        .await
+                }
+
+                fn request_summary(&self, session: &Session, ctx: &Self::CTX) -> String {
+                    self.inner.request_summary(session, &ctx.inner)
+                }
+
+                fn is_purge(&self, session: &Session, ctx: &Self::CTX) -> bool {
+                    self.inner.is_purge(session, &ctx.inner)
+                }
+
+                fn purge_action(&self, session: &Session, ctx: &Self::CTX) -> PurgeAction {
+                    self.inner.purge_action(session, &ctx.inner)
+                }
+
+                fn purge_response_filter(
+                    &self,
+                    session: &Session,
+                    ctx: &mut Self::CTX,
+                    purge_status: PurgeStatus,
+                    purge_response: &mut Cow<'static, ResponseHeader>,
+                ) -> Result<()> {
+                    self.inner.purge_response_filter(
+                        session,
+                        &mut ctx.inner,
+                        purge_status,
+                        purge_response,
+                    )
+                }
+            }
+        };
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::FORWARDED_METHODS;
+
+    /// Reads pingora-proxy's `ProxyHttp` trait from the source cargo built against and fails
+    /// when it has a method the macro does not forward.
+    #[test]
+    fn every_proxy_http_method_is_forwarded() {
+        let metadata = std::process::Command::new(env!("CARGO"))
+            .args(["metadata", "--format-version", "1"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .expect("cargo metadata runs");
+        assert!(metadata.status.success(), "cargo metadata failed");
+        let json = String::from_utf8(metadata.stdout).expect("utf-8 metadata");
+        let manifest = json
+            .split("\"manifest_path\":\"")
+            .skip(1)
+            .filter_map(|s| s.split('"').next())
+            .find(|p| p.contains("pingora-proxy-") && p.ends_with("Cargo.toml"))
+            .expect("pingora-proxy is a dependency");
+        let trait_src = std::path::Path::new(manifest)
+            .parent()
+            .expect("package dir")
+            .join("src/proxy_trait.rs");
+        let source = std::fs::read_to_string(&trait_src).expect("proxy_trait.rs is readable");
+        let body = &source[source.find("pub trait ProxyHttp").expect("the trait")..];
+        let body = &body[..body.find("\n}\n").expect("end of the trait")];
+        let mut missing = Vec::new();
+        let mut seen = 0;
+        for line in body.lines() {
+            let line = line.trim_start();
+            if line.starts_with("//") {
+                continue;
+            }
+            let Some(rest) = line
+                .strip_prefix("fn ")
+                .or_else(|| line.strip_prefix("async fn "))
+            else {
+                continue;
+            };
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
+            seen += 1;
+            if !FORWARDED_METHODS.contains(&name.as_str()) {
+                missing.push(name);
+            }
+        }
+        assert!(
+            seen >= 40,
+            "parsed only {seen} methods from {}",
+            trait_src.display()
+        );
+        assert!(
+            missing.is_empty(),
+            "ProxyHttp methods not forwarded: {missing:?}"
+        );
+    }
+}

@@ -1,0 +1,91 @@
+//! The Pingora host of [`RateLimit`]: admission in `request_filter`, before any upstream work.
+//!
+//! The key comes from the same [`RateLimitLayer::key_for_peer`] the tower host uses, with the
+//! client address taken from the Pingora session; a rejected request is answered `429` with
+//! `Retry-After` and the `RateLimit` headers, and no upstream is contacted. In queue mode the
+//! request waits for its slot inside `request_filter`.
+
+use async_trait::async_trait;
+use pingora_error::Result;
+use pingora_http::ResponseHeader;
+use pingora_proxy::Session;
+use tokio::time::Instant;
+
+use super::{Decision, Quota, RateLimit, RateLimitLayer, RateLimited};
+use crate::proxy_host::ProxyPolicy;
+use crate::RequestInfo;
+
+impl_proxy_http!(RateLimit, RateLimitLayer, RateLimitProxyCtx, |this| &this
+    .layer);
+
+/// Per-request state of the rate limiter in a proxy: the admitted request's quota, for the
+/// `RateLimit` response headers when they are exposed.
+#[derive(Debug, Default)]
+pub struct RateLimitProxyCtx {
+    quota: Option<Quota>,
+}
+
+async fn reject(session: &mut Session, limited: &RateLimited) -> Result<bool> {
+    let headers = limited.headers();
+    let mut response = ResponseHeader::build(limited.status(), Some(headers.len() + 1))?;
+    for (name, value) in &headers {
+        response.insert_header(name.clone(), value.clone())?;
+    }
+    response.insert_header(http::header::CONTENT_LENGTH, 0)?;
+    // The request body may be unread: do not reuse this connection.
+    session.set_keepalive(None);
+    session
+        .write_response_header(Box::new(response), true)
+        .await?;
+    Ok(true)
+}
+
+#[async_trait]
+impl ProxyPolicy for RateLimitLayer {
+    type Ctx = RateLimitProxyCtx;
+
+    fn new_ctx(&self) -> RateLimitProxyCtx {
+        RateLimitProxyCtx::default()
+    }
+
+    async fn request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RateLimitProxyCtx,
+    ) -> Result<bool> {
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let decision = {
+            let info = RequestInfo::from_parts(session.req_header());
+            match self.key_for_peer(&info, peer) {
+                Some(key) => self.check(&key, Instant::now()),
+                None => return Ok(false),
+            }
+        };
+        match decision {
+            Decision::Allow(quota) => ctx.quota = Some(quota),
+            Decision::Delay { delay, quota } => {
+                tokio::time::sleep(delay).await;
+                ctx.quota = Some(quota);
+            }
+            Decision::Reject(limited) => return reject(session, &limited).await,
+        }
+        Ok(false)
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut RateLimitProxyCtx,
+    ) -> Result<()> {
+        if let (Some(quota), true) = (ctx.quota, self.exposes_headers()) {
+            for (name, value) in self.quota_headers(&quota) {
+                response.insert_header(name, value)?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,143 @@
+//! The Pingora host of [`Retry`]: Pingora's own retry loop, steered by the same policy.
+//!
+//! Pingora retries an attempt when the error it ended with says so (`Error::retry`) and then
+//! asks `upstream_peer` again. This host decides that flag:
+//! - a failed connect (nothing reached the upstream) is retried for any method;
+//! - a retryable status (`502`/`503`/`504` by default) is turned into a retryable error in
+//!   `upstream_response_filter`, before anything is sent downstream, for retryable requests only
+//!   (idempotent methods, or `Idempotency-Key` when enabled);
+//! - an error mid-exchange is retried only for retryable requests whose body Pingora still holds
+//!   in full (its retry buffer keeps 64 KiB), so a non-idempotent request is never sent twice
+//!   once any byte of it reached an upstream;
+//! - every retry needs retries left and a withdrawal from the shared budget; the backoff (or the
+//!   server's `Retry-After`) is waited out before the next peer is picked.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{Error, ErrorType, Result};
+use pingora_http::ResponseHeader;
+use pingora_proxy::Session;
+
+use super::layer::Shared;
+use super::{ResponseClass, Retry};
+use crate::proxy_host::ProxyPolicy;
+
+impl_proxy_http!(Retry, Shared, RetryProxyCtx, |this| &this.shared);
+
+/// Per-request state of the retry layer in a proxy.
+#[derive(Debug, Default)]
+pub struct RetryProxyCtx {
+    /// Retries granted so far.
+    retries: u32,
+    /// Whether the request may be retried after bytes of it reached an upstream.
+    retryable_request: bool,
+    /// The wait before the next attempt.
+    delay: Option<Duration>,
+    /// This layer turned the last response into an error to retry it.
+    status_retry: bool,
+}
+
+impl Shared {
+    /// Grants one more retry if the policy and the budget allow, and plans its delay.
+    fn grant_retry(&self, ctx: &mut RetryProxyCtx, retry_after: Option<Duration>) -> bool {
+        if !self.policy.has_retries_left(ctx.retries) || !self.budget.try_withdraw() {
+            return false;
+        }
+        ctx.delay = Some(retry_after.unwrap_or_else(|| self.backoff.delay(ctx.retries)));
+        ctx.retries += 1;
+        true
+    }
+}
+
+#[async_trait]
+impl ProxyPolicy for Shared {
+    type Ctx = RetryProxyCtx;
+
+    fn new_ctx(&self) -> RetryProxyCtx {
+        RetryProxyCtx::default()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RetryProxyCtx) -> Result<bool> {
+        let head = session.req_header();
+        ctx.retryable_request = self
+            .policy
+            .is_retryable_request(&head.method, &head.headers);
+        self.budget.deposit();
+        Ok(false)
+    }
+
+    async fn before_upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RetryProxyCtx,
+    ) -> Result<()> {
+        if let Some(delay) = ctx.delay.take() {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut RetryProxyCtx,
+    ) -> Result<()> {
+        if !ctx.retryable_request || session.as_ref().retry_buffer_truncated() {
+            return Ok(());
+        }
+        let ResponseClass::Retryable { retry_after } = self
+            .policy
+            .classify_response(response.status, &response.headers)
+        else {
+            return Ok(());
+        };
+        if !self.grant_retry(ctx, retry_after) {
+            return Ok(());
+        }
+        ctx.status_retry = true;
+        let mut e = Error::explain(
+            ErrorType::HTTPStatus(response.status.as_u16()),
+            "retryable upstream status",
+        );
+        e.set_retry(true);
+        Err(e)
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RetryProxyCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        // Nothing reached the upstream: safe to retry whatever the method.
+        let retry = self.grant_retry(ctx, None);
+        e.set_retry(retry);
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        _peer: &HttpPeer,
+        session: &mut Session,
+        mut e: Box<Error>,
+        ctx: &mut RetryProxyCtx,
+        _client_reused: bool,
+    ) -> Box<Error> {
+        if std::mem::take(&mut ctx.status_retry) {
+            // Our own retryable status, already granted above.
+            e.set_retry(true);
+            return e;
+        }
+        let retry = ctx.retryable_request
+            && !session.as_ref().retry_buffer_truncated()
+            && self.grant_retry(ctx, None);
+        e.set_retry(retry);
+        e
+    }
+}
