@@ -4,6 +4,8 @@
 //!   listener, streaming bodies both ways.
 //! - [`server::spawn`] runs any Pingora app in-process on an address such as `127.0.0.1:0` and
 //!   stops it cleanly: for tests, examples, benches and embedding.
+//! - [`PingoraProxy`] builds a reverse proxy (routes, balancing, health checks, timeouts) that
+//!   `tower` layers can wrap; see the [`proxy`] module.
 //!
 //! # Example
 //! ```no_run
@@ -20,9 +22,15 @@
 //! ```
 
 pub mod body;
+pub mod proxy;
 pub mod serve;
 pub mod server;
 
+/// The tower layers of the `middlewares` crate (timeout, rate limit, retry, circuit breaker),
+/// built with its `pingora` feature so each also wraps a `ProxyHttp`.
+pub use middlewares as middleware;
+
 pub use body::{BodyError, PingoraBody};
+pub use proxy::{PingoraProxy, ProxyConfigError, Route, RunningProxy, Upstream};
 pub use serve::ServeTower;
 pub use server::{spawn, RunningServer};

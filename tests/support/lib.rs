@@ -146,3 +146,21 @@ fn response_complete(out: &[u8]) -> bool {
         .unwrap_or(0);
     out.len() >= head_end + 4 + length
 }
+
+/// `GET path` with this `Host` header on a fresh connection to `addr`, returning status and
+/// body text.
+pub async fn get_with_host(addr: SocketAddr, host: &str, path: &str) -> (http::StatusCode, String) {
+    let req = Request::get(path)
+        .header(http::header::HOST, host)
+        .body(empty())
+        .expect("request");
+    let res = send(addr, req).await;
+    let status = res.status();
+    (status, body_text(res).await)
+}
+
+/// An address on 127.0.0.1 that refuses connections: a port bound and released at once.
+pub fn refusing_addr() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("local addr")
+}

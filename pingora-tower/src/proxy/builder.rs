@@ -1,0 +1,310 @@
+//! [`ProxyBuilder`] → [`ProxyServer`] → [`RunningProxy`]: configure, validate, serve.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pingora_core::apps::HttpServerOptions;
+use pingora_core::server::configuration::ServerConf;
+use pingora_proxy::ProxyHttp;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tower::layer::util::{Identity, Stack};
+use tower::ServiceBuilder;
+use tower_layer::Layer;
+
+use super::error::{ProxyConfigError, ProxyError};
+use super::route::{Route, RouteTable};
+use super::routing::{BackendStatus, RoutingProxy, Timeouts};
+use super::upstream::UpstreamGroup;
+use crate::server::{self, RunningServer};
+
+/// Size of the upstream keep-alive connection pool (idle connections kept across all
+/// backends), the `ServerConf::upstream_keepalive_pool_size` the proxy uses by default.
+pub const DEFAULT_UPSTREAM_KEEPALIVE_POOL: usize = 128;
+
+/// Configures a proxy: listen address, routes, timeouts and `tower` layers. Made by
+/// [`PingoraProxy::builder`](super::PingoraProxy::builder); nothing is validated or bound
+/// until [`build`](Self::build).
+#[derive(Debug)]
+pub struct ProxyBuilder<L = Identity> {
+    addr: String,
+    routes: Vec<Route>,
+    connect_ms: Option<u64>,
+    request_ms: Option<u64>,
+    layers: ServiceBuilder<L>,
+    conf: ServerConf,
+    h2c: bool,
+}
+
+impl ProxyBuilder<Identity> {
+    pub(crate) fn new(addr: &str) -> Self {
+        let conf = ServerConf {
+            upstream_keepalive_pool_size: DEFAULT_UPSTREAM_KEEPALIVE_POOL,
+            ..ServerConf::default()
+        };
+        ProxyBuilder {
+            addr: addr.to_owned(),
+            routes: Vec::new(),
+            connect_ms: None,
+            request_ms: None,
+            layers: ServiceBuilder::new(),
+            conf,
+            h2c: false,
+        }
+    }
+}
+
+impl<L> ProxyBuilder<L> {
+    /// Adds routes (see [`Route`] for matching and precedence).
+    pub fn routes(mut self, routes: impl IntoIterator<Item = Route>) -> Self {
+        self.routes.extend(routes);
+        self
+    }
+
+    /// Adds one route.
+    pub fn route(mut self, route: Route) -> Self {
+        self.routes.push(route);
+        self
+    }
+
+    /// `connect_ms` limits each connection attempt (TCP connect plus TLS handshake; default
+    /// 5 000). `request_ms` is a deadline for the whole request, across every attempt: the
+    /// proxy answers `504` when it passes before the upstream answered, and cuts a body still
+    /// streaming then. Without it there is no overall deadline, only the 60 s idle limits on
+    /// each upstream read and write.
+    pub fn with_timeouts(mut self, connect_ms: u64, request_ms: u64) -> Self {
+        self.connect_ms = Some(connect_ms);
+        self.request_ms = Some(request_ms);
+        self
+    }
+
+    /// Wraps the proxy in a `tower` layer whose service implements Pingora's `ProxyHttp`.
+    /// Layers stack like `ServiceBuilder`: the first one added is the outermost, so it sees
+    /// each phase first.
+    pub fn middleware<T>(self, layer: T) -> ProxyBuilder<Stack<T, L>> {
+        ProxyBuilder {
+            addr: self.addr,
+            routes: self.routes,
+            connect_ms: self.connect_ms,
+            request_ms: self.request_ms,
+            layers: self.layers.layer(layer),
+            conf: self.conf,
+            h2c: self.h2c,
+        }
+    }
+
+    /// Replaces the Pingora server configuration (only the upstream connector settings such
+    /// as `upstream_keepalive_pool_size` and `max_retries` matter here; the proxy runs on the
+    /// caller's tokio runtime, not on Pingora's threads).
+    pub fn server_conf(mut self, conf: ServerConf) -> Self {
+        self.conf = conf;
+        self
+    }
+
+    /// Also accepts cleartext HTTP/2 with prior knowledge (h2c) from clients.
+    pub fn h2c(mut self, enabled: bool) -> Self {
+        self.h2c = enabled;
+        self
+    }
+
+    /// Validates the routes, upstreams and timeouts, resolves upstream host names, builds the
+    /// load balancers and applies the layers.
+    ///
+    /// # Errors
+    /// [`ProxyConfigError`], naming the offending field and value.
+    pub fn build(self) -> Result<ProxyServer<L::Service>, ProxyConfigError>
+    where
+        L: Layer<RoutingProxy>,
+    {
+        let mut timeouts = Timeouts::default();
+        if let Some(ms) = self.connect_ms {
+            if ms == 0 {
+                return Err(ProxyConfigError::InvalidTimeout {
+                    field: "connect_ms",
+                });
+            }
+            timeouts.connect = Duration::from_millis(ms);
+        }
+        if let Some(ms) = self.request_ms {
+            if ms == 0 {
+                return Err(ProxyConfigError::InvalidTimeout {
+                    field: "request_ms",
+                });
+            }
+            timeouts.request = Some(Duration::from_millis(ms));
+        }
+        let table = RouteTable::build(&self.routes)?;
+        let mut groups = Vec::with_capacity(self.routes.len());
+        for route in &self.routes {
+            if route.upstream().is_empty() {
+                return Err(ProxyConfigError::EmptyUpstream {
+                    route: route.name(),
+                });
+            }
+            groups.push(UpstreamGroup::build(route.upstream())?);
+        }
+        let base = RoutingProxy::new(table, groups, timeouts);
+        Ok(ProxyServer {
+            service: self.layers.service(base.clone()),
+            base,
+            addr: self.addr,
+            conf: Arc::new(self.conf),
+            h2c: self.h2c,
+        })
+    }
+
+    /// [`build`](Self::build), then [`ProxyServer::start`]: serves until SIGINT or SIGTERM.
+    ///
+    /// # Errors
+    /// A configuration error, or an I/O error binding the address.
+    pub async fn start(self) -> Result<(), ProxyError>
+    where
+        L: Layer<RoutingProxy>,
+        L::Service: ProxyHttp + Send + Sync + 'static,
+        <L::Service as ProxyHttp>::CTX: Send + Sync,
+    {
+        self.build()?.start().await?;
+        Ok(())
+    }
+
+    /// [`build`](Self::build), then [`ProxyServer::spawn`].
+    ///
+    /// # Errors
+    /// A configuration error, or an I/O error binding the address.
+    pub async fn spawn(self) -> Result<RunningProxy, ProxyError>
+    where
+        L: Layer<RoutingProxy>,
+        L::Service: ProxyHttp + Send + Sync + 'static,
+        <L::Service as ProxyHttp>::CTX: Send + Sync,
+    {
+        Ok(self.build()?.spawn().await?)
+    }
+}
+
+/// A validated proxy, ready to [`start`](Self::start) or [`spawn`](Self::spawn). `S` is the
+/// layered `ProxyHttp` service ([`RoutingProxy`] without middleware).
+#[derive(Debug)]
+pub struct ProxyServer<S> {
+    service: S,
+    base: RoutingProxy,
+    addr: String,
+    conf: Arc<ServerConf>,
+    h2c: bool,
+}
+
+impl<S> ProxyServer<S>
+where
+    S: ProxyHttp + Send + Sync + 'static,
+    S::CTX: Send + Sync,
+{
+    /// Binds the listen address, starts the health checks and serves on the current tokio
+    /// runtime until SIGINT (Ctrl-C) or SIGTERM, then shuts down gracefully: no new
+    /// connections, in-flight requests finish (up to
+    /// [`DEFAULT_SHUTDOWN_GRACE`](crate::server::DEFAULT_SHUTDOWN_GRACE)).
+    ///
+    /// # Errors
+    /// Binding the address or installing the signal handlers failed.
+    pub async fn start(self) -> std::io::Result<()> {
+        let running = self.spawn().await?;
+        tracing::info!(addr = %running.local_addr(), "proxy listening");
+        let signal = shutdown_signal().await;
+        tracing::info!("shutdown signal received, draining connections");
+        running.shutdown().await;
+        signal
+    }
+
+    /// Binds the listen address (`"127.0.0.1:0"` picks a free port), starts the health
+    /// checks and serves in the background until [`RunningProxy::shutdown`] (or drop).
+    ///
+    /// # Errors
+    /// The address does not parse or cannot be bound.
+    pub async fn spawn(self) -> std::io::Result<RunningProxy> {
+        let (stop, stop_rx) = watch::channel(false);
+        let health_tasks = self
+            .base
+            .groups()
+            .iter()
+            .filter_map(|g| g.spawn_health_checks(stop_rx.clone()))
+            .collect();
+        let mut app = pingora_proxy::http_proxy(&self.conf, self.service);
+        if self.h2c {
+            let mut options = HttpServerOptions::default();
+            options.h2c = true;
+            app.server_options = Some(options);
+        }
+        // On a bind error, dropping `stop` ends the health checks again.
+        let server = server::spawn(&self.addr, app).await?;
+        Ok(RunningProxy {
+            local_addr: server.local_addr(),
+            server: Some(server),
+            base: self.base,
+            stop,
+            health_tasks,
+        })
+    }
+
+    /// The layered service.
+    pub fn service(&self) -> &S {
+        &self.service
+    }
+}
+
+impl<S> ProxyServer<S> {
+    /// The base proxy, for [`RoutingProxy::backends`].
+    pub fn routing(&self) -> &RoutingProxy {
+        &self.base
+    }
+}
+
+/// A proxy serving in the background. Dropping it stops accepting and stops the health checks;
+/// [`shutdown`](Self::shutdown) also waits for in-flight requests.
+#[derive(Debug)]
+pub struct RunningProxy {
+    server: Option<RunningServer>,
+    local_addr: std::net::SocketAddr,
+    base: RoutingProxy,
+    stop: watch::Sender<bool>,
+    health_tasks: Vec<JoinHandle<()>>,
+}
+
+impl RunningProxy {
+    /// The address actually bound.
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.local_addr
+    }
+
+    /// Every backend with its current health (see [`RoutingProxy::backends`]).
+    pub fn backends(&self) -> Vec<BackendStatus> {
+        self.base.backends()
+    }
+
+    /// Stops accepting, lets in-flight requests finish (bounded by the server's grace
+    /// period), then stops the health checks.
+    pub async fn shutdown(mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown().await;
+        }
+        let _ = self.stop.send(true);
+        for task in std::mem::take(&mut self.health_tasks) {
+            if let Err(e) = task.await {
+                tracing::error!(error = %e, "a health check task ended abnormally");
+            }
+        }
+    }
+}
+
+impl Drop for RunningProxy {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+/// Waits for SIGINT or SIGTERM.
+async fn shutdown_signal() -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r,
+        _ = term.recv() => Ok(()),
+    }
+}

@@ -1,0 +1,105 @@
+//! A ready reverse proxy on Pingora: routing by host and path prefix, weighted or
+//! consistent-hash balancing with active health checks (`pingora-load-balancing`), failover on
+//! connect errors, a request deadline, `X-Forwarded-*` headers, and `tower` layers around it.
+//!
+//! - [`PingoraProxy`] is the entry point: [`start`](PingoraProxy::start) (demo shortcut),
+//!   [`with_routes`](PingoraProxy::with_routes) and [`builder`](PingoraProxy::builder).
+//! - [`ProxyBuilder`] collects [`Route`]s, timeouts and `.middleware(layer)`s;
+//!   [`build`](ProxyBuilder::build) validates everything into a [`ProxyServer`], which
+//!   [`start`](ProxyServer::start)s (until SIGINT/SIGTERM) or [`spawn`](ProxyServer::spawn)s
+//!   (a [`RunningProxy`] for tests and embedding).
+//! - [`RoutingProxy`] is the base `ProxyHttp` the layers wrap; its docs state the
+//!   `upstream_peer` contract layers can rely on, and [`ProxyCtx`] its per-request state.
+//!
+//! The proxy runs on the caller's tokio runtime through [`server::spawn`](crate::server::spawn)
+//! (Pingora's `HttpProxy` built by `pingora_proxy::http_proxy`), with Pingora's upstream
+//! connection pool ([`DEFAULT_UPSTREAM_KEEPALIVE_POOL`] idle connections, each kept
+//! [`DEFAULT_UPSTREAM_IDLE_TIMEOUT`]).
+//!
+//! # Example
+//! ```no_run
+//! use std::time::Duration;
+//! use pingora_tower::proxy::{HealthCheck, PingoraProxy, Route, Upstream};
+//!
+//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let routes = vec![
+//!     Route::prefix("/", Upstream::weighted([("http://127.0.0.1:9000", 3), ("http://127.0.0.1:9001", 1)])
+//!         .health_check(HealthCheck::http("/health").interval(Duration::from_secs(1)))),
+//!     Route::prefix("/api", Upstream::new("http://127.0.0.1:9002")),
+//!     Route::host("*.example.com", Upstream::new("https://backend.example.com")),
+//! ];
+//! let proxy = PingoraProxy::builder("127.0.0.1:0")
+//!     .routes(routes)
+//!     .with_timeouts(1_000, 10_000)
+//!     .middleware(tower::layer::util::Identity::new()) // any Layer whose Service is ProxyHttp
+//!     .build()?;
+//! let running = proxy.spawn().await?;
+//! println!("proxy on http://{}", running.local_addr());
+//! running.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! # Writing a layer for the proxy
+//! A layer's service implements `pingora_proxy::ProxyHttp` by forwarding **every** method to
+//! the inner service (about 40, some behind Pingora features: a method left out silently
+//! falls back to Pingora's default and skips the inner proxy's logic), hooking the phases it
+//! needs. Its `CTX` holds the inner `CTX`.
+
+mod builder;
+mod error;
+mod health;
+mod route;
+mod routing;
+mod upstream;
+
+pub use builder::{ProxyBuilder, ProxyServer, RunningProxy, DEFAULT_UPSTREAM_KEEPALIVE_POOL};
+pub use error::{ProxyConfigError, ProxyError, RouteName};
+pub use health::{
+    HealthCheck, DEFAULT_HEALTHY_AFTER, DEFAULT_HEALTH_INTERVAL, DEFAULT_HEALTH_TIMEOUT,
+    DEFAULT_UNHEALTHY_AFTER,
+};
+pub use route::Route;
+pub use routing::{
+    BackendStatus, ProxyCtx, RoutingProxy, DEADLINE_EXCEEDED, DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_UPSTREAM_IDLE_TIMEOUT, DEFAULT_UPSTREAM_IO_TIMEOUT, NO_BACKEND_LEFT,
+};
+pub use upstream::{HashKey, Upstream, MAX_WEIGHT};
+
+/// The upstream of the [`PingoraProxy::start`] demo shortcut.
+pub const DEMO_UPSTREAM: &str = "http://127.0.0.1:9000";
+
+/// Entry point of the proxy API (a namespace: it has no values).
+///
+/// - `PingoraProxy::start(addr)`: demo shortcut, every path to [`DEMO_UPSTREAM`].
+/// - `PingoraProxy::with_routes(addr, routes)`: `builder(addr).routes(routes)`.
+/// - `PingoraProxy::builder(addr)`: the full [`ProxyBuilder`].
+///
+/// The built proxy is a [`ProxyServer`] rather than a `PingoraProxy<S>`: Rust cannot give one
+/// type both the associated function `start(addr)` and the method `start(self)`, and this way
+/// every call in the seed API (`PingoraProxy::start(addr)`, `builder.start()`,
+/// `proxy.start()`, `proxy.spawn()`) compiles as written.
+#[derive(Debug)]
+pub enum PingoraProxy {}
+
+impl PingoraProxy {
+    /// Proxies every request on `addr` to [`DEMO_UPSTREAM`] until SIGINT or SIGTERM.
+    ///
+    /// # Errors
+    /// An I/O error binding `addr`.
+    pub async fn start(addr: &str) -> Result<(), ProxyError> {
+        Self::with_routes(addr, [Route::prefix("/", Upstream::new(DEMO_UPSTREAM))])
+            .start()
+            .await
+    }
+
+    /// A builder with these routes: `builder(addr).routes(routes)`.
+    pub fn with_routes(addr: &str, routes: impl IntoIterator<Item = Route>) -> ProxyBuilder {
+        Self::builder(addr).routes(routes)
+    }
+
+    /// A builder listening on `addr` (e.g. `"0.0.0.0:8080"`, or `"127.0.0.1:0"` for a free
+    /// port) with no routes, default timeouts and no middleware.
+    pub fn builder(addr: &str) -> ProxyBuilder {
+        ProxyBuilder::new(addr)
+    }
+}
