@@ -1,0 +1,402 @@
+//! The `middlewares` layers inside the Pingora reverse proxy, end to end: real TCP on
+//! 127.0.0.1, upstreams are axum apps on `ServeTower` that follow a script of statuses.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Request as AxumRequest, State};
+use axum::http::{Method, StatusCode};
+use axum::routing::any;
+use axum::Router;
+use http::Request;
+use pingora_tower::middleware::circuit_breaker::{
+    CircuitBreakerLayer, State as BreakerState, Window,
+};
+use pingora_tower::middleware::rate_limit::RateLimitLayer;
+use pingora_tower::middleware::{self, retry::RetryLayer};
+use pingora_tower::proxy::{PingoraProxy, Route, RunningProxy, Upstream};
+use pingora_tower::{server, RunningServer, ServeTower};
+use pingora_tower_test_support::*;
+use tokio::sync::Notify;
+
+/// An upstream that answers with the next scripted status (200 once the script is empty, or
+/// `always` when set), counts requests per method, and can hold requests until released.
+#[derive(Default)]
+struct Script {
+    statuses: Mutex<VecDeque<u16>>,
+    always: AtomicU16,
+    gets: AtomicUsize,
+    posts: AtomicUsize,
+    hold: AtomicBool,
+    entered: Notify,
+    release: Notify,
+    answered: AtomicBool,
+}
+
+impl Script {
+    fn hits(&self) -> usize {
+        self.gets.load(Ordering::SeqCst) + self.posts.load(Ordering::SeqCst)
+    }
+    fn queue(&self, statuses: &[u16]) {
+        self.statuses.lock().unwrap().extend(statuses);
+    }
+}
+
+async fn scripted(State(script): State<Arc<Script>>, req: AxumRequest) -> (StatusCode, Bytes) {
+    let counter = if req.method() == Method::POST {
+        &script.posts
+    } else {
+        &script.gets
+    };
+    counter.fetch_add(1, Ordering::SeqCst);
+    let body = axum::body::to_bytes(req.into_body(), usize::MAX)
+        .await
+        .unwrap_or_default();
+    if script.hold.load(Ordering::SeqCst) {
+        script.entered.notify_one();
+        script.release.notified().await;
+    }
+    let status = match script.always.load(Ordering::SeqCst) {
+        0 => script.statuses.lock().unwrap().pop_front().unwrap_or(200),
+        code => code,
+    };
+    script.answered.store(true, Ordering::SeqCst);
+    (StatusCode::from_u16(status).unwrap(), body)
+}
+
+struct Up {
+    server: RunningServer,
+    script: Arc<Script>,
+}
+
+impl Up {
+    async fn start() -> Up {
+        init_tracing();
+        let script = Arc::new(Script::default());
+        let app = Router::new()
+            .route("/{*path}", any(scripted))
+            .route("/", any(scripted))
+            .with_state(script.clone());
+        let server = server::spawn("127.0.0.1:0", ServeTower::new(app))
+            .await
+            .expect("upstream");
+        Up { server, script }
+    }
+    fn addr(&self) -> SocketAddr {
+        self.server.local_addr()
+    }
+    fn url(&self) -> String {
+        format!("http://{}", self.addr())
+    }
+    /// The key of this backend's breaker in the proxy.
+    fn breaker_key(&self) -> String {
+        self.addr().to_string()
+    }
+}
+
+fn post(addr: SocketAddr, path: &str, body: &'static str) -> Request<ClientBody> {
+    Request::post(path)
+        .header("host", addr.to_string())
+        .body(full(body))
+        .unwrap()
+}
+
+async fn status_of(addr: SocketAddr, req: Request<ClientBody>) -> StatusCode {
+    let res = send(addr, req).await;
+    let status = res.status();
+    body_text(res).await;
+    status
+}
+
+#[tokio::test]
+async fn retry_turns_two_503s_into_200_for_get_but_never_resends_a_post() {
+    let up = Up::start().await;
+    let proxy = PingoraProxy::builder("127.0.0.1:0")
+        .routes([Route::prefix("/", Upstream::new(up.url()))])
+        .middleware(middleware::retry(2))
+        .spawn()
+        .await
+        .unwrap();
+    let addr = proxy.local_addr();
+
+    up.script.queue(&[503, 503]);
+    assert_eq!(http_get(addr, "/thing").await.0, StatusCode::OK);
+    assert_eq!(
+        up.script.gets.load(Ordering::SeqCst),
+        3,
+        "two retries then success"
+    );
+
+    up.script.queue(&[503, 503]);
+    assert_eq!(
+        status_of(addr, post(addr, "/thing", "once")).await,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(
+        up.script.posts.load(Ordering::SeqCst),
+        1,
+        "the POST reached the upstream once"
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn retry_gives_up_after_max_retries_and_passes_the_last_answer() {
+    let up = Up::start().await;
+    up.script.always.store(502, Ordering::SeqCst);
+    let proxy = PingoraProxy::builder("127.0.0.1:0")
+        .routes([Route::prefix("/", Upstream::new(up.url()))])
+        .middleware(middleware::retry(2))
+        .spawn()
+        .await
+        .unwrap();
+    assert_eq!(
+        http_get(proxy.local_addr(), "/").await.0,
+        StatusCode::BAD_GATEWAY
+    );
+    assert_eq!(up.script.gets.load(Ordering::SeqCst), 3);
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn refused_connection_is_retried_on_the_other_backend() {
+    let up = Up::start().await;
+    let refusing = format!("http://{}", refusing_addr());
+    let proxy = PingoraProxy::builder("127.0.0.1:0")
+        .routes([Route::prefix(
+            "/",
+            Upstream::weighted([(refusing.as_str(), 1), (up.url().as_str(), 1)]),
+        )])
+        .middleware(middleware::retry(2))
+        .spawn()
+        .await
+        .unwrap();
+    let addr = proxy.local_addr();
+    for _ in 0..6 {
+        assert_eq!(http_get(addr, "/").await.0, StatusCode::OK);
+    }
+    // Nothing reached the refusing backend, so even a POST may go to the other one.
+    assert_eq!(status_of(addr, post(addr, "/", "x")).await, StatusCode::OK);
+    assert_eq!(up.script.hits(), 7);
+    proxy.shutdown().await;
+}
+
+fn fast_breaker() -> CircuitBreakerLayer {
+    CircuitBreakerLayer::builder()
+        .sliding_window(Window::Count(4))
+        .minimum_calls(4)
+        .failure_rate_threshold(50)
+        .wait_in_open(Duration::from_millis(200))
+        .permitted_calls_in_half_open(1)
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn breaker_opens_a_failing_backend_and_closes_it_after_recovery() {
+    let (bad, good) = (Up::start().await, Up::start().await);
+    bad.script.always.store(500, Ordering::SeqCst);
+    let breaker = fast_breaker();
+    let handle = breaker.handle();
+    let proxy = PingoraProxy::builder("127.0.0.1:0")
+        .routes([Route::prefix(
+            "/",
+            Upstream::weighted([(bad.url(), 1), (good.url(), 1)]),
+        )])
+        .middleware(breaker)
+        .spawn()
+        .await
+        .unwrap();
+    let addr = proxy.local_addr();
+
+    for _ in 0..40 {
+        if handle.state(&bad.breaker_key()) == Some(BreakerState::Open) {
+            break;
+        }
+        http_get(addr, "/").await;
+    }
+    assert_eq!(handle.state(&bad.breaker_key()), Some(BreakerState::Open));
+    let bad_hits = bad.script.hits();
+    for _ in 0..20 {
+        assert_eq!(
+            http_get(addr, "/").await.0,
+            StatusCode::OK,
+            "the open backend is skipped"
+        );
+    }
+    assert_eq!(
+        bad.script.hits(),
+        bad_hits,
+        "no request reached the open backend"
+    );
+
+    // The backend recovers; once the wait in open has passed a trial call closes the breaker.
+    bad.script.always.store(0, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    for _ in 0..20 {
+        if handle.state(&bad.breaker_key()) == Some(BreakerState::Closed) {
+            break;
+        }
+        assert_eq!(http_get(addr, "/").await.0, StatusCode::OK);
+    }
+    assert_eq!(handle.state(&bad.breaker_key()), Some(BreakerState::Closed));
+    for _ in 0..4 {
+        http_get(addr, "/").await;
+    }
+    assert!(
+        bad.script.hits() > bad_hits,
+        "the recovered backend gets traffic again"
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn every_backend_open_answers_503_without_contacting_any() {
+    let (a, b) = (Up::start().await, Up::start().await);
+    let breaker = middleware::circuit_breaker(50, 10_000);
+    let handle = breaker.handle();
+    let proxy = PingoraProxy::builder("127.0.0.1:0")
+        .routes([Route::prefix(
+            "/",
+            Upstream::weighted([(a.url(), 1), (b.url(), 1)]),
+        )])
+        .middleware(middleware::retry(2))
+        .middleware(breaker)
+        .spawn()
+        .await
+        .unwrap();
+    handle.force_open(&a.breaker_key());
+    handle.force_open(&b.breaker_key());
+    let res = send(proxy.local_addr(), get_request(proxy.local_addr(), "/")).await;
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(res.headers().contains_key("retry-after"));
+    assert_eq!(a.script.hits() + b.script.hits(), 0);
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn rate_limit_sixth_request_gets_429_and_the_upstream_saw_five() {
+    let up = Up::start().await;
+    let proxy = PingoraProxy::builder("127.0.0.1:0")
+        .routes([Route::prefix("/", Upstream::new(up.url()))])
+        .middleware(middleware::rate_limit(5, 60_000))
+        .spawn()
+        .await
+        .unwrap();
+    let addr = proxy.local_addr();
+    for _ in 0..5 {
+        assert_eq!(http_get(addr, "/").await.0, StatusCode::OK);
+    }
+    let res = send(addr, get_request(addr, "/")).await;
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry_after: u64 = res.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry_after), "retry-after {retry_after}");
+    assert!(res.headers().contains_key("ratelimit-policy"));
+    assert_eq!(up.script.hits(), 5);
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn one_layer_value_shares_its_limiter_and_breakers_between_axum_and_the_proxy() {
+    let up = Up::start().await;
+    let limiter = RateLimitLayer::builder(4, Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let breaker = middleware::circuit_breaker(50, 10_000);
+    let handle = breaker.handle();
+
+    let app = Router::new()
+        .route("/", any(|| async { "axum" }))
+        .layer(limiter.clone())
+        .layer(breaker.clone());
+    let axum_server = server::spawn("127.0.0.1:0", ServeTower::new(app))
+        .await
+        .unwrap();
+    let proxy = PingoraProxy::builder("127.0.0.1:0")
+        .routes([Route::prefix("/", Upstream::new(up.url()))])
+        .middleware(limiter.clone())
+        .middleware(breaker)
+        .spawn()
+        .await
+        .unwrap();
+    let (app_addr, proxy_addr) = (axum_server.local_addr(), proxy.local_addr());
+
+    for addr in [app_addr, proxy_addr, app_addr, proxy_addr] {
+        assert_eq!(http_get(addr, "/").await.0, StatusCode::OK);
+    }
+    assert_eq!(
+        http_get(proxy_addr, "/").await.0,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(
+        http_get(app_addr, "/").await.0,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(
+        limiter.stats().rejected,
+        2,
+        "one limiter counted both hosts' rejections"
+    );
+
+    // One registry: the app's breaker and the proxy's per-backend breaker live side by side.
+    let keys = handle.keys();
+    assert!(keys.contains(&up.breaker_key()), "keys: {keys:?}");
+    assert!(keys.len() >= 2, "keys: {keys:?}");
+    proxy.shutdown().await;
+    axum_server.shutdown().await;
+}
+
+#[tokio::test]
+async fn timeout_layer_answers_504_before_the_upstream_does() {
+    let up = Up::start().await;
+    up.script.hold.store(true, Ordering::SeqCst);
+    let proxy = PingoraProxy::builder("127.0.0.1:0")
+        .routes([Route::prefix("/", Upstream::new(up.url()))])
+        .middleware(middleware::timeout(300))
+        .spawn()
+        .await
+        .unwrap();
+    let (status, _) = tokio::time::timeout(HANG_GUARD, http_get(proxy.local_addr(), "/"))
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    assert!(
+        !up.script.answered.load(Ordering::SeqCst),
+        "the upstream had not answered yet"
+    );
+    up.script.release.notify_one();
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn four_layer_stack_proxies_bodies_unchanged() {
+    let up = Up::start().await;
+    let proxy: RunningProxy = PingoraProxy::builder("127.0.0.1:0")
+        .routes([Route::prefix("/", Upstream::new(up.url()))])
+        .middleware(middleware::timeout(5_000))
+        .middleware(middleware::rate_limit(10_000, 1_000))
+        .middleware(RetryLayer::new(2))
+        .middleware(middleware::circuit_breaker(50, 10_000))
+        .spawn()
+        .await
+        .unwrap();
+    let addr = proxy.local_addr();
+    let body = "x".repeat(256 * 1024);
+    let req = Request::put("/upload")
+        .header("host", addr.to_string())
+        .body(full(body.clone()))
+        .unwrap();
+    let res = send(addr, req).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(body_text(res).await, body);
+    assert_eq!(http_get(addr, "/").await.0, StatusCode::OK);
+    proxy.shutdown().await;
+}
