@@ -717,3 +717,39 @@ fn defaults_are_exposed_for_the_proxy_host() {
     assert_eq!(layer.budget().min_per_sec(), 10);
     assert_eq!(layer.budget().window(), Duration::from_secs(10));
 }
+
+/// A breaker inside the retry layer fails fast on purpose: its 503 (marked with `CircuitOpen`)
+/// is passed through at once, not retried after its `Retry-After`.
+#[tokio::test(start_paused = true)]
+async fn a_local_breakers_503_is_not_retried() {
+    use middlewares::circuit_breaker::CircuitBreakerLayer;
+    use tower::ServiceBuilder;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let breaker = CircuitBreakerLayer::builder()
+        .wait_in_open(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    breaker
+        .handle()
+        .force_open(middlewares::circuit_breaker::DEFAULT_KEY);
+    let svc = ServiceBuilder::new()
+        .layer(RetryLayer::new(2))
+        .layer(breaker)
+        .service_fn({
+            let calls = calls.clone();
+            move |_req: Request<ReplayBody<String>>| {
+                calls.fetch_add(1, Ordering::SeqCst);
+                async { Ok::<_, Infallible>(Response::new(String::new())) }
+            }
+        });
+    let start = tokio::time::Instant::now();
+    let res = svc.oneshot(Request::new(String::new())).await.unwrap();
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(res.headers().contains_key(http::header::RETRY_AFTER));
+    assert_eq!(
+        start.elapsed(),
+        Duration::ZERO,
+        "answered at once, no retry wait"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+}

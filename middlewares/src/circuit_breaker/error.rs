@@ -57,11 +57,15 @@ impl CircuitOpen {
 
     /// The full answer, with an empty (`Default`) body. Both hosts use this, so they answer
     /// alike.
+    ///
+    /// The response carries this `CircuitOpen` in its extensions, so layers outside the breaker
+    /// can tell a local fast-fail from an upstream's `503`: the retry layer never retries it.
     pub fn to_response<B: Default>(&self) -> Response<B> {
         let mut res = Response::new(B::default());
         *res.status_mut() = self.status();
         res.headers_mut()
             .insert(RETRY_AFTER, HeaderValue::from(self.retry_after_secs()));
+        res.extensions_mut().insert(*self);
         res
     }
 }

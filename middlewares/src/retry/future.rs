@@ -16,6 +16,7 @@ use super::body::{ReplayBody, Source};
 use super::error::AttemptTimedOut;
 use super::layer::Shared;
 use super::policy::ResponseClass;
+use crate::circuit_breaker::CircuitOpen;
 
 pin_project! {
     /// Response future of [`Retry`](super::Retry): drives the attempts, backoff and per-try
@@ -120,6 +121,10 @@ impl<S, B> RetryCtx<S, B> {
         let shared = &*self.shared;
         let policy = &shared.policy;
         let retry_after = match outcome {
+            // A local circuit breaker failed fast on purpose; trying again would only wait for it.
+            Outcome::Response(res) if res.extensions().get::<CircuitOpen>().is_some() => {
+                return None
+            }
             Outcome::Response(res) => match policy.classify_response(res.status(), res.headers()) {
                 ResponseClass::Final => return None,
                 ResponseClass::RetryAfterTooLong(wait) => {

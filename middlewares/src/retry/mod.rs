@@ -10,7 +10,10 @@
 //! - **The attempt failed:** the inner service returned an error, the attempt exceeded the
 //!   per-try timeout, or the response status is retryable (default `502`, `503`, `504`; see
 //!   [`RetryLayer::retry_on_statuses`]). The failed response and its body are dropped before the
-//!   next attempt.
+//!   next attempt. A `503` answered by this crate's circuit breaker (it carries
+//!   [`CircuitOpen`](crate::circuit_breaker::CircuitOpen) in its extensions) is never retried:
+//!   the breaker fails fast on purpose, and waiting out its `Retry-After` would only hold the
+//!   request until an outer timeout fires.
 //! - **The server did not ask for too long a pause:** a `Retry-After` on a `429` or `503` (when
 //!   that status is retryable) replaces the backoff delay, up to
 //!   [`RetryLayer::max_retry_after`] (default 5 s); a longer one means the response is returned
