@@ -4,4 +4,8 @@
 //! - [`demo`]: the README's demo (`cargo run --release --example pingora_demo`), a reverse
 //!   proxy on Pingora in front of an embedded axum upstream.
 
+//! - [`resilient_axum`]: an axum app with the four layers in `Router::layer`
+//!   (`cargo run --example resilient_axum`).
+
 pub mod demo;
+pub mod resilient_axum;
