@@ -47,8 +47,10 @@ pub mod rate_limit;
 pub mod retry;
 pub mod timeout;
 
+mod config_error;
 mod request_info;
 
+pub use config_error::ConfigError;
 pub use request_info::RequestInfo;
 
 use std::time::Duration;

@@ -640,7 +640,7 @@ fn config_errors_name_field_and_value() {
     );
     assert_eq!(
         err(b().sliding_window(Window::Count(0))),
-        "circuit_breaker.sliding_window count must be 1..=1000000, got 0"
+        "circuit_breaker.sliding_window must be a count in 1..=1000000, got 0"
     );
     assert!(err(b().sliding_window(Window::Time(Duration::ZERO))).contains("sliding_window"));
     assert_eq!(
@@ -649,9 +649,10 @@ fn config_errors_name_field_and_value() {
     );
     assert_eq!(
         err(b().wait_in_open_backoff(0.5, Duration::from_secs(600))),
-        "circuit_breaker.wait_in_open_backoff multiplier must be >= 1.0, got 0.5"
+        "circuit_breaker.wait_in_open_backoff must be a multiplier >= 1.0, got 0.5"
     );
-    assert!(err(b().wait_in_open_backoff(2.0, Duration::from_secs(1))).contains("max must be"));
+    assert!(err(b().wait_in_open_backoff(2.0, Duration::from_secs(1)))
+        .contains("a max >= wait_in_open"));
     assert_eq!(
         err(b().wait_in_open_jitter(1.5)),
         "circuit_breaker.wait_in_open_jitter must be 0.0..=1.0, got 1.5"
@@ -664,7 +665,7 @@ fn config_errors_name_field_and_value() {
         err(b().consecutive_failures(0)),
         "circuit_breaker.consecutive_failures must be > 0, got 0"
     );
-    assert!(err(b().slow_call_rate_threshold(50)).contains("needs slow_call_duration"));
+    assert!(err(b().slow_call_rate_threshold(50)).contains("set together with slow_call_duration"));
     assert_eq!(
         err(b()
             .slow_call_duration(Duration::from_secs(1))
@@ -676,7 +677,7 @@ fn config_errors_name_field_and_value() {
         "circuit_breaker.max_keys must be > 0, got 0"
     );
     let e = b().failure_rate_threshold(101).build().unwrap_err();
-    assert_eq!(e.field(), "failure_rate_threshold");
+    assert_eq!(e.field(), "circuit_breaker.failure_rate_threshold");
     assert!(b().build().is_ok());
 }
 

@@ -686,7 +686,7 @@ fn invalid_settings_are_rejected_with_field_and_value() {
     assert_eq!(err.field(), "retry.budget_ratio");
     assert_eq!(
         err.to_string(),
-        "retry.budget_ratio must be a number between 0 and 1000, got 1001"
+        "retry.budget_ratio must be a number between 0 and 1000, got 1001.0"
     );
 
     let err = RetryLayer::builder(2)

@@ -85,29 +85,4 @@ impl fmt::Display for CircuitOpen {
 
 impl std::error::Error for CircuitOpen {}
 
-/// An invalid circuit-breaker setting; the message names the field and the value, e.g.
-/// `circuit_breaker.failure_rate_threshold must be 1..=100, got 101`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    field: &'static str,
-    message: String,
-}
-
-impl ConfigError {
-    pub(crate) fn new(field: &'static str, message: String) -> Self {
-        ConfigError { field, message }
-    }
-
-    /// The builder field at fault, e.g. `"failure_rate_threshold"`.
-    pub fn field(&self) -> &'static str {
-        self.field
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "circuit_breaker.{} {}", self.field, self.message)
-    }
-}
-
-impl std::error::Error for ConfigError {}
+pub use crate::ConfigError;

@@ -251,94 +251,96 @@ impl CircuitBreakerBuilder {
             if (1..=100).contains(&v) {
                 Ok(())
             } else {
-                Err(ConfigError::new(field, format!("must be 1..=100, got {v}")))
+                Err(ConfigError::new(field, "1..=100", v))
             }
         };
-        percent("failure_rate_threshold", self.failure_rate)?;
+        percent("circuit_breaker.failure_rate_threshold", self.failure_rate)?;
         if let Some(v) = self.slow_call_rate {
-            percent("slow_call_rate_threshold", v)?;
+            percent("circuit_breaker.slow_call_rate_threshold", v)?;
             if self.slow_call_duration.is_none() {
-                return Err(ConfigError::new(
-                    "slow_call_rate_threshold",
-                    format!("needs slow_call_duration to be set, got {v} without it"),
+                return Err(ConfigError::with_value_text(
+                    "circuit_breaker.slow_call_rate_threshold",
+                    "set together with slow_call_duration",
+                    format!("{v} without it"),
                 ));
             }
         }
         if let Some(d) = self.slow_call_duration {
             if d.is_zero() {
                 return Err(ConfigError::new(
-                    "slow_call_duration",
-                    format!("must be > 0, got {d:?}"),
+                    "circuit_breaker.slow_call_duration",
+                    "> 0",
+                    d,
                 ));
             }
         }
         if self.minimum_calls == 0 {
-            return Err(ConfigError::new(
-                "minimum_calls",
-                "must be > 0, got 0".to_string(),
-            ));
+            return Err(ConfigError::new("circuit_breaker.minimum_calls", "> 0", 0));
         }
         match self.window {
             Window::Count(n) if !(1..=MAX_COUNT).contains(&n) => {
                 return Err(ConfigError::new(
-                    "sliding_window",
-                    format!("count must be 1..={MAX_COUNT}, got {n}"),
+                    "circuit_breaker.sliding_window",
+                    format!("a count in 1..={MAX_COUNT}"),
+                    n,
                 ));
             }
             Window::Time(d) if d.is_zero() || Window::secs(d) > MAX_SECS => {
                 return Err(ConfigError::new(
-                    "sliding_window",
-                    format!("time must be 1s..={MAX_SECS}s, got {d:?}"),
+                    "circuit_breaker.sliding_window",
+                    format!("a time in 1s..={MAX_SECS}s"),
+                    d,
                 ));
             }
             _ => {}
         }
         if self.consecutive_failures == Some(0) {
             return Err(ConfigError::new(
-                "consecutive_failures",
-                "must be > 0, got 0".to_string(),
+                "circuit_breaker.consecutive_failures",
+                "> 0",
+                0,
             ));
         }
         let wait = self.wait_in_open;
         if wait.is_zero() || wait > MAX_WAIT {
             return Err(ConfigError::new(
-                "wait_in_open",
-                format!("must be > 0 and at most a year, got {wait:?}"),
+                "circuit_breaker.wait_in_open",
+                "> 0 and at most a year",
+                wait,
             ));
         }
         if let Some((multiplier, max)) = self.backoff {
             if !multiplier.is_finite() || multiplier < 1.0 {
                 return Err(ConfigError::new(
-                    "wait_in_open_backoff",
-                    format!("multiplier must be >= 1.0, got {multiplier}"),
+                    "circuit_breaker.wait_in_open_backoff",
+                    "a multiplier >= 1.0",
+                    multiplier,
                 ));
             }
             if max < wait || max > MAX_WAIT {
                 return Err(ConfigError::new(
-                    "wait_in_open_backoff",
-                    format!(
-                        "max must be >= wait_in_open ({wait:?}) and at most a year, got {max:?}"
-                    ),
+                    "circuit_breaker.wait_in_open_backoff",
+                    format!("a max >= wait_in_open ({wait:?}) and at most a year"),
+                    max,
                 ));
             }
         }
         if !(0.0..=1.0).contains(&self.jitter) {
             return Err(ConfigError::new(
-                "wait_in_open_jitter",
-                format!("must be 0.0..=1.0, got {}", self.jitter),
+                "circuit_breaker.wait_in_open_jitter",
+                "0.0..=1.0",
+                self.jitter,
             ));
         }
         if !(1..=MAX_HALF_OPEN).contains(&self.half_open_calls) {
             return Err(ConfigError::new(
-                "permitted_calls_in_half_open",
-                format!("must be 1..={MAX_HALF_OPEN}, got {}", self.half_open_calls),
+                "circuit_breaker.permitted_calls_in_half_open",
+                format!("1..={MAX_HALF_OPEN}"),
+                self.half_open_calls,
             ));
         }
         if self.max_keys == 0 {
-            return Err(ConfigError::new(
-                "max_keys",
-                "must be > 0, got 0".to_string(),
-            ));
+            return Err(ConfigError::new("circuit_breaker.max_keys", "> 0", 0));
         }
         let config = Arc::new(Config {
             failure_rate: self.failure_rate,

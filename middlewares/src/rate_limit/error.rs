@@ -97,50 +97,7 @@ impl fmt::Display for RateLimited {
 
 impl std::error::Error for RateLimited {}
 
-/// An invalid rate-limit setting; the message names the field and the value, e.g.
-/// `rate_limit.limit must be > 0, got 0`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    field: &'static str,
-    requirement: &'static str,
-    value: String,
-}
-
-impl ConfigError {
-    pub(super) fn new(
-        field: &'static str,
-        requirement: &'static str,
-        value: impl fmt::Debug,
-    ) -> Self {
-        ConfigError {
-            field,
-            requirement,
-            value: format!("{value:?}"),
-        }
-    }
-
-    /// The offending field, e.g. `"rate_limit.burst"`.
-    pub fn field(&self) -> &'static str {
-        self.field
-    }
-
-    /// The rejected value, as written by `Debug`.
-    pub fn value(&self) -> &str {
-        &self.value
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} must be {}, got {}",
-            self.field, self.requirement, self.value
-        )
-    }
-}
-
-impl std::error::Error for ConfigError {}
+pub use crate::ConfigError;
 
 /// Whole seconds, rounded up.
 pub(super) fn ceil_secs(d: Duration) -> u64 {

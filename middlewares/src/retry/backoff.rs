@@ -35,7 +35,8 @@ impl Backoff {
         if base > cap {
             return Err(ConfigError::new(
                 "retry.backoff_base",
-                format!("retry.backoff_base must be <= retry.backoff_cap ({cap:?}), got {base:?}"),
+                format!("<= retry.backoff_cap ({cap:?})"),
+                base,
             ));
         }
         Ok(Backoff {

@@ -70,13 +70,15 @@ impl Budget {
         if !(0.0..=1000.0).contains(&ratio) {
             return Err(ConfigError::new(
                 "retry.budget_ratio",
-                format!("retry.budget_ratio must be a number between 0 and 1000, got {ratio}"),
+                "a number between 0 and 1000",
+                ratio,
             ));
         }
         if window < Duration::from_secs(1) || window > Duration::from_secs(60) {
             return Err(ConfigError::new(
                 "retry.budget_window",
-                format!("retry.budget_window must be between 1s and 60s, got {window:?}"),
+                "between 1s and 60s",
+                window,
             ));
         }
         Ok(Self::new_unchecked(ratio, min_per_sec, window))
@@ -335,7 +337,7 @@ mod tests {
         let e = Budget::new(-1.0, 0, Duration::from_secs(10)).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "retry.budget_ratio must be a number between 0 and 1000, got -1"
+            "retry.budget_ratio must be a number between 0 and 1000, got -1.0"
         );
         let e = Budget::new(f32::NAN, 0, Duration::from_secs(10)).unwrap_err();
         assert_eq!(e.field(), "retry.budget_ratio");

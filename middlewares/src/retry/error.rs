@@ -5,35 +5,7 @@ use std::time::Duration;
 
 use http::{HeaderMap, Response, StatusCode};
 
-/// An invalid [`RetryLayerBuilder`](super::RetryLayerBuilder) or
-/// [`Budget`](super::Budget) setting.
-///
-/// The message names the field and the rejected value, e.g.
-/// `retry.budget_ratio must be a number between 0 and 1000, got -1`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    field: &'static str,
-    message: String,
-}
-
-impl ConfigError {
-    pub(crate) fn new(field: &'static str, message: String) -> Self {
-        ConfigError { field, message }
-    }
-
-    /// The rejected setting, e.g. `"retry.budget_ratio"`.
-    pub fn field(&self) -> &'static str {
-        self.field
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for ConfigError {}
+pub use crate::ConfigError;
 
 /// The last allowed attempt ran longer than the per-try timeout
 /// ([`RetryLayerBuilder::per_try_timeout`](super::RetryLayerBuilder::per_try_timeout)).

@@ -205,7 +205,8 @@ impl RetryLayerBuilder {
         if self.policy.per_try_timeout == Some(Duration::ZERO) {
             return Err(ConfigError::new(
                 "retry.per_try_timeout",
-                "retry.per_try_timeout must be > 0, got 0ns".to_owned(),
+                "> 0",
+                Duration::ZERO,
             ));
         }
         let backoff = Backoff::new(self.backoff_base, self.backoff_cap)?.with_jitter(self.jitter);
