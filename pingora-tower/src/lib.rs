@@ -33,4 +33,9 @@ pub use middlewares as middleware;
 pub use body::{BodyError, PingoraBody};
 pub use proxy::{PingoraProxy, ProxyConfigError, Route, RunningProxy, Upstream};
 pub use serve::ServeTower;
+
+/// The README's code blocks, compiled as doctests so they stay true.
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
 pub use server::{spawn, RunningServer};
