@@ -745,3 +745,22 @@ fn demo_flags_override_defaults() {
     assert_eq!(config.upstream.as_deref(), Some("http://127.0.0.1:9"));
     assert!(DemoConfig::from_env_and_args(["--nope".to_owned()]).is_err());
 }
+
+#[tokio::test]
+async fn oversized_request_head_gets_431_without_reaching_the_upstream() {
+    let up = upstream("only").await;
+    let running = spawn(proxy().routes([Route::prefix("/", Upstream::new(&up.url))])).await;
+    let addr = running.local_addr();
+    let big = "a".repeat(64 * 1024);
+    let raw = format!("GET / HTTP/1.1\r\nHost: t\r\nX-Big: {big}\r\n\r\n");
+    let answer = raw_exchange(addr, raw.as_bytes()).await;
+    assert_eq!(
+        raw_status(&answer),
+        Some(431),
+        "{}",
+        &answer[..answer.len().min(200)]
+    );
+    assert_eq!(up.state.hits(), 0);
+    assert_eq!(http_get(addr, "/").await.0, StatusCode::OK);
+    running.shutdown().await;
+}

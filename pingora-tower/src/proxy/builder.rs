@@ -1,5 +1,6 @@
 //! [`ProxyBuilder`] → [`ProxyServer`] → [`RunningProxy`]: configure, validate, serve.
 
+use crate::serve::DEFAULT_MAX_HEADER_BYTES;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,6 +35,7 @@ pub struct ProxyBuilder<L = Identity> {
     layers: ServiceBuilder<L>,
     conf: ServerConf,
     h2c: bool,
+    max_header_bytes: usize,
 }
 
 impl ProxyBuilder<Identity> {
@@ -50,6 +52,7 @@ impl ProxyBuilder<Identity> {
             layers: ServiceBuilder::new(),
             conf,
             h2c: false,
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
         }
     }
 }
@@ -90,6 +93,7 @@ impl<L> ProxyBuilder<L> {
             layers: self.layers.layer(layer),
             conf: self.conf,
             h2c: self.h2c,
+            max_header_bytes: self.max_header_bytes,
         }
     }
 
@@ -98,6 +102,13 @@ impl<L> ProxyBuilder<L> {
     /// caller's tokio runtime, not on Pingora's threads).
     pub fn server_conf(mut self, conf: ServerConf) -> Self {
         self.conf = conf;
+        self
+    }
+
+    /// Largest accepted request head (request line plus headers), in bytes; larger ones are
+    /// answered `431` before any upstream work. Defaults to [`DEFAULT_MAX_HEADER_BYTES`].
+    pub fn max_header_bytes(mut self, bytes: usize) -> Self {
+        self.max_header_bytes = bytes;
         self
     }
 
@@ -143,7 +154,7 @@ impl<L> ProxyBuilder<L> {
             }
             groups.push(UpstreamGroup::build(route.upstream())?);
         }
-        let base = RoutingProxy::new(table, groups, timeouts);
+        let base = RoutingProxy::new(table, groups, timeouts, self.max_header_bytes);
         Ok(ProxyServer {
             service: self.layers.service(base.clone()),
             base,

@@ -1,6 +1,7 @@
 //! [`RoutingProxy`]: the base `ProxyHttp` (routing, balancing, failover, deadline, forwarding
 //! headers) that `.middleware(..)` layers wrap, and its per-request [`ProxyCtx`].
 
+use crate::serve::framing::head_size;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -94,6 +95,8 @@ struct Shared {
     /// One per route, same index.
     groups: Box<[UpstreamGroup]>,
     timeouts: Timeouts,
+    /// Larger request heads are answered `431` (Pingora itself accepts up to 1 MiB).
+    max_header_bytes: usize,
 }
 
 impl std::fmt::Debug for RoutingProxy {
@@ -123,12 +126,18 @@ pub struct BackendStatus {
 }
 
 impl RoutingProxy {
-    pub(crate) fn new(table: RouteTable, groups: Vec<UpstreamGroup>, timeouts: Timeouts) -> Self {
+    pub(crate) fn new(
+        table: RouteTable,
+        groups: Vec<UpstreamGroup>,
+        timeouts: Timeouts,
+        max_header_bytes: usize,
+    ) -> Self {
         RoutingProxy {
             shared: Arc::new(Shared {
                 table,
                 groups: groups.into_boxed_slice(),
                 timeouts,
+                max_header_bytes,
             }),
         }
     }
@@ -379,6 +388,14 @@ impl ProxyHttp for RoutingProxy {
 
     /// Resolves the route; `Ok(true)` (done) after answering `404` when none matches.
     async fn request_filter(&self, session: &mut Session, ctx: &mut ProxyCtx) -> Result<bool> {
+        if head_size(session.req_header()) > self.shared.max_header_bytes {
+            tracing::debug!(
+                limit = self.shared.max_header_bytes,
+                "request head too large"
+            );
+            session.respond_error(431).await?;
+            return Ok(true);
+        }
         if self.route(session, ctx).is_some() {
             return Ok(false);
         }

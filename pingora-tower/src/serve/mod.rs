@@ -15,7 +15,7 @@
 //! ```
 
 mod driver;
-mod framing;
+pub(crate) mod framing;
 
 use std::sync::Arc;
 
