@@ -19,8 +19,9 @@ pin_project! {
     pub struct ResponseFuture<F, S, B> {
         #[pin]
         state: State<F, S, B>,
-        // `RateLimit-Policy` and `RateLimit` values, when `expose_headers` is on.
-        headers: Option<(HeaderValue, HeaderValue)>,
+        // `RateLimit-Policy` and `RateLimit` values, when `expose_headers` is on (boxed: 8 bytes
+        // instead of 64 in every future when it is off).
+        headers: Option<Box<(HeaderValue, HeaderValue)>>,
     }
 }
 
@@ -38,7 +39,7 @@ pin_project! {
 }
 
 impl<F, S, B> ResponseFuture<F, S, B> {
-    pub(super) fn called(fut: F, headers: Option<(HeaderValue, HeaderValue)>) -> Self {
+    pub(super) fn called(fut: F, headers: Option<Box<(HeaderValue, HeaderValue)>>) -> Self {
         ResponseFuture {
             state: State::Called { fut },
             headers,
@@ -49,7 +50,7 @@ impl<F, S, B> ResponseFuture<F, S, B> {
         sleep: Sleep,
         svc: S,
         req: Request<B>,
-        headers: Option<(HeaderValue, HeaderValue)>,
+        headers: Option<Box<(HeaderValue, HeaderValue)>>,
     ) -> Self {
         ResponseFuture {
             state: State::Waiting {
@@ -82,7 +83,8 @@ where
             match this.state.as_mut().project() {
                 StateProj::Called { fut } => {
                     let mut res = ready!(fut.poll(cx))?;
-                    if let Some((policy, quota)) = this.headers.take() {
+                    if let Some(pair) = this.headers.take() {
+                        let (policy, quota) = *pair;
                         res.headers_mut().insert(RATELIMIT_POLICY, policy);
                         res.headers_mut().insert(RATELIMIT, quota);
                     }

@@ -379,7 +379,12 @@ impl RateLimitLayer {
         self.shared.max_delay
     }
 
-    /// Whether admitted responses carry `RateLimit` headers.
+    /// Whether every request counts in the one global bucket (no key to compute).
+    pub(super) fn is_global(&self) -> bool {
+        matches!(self.shared.key, Key::Global)
+    }
+
+    /// Whether admitted responses carry the `RateLimit` headers.
     pub fn exposes_headers(&self) -> bool {
         self.shared.expose_headers
     }

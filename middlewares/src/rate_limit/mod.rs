@@ -187,22 +187,27 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        let checked = self
-            .layer
-            .key_for(&RequestInfo::from_request(&req))
-            .map(|key| {
-                // The one clock read of this layer.
-                let now = Instant::now();
-                (self.layer.check(&key, now), now)
-            });
-        let Some((decision, now)) = checked else {
-            // A custom key function exempted this request.
-            return ResponseFuture::called(self.inner.call(req), None);
+        // The one clock read of this layer (none for an exempted request).
+        let now;
+        let decision = if self.layer.is_global() {
+            // Fast path: no `RequestInfo`, no key lookup.
+            now = Instant::now();
+            self.layer.check(&KeyValue::Global, now)
+        } else {
+            match self.layer.key_for(&RequestInfo::from_request(&req)) {
+                Some(key) => {
+                    now = Instant::now();
+                    self.layer.check(&key, now)
+                }
+                // A custom key function exempted this request.
+                None => return ResponseFuture::called(self.inner.call(req), None),
+            }
         };
         let headers = |quota| {
+            // Boxed: only layers exposing headers pay for them, the common future stays small.
             self.layer.exposes_headers().then(|| {
                 let [(_, policy), (_, value)] = self.layer.quota_headers(&quota);
-                (policy, value)
+                Box::new((policy, value))
             })
         };
         match decision {

@@ -94,6 +94,7 @@ impl<B: Body> ReplayBody<B> {
 
     /// The first attempt's body and the source later attempts replay from; `None` when the body
     /// is known to exceed `limit` (the caller then sends it through uncaptured, not retryable).
+    #[inline]
     pub(crate) fn capture(body: B, limit: usize) -> Result<(Self, Source), B> {
         if body.is_end_stream() {
             return Ok((Self::passthrough(body), Source::Empty));

@@ -34,10 +34,12 @@ pin_project! {
     #[project = KindProj]
     enum Kind<F, S, B> {
         // A request that is never retried: one attempt, maybe bounded by the per-try timeout.
-        Once { #[pin] fut: F, #[pin] timer: Option<Sleep>, timeout: Duration },
+        // Timers are boxed and made only when a per-try timeout is set or a backoff starts: an
+        // inline `Option<Sleep>` made every future ~100 bytes larger, and futures are moved.
+        Once { #[pin] fut: F, timer: Option<Pin<Box<Sleep>>>, timeout: Duration },
         // A retryable request. `timer` is the per-try timeout during an attempt and the backoff
         // sleep between attempts (one `Sleep`, reset, never both at once).
-        Retrying { #[pin] state: State<F>, #[pin] timer: Option<Sleep>, ctx: RetryCtx<S, B> },
+        Retrying { #[pin] state: State<F>, timer: Option<Pin<Box<Sleep>>>, ctx: RetryCtx<S, B> },
     }
 }
 
@@ -81,13 +83,15 @@ where
         ResponseFuture {
             kind: Kind::Once {
                 fut,
-                timer: per_try_timeout.map(sleep),
+                timer: per_try_timeout.map(|d| Box::pin(sleep(d))),
                 timeout: per_try_timeout.unwrap_or_default(),
             },
         }
     }
 
     /// The first attempt `fut` of a retryable request, started at `now` on `service`.
+    // Inlined so the head is written straight into the caller's future, not copied twice.
+    #[inline]
     pub(crate) fn retrying(
         fut: S::Future,
         now: Instant,
@@ -96,7 +100,10 @@ where
         source: Source,
         shared: Arc<Shared>,
     ) -> Self {
-        let timer = shared.policy.per_try_timeout.map(|d| sleep_until(now + d));
+        let timer = shared
+            .policy
+            .per_try_timeout
+            .map(|d| Box::pin(sleep_until(now + d)));
         ResponseFuture {
             kind: Kind::Retrying {
                 state: State::Attempt { fut },
@@ -169,10 +176,10 @@ impl<S, B> RetryCtx<S, B> {
 }
 
 /// Points `timer` at `deadline`, reusing the `Sleep` when there is one.
-fn arm(mut timer: Pin<&mut Option<Sleep>>, deadline: Instant) {
-    match timer.as_mut().as_pin_mut() {
-        Some(sleep) => sleep.reset(deadline),
-        None => timer.set(Some(sleep_until(deadline))),
+fn arm(timer: &mut Option<Pin<Box<Sleep>>>, deadline: Instant) {
+    match timer {
+        Some(sleep) => sleep.as_mut().reset(deadline),
+        None => *timer = Some(Box::pin(sleep_until(deadline))),
     }
 }
 
@@ -194,8 +201,8 @@ where
                 if let Poll::Ready(result) = fut.poll(cx) {
                     return Poll::Ready(result);
                 }
-                if let Some(sleep) = timer.as_pin_mut() {
-                    ready!(sleep.poll(cx));
+                if let Some(sleep) = timer {
+                    ready!(sleep.as_mut().poll(cx));
                     tracing::debug!(?timeout, "attempt timed out");
                     return Poll::Ready(Ok(AttemptTimedOut::new(*timeout).into_response()));
                 }
@@ -203,23 +210,28 @@ where
             }
             KindProj::Retrying {
                 mut state,
-                mut timer,
+                timer,
                 ctx,
             } => loop {
                 match state.as_mut().project() {
                     StateProj::Attempt { fut } => {
                         let outcome = match fut.poll(cx) {
+                            // Fast path: a status that is never retried is final whatever else
+                            // `next_attempt_at` would look at; skip the `Outcome` round trip.
+                            Poll::Ready(Ok(res))
+                                if !ctx.shared.policy.is_retryable_status(res.status()) =>
+                            {
+                                return Poll::Ready(Ok(res));
+                            }
                             Poll::Ready(Ok(res)) => Outcome::Response(res),
                             Poll::Ready(Err(e)) => Outcome::Error(e),
-                            Poll::Pending => {
-                                match (ctx.per_try_timeout(), timer.as_mut().as_pin_mut()) {
-                                    (Some(_), Some(sleep)) => {
-                                        ready!(sleep.poll(cx));
-                                        Outcome::TimedOut
-                                    }
-                                    _ => return Poll::Pending,
+                            Poll::Pending => match (ctx.per_try_timeout(), timer.as_mut()) {
+                                (Some(_), Some(sleep)) => {
+                                    ready!(sleep.as_mut().poll(cx));
+                                    Outcome::TimedOut
                                 }
-                            }
+                                _ => return Poll::Pending,
+                            },
                         };
                         let Some(at) = ctx.next_attempt_at(&outcome) else {
                             return Poll::Ready(match outcome {
@@ -236,11 +248,11 @@ where
                         // not after the backoff.
                         drop(outcome);
                         state.set(State::Backoff);
-                        arm(timer.as_mut(), at);
+                        arm(timer, at);
                     }
                     StateProj::Backoff => {
-                        if let Some(sleep) = timer.as_mut().as_pin_mut() {
-                            ready!(sleep.poll(cx));
+                        if let Some(sleep) = timer.as_mut() {
+                            ready!(sleep.as_mut().poll(cx));
                         }
                         state.set(State::Ready);
                     }
@@ -250,7 +262,7 @@ where
                         }
                         let fut = ctx.service.call(ctx.next_request());
                         if let Some(d) = ctx.per_try_timeout() {
-                            arm(timer.as_mut(), Instant::now() + d);
+                            arm(timer, Instant::now() + d);
                         }
                         state.set(State::Attempt { fut });
                     }
