@@ -33,6 +33,41 @@ pub struct CircuitBreakerProxyCtx {
     all_open: bool,
 }
 
+/// A backend's registry key (its socket address as text), written into a stack buffer: this
+/// runs for every proxied request, and a `String` would allocate each time.
+struct BackendKey {
+    buf: [u8; 128],
+    len: usize,
+}
+
+impl BackendKey {
+    fn of(peer: &HttpPeer) -> Self {
+        use std::io::Write;
+        let mut key = BackendKey {
+            buf: [0; 128],
+            len: 0,
+        };
+        let mut cursor = std::io::Cursor::new(&mut key.buf[..]);
+        // An address longer than the buffer (a long Unix socket path) is truncated, which
+        // only makes two such backends share a breaker.
+        let _ = write!(cursor, "{}", peer.address());
+        key.len = usize::try_from(cursor.position()).unwrap_or(0);
+        key
+    }
+}
+
+impl std::ops::Deref for BackendKey {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        // Display output is UTF-8; a cut inside a character falls back to the valid prefix.
+        match std::str::from_utf8(&self.buf[..self.len]) {
+            Ok(s) => s,
+            Err(e) => std::str::from_utf8(&self.buf[..e.valid_up_to()]).unwrap_or_default(),
+        }
+    }
+}
+
 impl CircuitBreakerProxyCtx {
     fn settle(&mut self, outcome: Outcome) {
         if let Some(permit) = self.permit.take() {
@@ -57,7 +92,7 @@ impl ProxyPolicy for Shared {
     ) -> Result<PeerChoice> {
         // A permit left from an earlier attempt was settled by the failure hooks; drop any rest.
         ctx.permit = None;
-        let breaker = self.breakers.get(&peer.address().to_string());
+        let breaker = self.breakers.get(&BackendKey::of(peer));
         match breaker.try_acquire_with(Instant::now) {
             Ok(permit) => {
                 ctx.permit = Some(permit);
