@@ -272,6 +272,10 @@ impl UpstreamGroup {
 
     /// The balancer's pick among ready backends that `accept` allows, by index.
     pub(crate) fn select(&self, key: &[u8], accept: impl Fn(usize) -> bool) -> Option<usize> {
+        // Nothing to balance: skip the balancer's hashing and candidate walk.
+        if self.backends.len() == 1 {
+            return (accept(0) && self.is_ready(0)).then_some(0);
+        }
         let accept_backend = |b: &Backend, ready: bool| {
             ready
                 && b.addr
