@@ -482,32 +482,9 @@ async fn sixteen_mib_upload_streams_through_the_proxy() {
     *up.state.first_chunk.lock().unwrap() = Some(first_tx);
     let running = spawn(proxy().routes([Route::prefix("/", Upstream::new(&up.url))])).await;
 
-    let (tx, body) = channel_body();
-    let req = Request::post("/upload")
-        .header("host", "t")
-        .header("content-length", (16 * MIB).to_string())
-        .body(body)
-        .unwrap();
-    let mut conn = h1_connection(running.local_addr()).await;
-    let response = tokio::spawn(async move { conn.send_request(req).await });
-
-    let chunk = Bytes::from(vec![7u8; MIB]);
-    tx.send(chunk.clone()).await.unwrap();
-    tokio::time::timeout(HANG_GUARD, first_rx)
-        .await
-        .expect("the upstream saw the first chunk before the client sent the rest")
-        .unwrap();
-    for _ in 1..16 {
-        tx.send(chunk.clone()).await.unwrap();
-    }
-    drop(tx);
-    let res = tokio::time::timeout(HANG_GUARD, response)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::OK);
-    assert_eq!(body_text(res).await, (16 * MIB).to_string());
+    let (status, body) = upload_streaming(running.local_addr(), "/upload", 16, first_rx).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, (16 * MIB).to_string());
     running.shutdown().await;
 }
 

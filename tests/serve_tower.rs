@@ -119,33 +119,9 @@ async fn large_request_body_streams_to_the_service() {
         .with_state(state);
     let running = start(app).await;
 
-    let (tx, body) = channel_body();
-    let req = Request::post("/upload")
-        .header("host", "t")
-        .header("content-length", (64 * MIB).to_string())
-        .body(body)
-        .unwrap();
-    let mut conn = h1_connection(running.local_addr()).await;
-    let response = tokio::spawn(async move { conn.send_request(req).await });
-
-    let chunk = Bytes::from(vec![7u8; MIB]);
-    tx.send(chunk.clone()).await.unwrap();
-    tokio::time::timeout(HANG_GUARD, first_rx)
-        .await
-        .expect("the service saw the first chunk before the client sent the rest")
-        .unwrap();
-    for _ in 1..64 {
-        tx.send(chunk.clone()).await.unwrap();
-    }
-    drop(tx);
-
-    let res = tokio::time::timeout(HANG_GUARD, response)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::OK);
-    assert_eq!(body_text(res).await, (64 * MIB).to_string());
+    let (status, body) = upload_streaming(running.local_addr(), "/upload", 64, first_rx).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, (64 * MIB).to_string());
     running.shutdown().await;
 }
 

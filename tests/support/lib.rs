@@ -164,3 +164,44 @@ pub fn refusing_addr() -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     listener.local_addr().expect("local addr")
 }
+
+/// Uploads `mib` MiB to `addr{path}` with a `Content-Length`, sending the first MiB, then waiting
+/// for `first_seen` (fired by the receiving service when it gets its first chunk) before the
+/// rest. A server or proxy that buffered the whole request body would never fire it, so the
+/// upload would stop at the hang guard. Returns the response status and body text.
+pub async fn upload_streaming(
+    addr: SocketAddr,
+    path: &str,
+    mib: usize,
+    first_seen: tokio::sync::oneshot::Receiver<()>,
+) -> (http::StatusCode, String) {
+    let (tx, body) = channel_body();
+    let req = Request::post(path)
+        .header(http::header::HOST, addr.to_string())
+        .header(
+            http::header::CONTENT_LENGTH,
+            (mib * 1024 * 1024).to_string(),
+        )
+        .body(body)
+        .expect("request");
+    let mut conn = h1_connection(addr).await;
+    let response = tokio::spawn(async move { conn.send_request(req).await });
+
+    let chunk = Bytes::from(vec![7u8; 1024 * 1024]);
+    tx.send(chunk.clone()).await.expect("first chunk");
+    tokio::time::timeout(HANG_GUARD, first_seen)
+        .await
+        .expect("the receiver saw the first chunk before the client sent the rest")
+        .expect("first-chunk signal");
+    for _ in 1..mib {
+        tx.send(chunk.clone()).await.expect("chunk");
+    }
+    drop(tx);
+    let res = tokio::time::timeout(HANG_GUARD, response)
+        .await
+        .expect("response in time")
+        .expect("client task")
+        .expect("response");
+    let status = res.status();
+    (status, body_text(res).await)
+}
