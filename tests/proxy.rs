@@ -461,6 +461,21 @@ async fn forwarding_headers_reach_the_upstream() {
 }
 
 #[tokio::test]
+async fn forwarding_headers_can_be_turned_off() {
+    let up = upstream("echo").await;
+    let running = spawn(
+        proxy()
+            .routes([Route::prefix("/", Upstream::new(&up.url))])
+            .forwarded_headers(false),
+    )
+    .await;
+    let (status, echoed) = get_with_host(running.local_addr(), "front.test", "/headers").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(echoed, "|||front.test", "only the client's Host passes");
+    running.shutdown().await;
+}
+
+#[tokio::test]
 async fn upstream_host_header_when_not_preserving_host() {
     let up = upstream("echo").await;
     let running = spawn(proxy().routes([Route::prefix(

@@ -97,6 +97,8 @@ struct Shared {
     timeouts: Timeouts,
     /// Larger request heads are answered `431` (Pingora itself accepts up to 1 MiB).
     max_header_bytes: usize,
+    /// Whether `X-Forwarded-For/-Proto/-Host` are set on upstream requests.
+    forwarded_headers: bool,
 }
 
 impl std::fmt::Debug for RoutingProxy {
@@ -131,6 +133,7 @@ impl RoutingProxy {
         groups: Vec<UpstreamGroup>,
         timeouts: Timeouts,
         max_header_bytes: usize,
+        forwarded_headers: bool,
     ) -> Self {
         RoutingProxy {
             shared: Arc::new(Shared {
@@ -138,6 +141,7 @@ impl RoutingProxy {
                 groups: groups.into_boxed_slice(),
                 timeouts,
                 max_header_bytes,
+                forwarded_headers,
             }),
         }
     }
@@ -500,10 +504,12 @@ impl ProxyHttp for RoutingProxy {
         upstream_request: &mut RequestHeader,
         ctx: &mut ProxyCtx,
     ) -> Result<()> {
+        let forwarded = self.shared.forwarded_headers;
         if let Some(ip) = session
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip())
+            .filter(|_| forwarded)
         {
             let mut forwarded = String::new();
             for earlier in upstream_request.headers.get_all("x-forwarded-for") {
@@ -515,8 +521,11 @@ impl ProxyHttp for RoutingProxy {
             forwarded.push_str(&ip.to_string());
             upstream_request.insert_header("x-forwarded-for", forwarded)?;
         }
-        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-        upstream_request.insert_header("x-forwarded-proto", if tls { "https" } else { "http" })?;
+        if forwarded {
+            let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+            upstream_request
+                .insert_header("x-forwarded-proto", if tls { "https" } else { "http" })?;
+        }
 
         let client_host = session.req_header().headers.get(HOST).cloned().or_else(|| {
             session
@@ -525,7 +534,7 @@ impl ProxyHttp for RoutingProxy {
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
-        if let Some(host) = &client_host {
+        if let Some(host) = client_host.as_ref().filter(|_| forwarded) {
             upstream_request.insert_header("x-forwarded-host", host.clone())?;
         }
         let group = ctx.route().map(|r| &self.shared.groups[r]);
