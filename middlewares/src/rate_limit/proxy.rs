@@ -11,7 +11,7 @@ use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 use tokio::time::Instant;
 
-use super::{Decision, Quota, RateLimit, RateLimitLayer, RateLimited};
+use super::{Decision, KeyValue, Quota, RateLimit, RateLimitLayer, RateLimited};
 use crate::proxy_host::ProxyPolicy;
 use crate::RequestInfo;
 
@@ -53,11 +53,14 @@ impl ProxyPolicy for RateLimitLayer {
         session: &mut Session,
         ctx: &mut RateLimitProxyCtx,
     ) -> Result<bool> {
-        let peer = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
-        let decision = {
+        let decision = if self.is_global() {
+            // Same fast path as the tower host: no request view, no client address.
+            self.check(&KeyValue::Global, Instant::now())
+        } else {
+            let peer = session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip());
             let info = RequestInfo::from_parts(session.req_header());
             match self.key_for_peer(&info, peer) {
                 Some(key) => self.check(&key, Instant::now()),

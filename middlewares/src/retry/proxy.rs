@@ -60,6 +60,12 @@ impl ProxyPolicy for Shared {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RetryProxyCtx) -> Result<bool> {
+        // Like the tower host: no retries configured, no budget bookkeeping. (Unlike the tower
+        // host, every request deposits otherwise: in a proxy any method may be retried after a
+        // failed connect, so every request can spend from the budget.)
+        if !self.policy.has_retries_left(0) {
+            return Ok(false);
+        }
         let head = session.req_header();
         ctx.retryable_request = self
             .policy
