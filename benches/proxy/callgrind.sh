@@ -10,9 +10,11 @@
 # pingora-plain, where the instructions of a request go, per function, and the per-function
 # difference of each variant against pingora-plain).
 #
-# Environment: N1 (2000), N2 (6000), VARIANTS (space separated; also `nginx` (run without its
+# Environment: N1 (2000), N2 (6000), VARIANTS (space separated; the default compares
+# pingora-plain and pingora-tower with and without the X-Forwarded-* headers
+# (`pingora-plain+fwd`, `pingora-tower-nofwd`, `pingora-tower+4-nofwd`); also `nginx` (run without its
 # master process), `haproxy`, `servetower-axum`, `axum-hyper`, `pingora-server`: the plain proxy
-# on Pingora's own Server, the what-ifs `pingora-plain+fwd`, `pingora-plain+fwd-lean`,
+# on Pingora's own Server, the what-ifs `pingora-plain+fwd-lean`,
 # `pingora-plain+timeouts`, and any Rust variant with `@ct` for a current-thread runtime),
 # REPORT (callgrind: the name of the .csv/.md written), CARGO_TARGET_DIR, KEEP_WORK=1 keeps the
 # callgrind.out files in the temp dir.
@@ -22,7 +24,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 N1=${N1:-2000}
 N2=${N2:-6000}
-VARIANTS=${VARIANTS:-pingora-plain pingora-tower pingora-tower+4}
+VARIANTS=${VARIANTS:-pingora-plain pingora-plain+fwd pingora-tower pingora-tower+4 pingora-tower-nofwd pingora-tower+4-nofwd}
 PORT=${PORT:-19011}
 RESULTS=$PB_HERE/results
 REPORT=${REPORT:-callgrind}

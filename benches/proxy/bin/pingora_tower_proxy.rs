@@ -4,11 +4,13 @@
 //! ```text
 //! pingora-tower-proxy [--listen 127.0.0.1:19002] [--upstream http://127.0.0.1:19000]
 //!                     [--layers none|four] [--workers 1] [--pool 128]
+//!                     [--forwarded-headers yes|no]
 //! ```
 //! `--layers four` wraps the proxy, outermost first, in `timeout(30 s)`,
 //! `rate_limit(1e9 per second)`, `retry(2)` and `circuit_breaker(50 %, 10 s)`. The proxy runs on
 //! a multi-thread tokio runtime with `--workers` worker threads (`0` = current-thread), the same
-//! host and runtime as `pingora-plain`. Prints `listening on ADDR` once bound; stops on SIGINT
+//! host and runtime as `pingora-plain`. `--forwarded-headers no` leaves out the X-Forwarded-*
+//! headers (on by default), for a like-for-like comparison with `pingora-plain`. Prints `listening on ADDR` once bound; stops on SIGINT
 //! or SIGTERM.
 
 #[path = "../common.rs"]
@@ -24,7 +26,7 @@ use pingora_tower::proxy::{
 
 const USAGE: &str = "pingora-tower-proxy [--listen 127.0.0.1:19002] \
                      [--upstream http://127.0.0.1:19000] [--layers none|four] [--workers 1] \
-                     [--pool 128]";
+                     [--pool 128] [--forwarded-headers yes|no]";
 
 /// Requests per second the rate limiter admits: far above anything the bench offers.
 const NEVER_TRIPS_PER_SECOND: u32 = 1_000_000_000;
@@ -35,13 +37,19 @@ fn main() -> Result<(), common::BoxError> {
     let upstream = args.get("upstream", "http://127.0.0.1:19000");
     let layers = args.get("layers", "none");
     let workers: usize = args.parse_or("workers", 1);
+    let forwarded_headers = match args.get("forwarded-headers", "yes").as_str() {
+        "yes" => true,
+        "no" => false,
+        other => return Err(format!("--forwarded-headers {other:?}: expected yes or no").into()),
+    };
     let conf = ServerConf {
         upstream_keepalive_pool_size: args.parse_or("pool", DEFAULT_UPSTREAM_KEEPALIVE_POOL),
         ..ServerConf::default()
     };
     let builder: ProxyBuilder = PingoraProxy::builder(&listen)
         .route(Route::prefix("/", Upstream::new(upstream.as_str())))
-        .server_conf(conf);
+        .server_conf(conf)
+        .forwarded_headers(forwarded_headers);
     common::runtime(workers)?.block_on(async move {
         let running = match layers.as_str() {
             "none" => builder.build()?.spawn().await?,

@@ -6,18 +6,17 @@
 //! `Retry-After` at once, and no backend is contacted. The attempt's outcome is recorded from
 //! `fail_to_connect` / `error_while_proxy` (failures) or the response status (through the layer's
 //! classifier); a permit still held when the request ends (the client went away) is released
-//! unrecorded in `logging`.
+//! unrecorded when the request context is dropped.
 
-use async_trait::async_trait;
 use pingora_core::upstreams::peer::{HttpPeer, Peer};
 use pingora_error::{Error, ErrorType, Result};
 use pingora_http::ResponseHeader;
-use pingora_proxy::{FailToProxy, Session};
+use pingora_proxy::Session;
 use tokio::time::Instant;
 
 use super::layer::Shared;
 use super::{CircuitBreaker, CircuitOpen, Outcome, Permit};
-use crate::proxy_host::{PeerChoice, ProxyPolicy};
+use crate::proxy_host::{Hooks, PeerChoice, ProxyPolicy};
 
 impl_proxy_http!(CircuitBreaker, Shared, CircuitBreakerProxyCtx, |this| &this
     .shared);
@@ -76,12 +75,19 @@ impl CircuitBreakerProxyCtx {
     }
 }
 
-#[async_trait]
 impl ProxyPolicy for Shared {
     type Ctx = CircuitBreakerProxyCtx;
 
     fn new_ctx(&self) -> CircuitBreakerProxyCtx {
         CircuitBreakerProxyCtx::default()
+    }
+
+    fn hooks(&self) -> Hooks {
+        Hooks {
+            select_peer: true,
+            upstream_response_filter: true,
+            ..Hooks::default()
+        }
     }
 
     fn select_peer(
@@ -119,7 +125,7 @@ impl ProxyPolicy for Shared {
         e
     }
 
-    async fn upstream_response_filter(
+    fn upstream_response_filter(
         &self,
         _session: &mut Session,
         response: &mut ResponseHeader,
@@ -155,43 +161,23 @@ impl ProxyPolicy for Shared {
         e
     }
 
-    async fn respond_to_failure(
+    fn respond_to_failure(
         &self,
-        session: &mut Session,
         e: &Error,
         ctx: &mut CircuitBreakerProxyCtx,
-    ) -> Option<FailToProxy> {
+    ) -> Option<Box<ResponseHeader>> {
         if !ctx.all_open || e.etype() != &ErrorType::HTTPStatus(503) {
             return None;
         }
         let open = ctx.skipped.as_ref()?;
-        let mut response = ResponseHeader::build(open.status(), Some(2)).ok()?;
-        for (name, value) in &open.headers() {
+        let headers = open.headers();
+        let mut response = ResponseHeader::build(open.status(), Some(headers.len() + 1)).ok()?;
+        for (name, value) in &headers {
             response.insert_header(name.clone(), value.clone()).ok()?;
         }
         response
             .insert_header(http::header::CONTENT_LENGTH, 0)
             .ok()?;
-        session.set_keepalive(None);
-        if let Err(e) = session
-            .write_response_header(Box::new(response), true)
-            .await
-        {
-            tracing::debug!(error = %e, "could not write the 503 response");
-        }
-        Some(FailToProxy {
-            error_code: 503,
-            can_reuse_downstream: false,
-        })
-    }
-
-    async fn logging(
-        &self,
-        _session: &mut Session,
-        _e: Option<&Error>,
-        ctx: &mut CircuitBreakerProxyCtx,
-    ) {
-        // Still held: the request ended before the attempt did (cancelled), count nothing.
-        ctx.permit = None;
+        Some(Box::new(response))
     }
 }

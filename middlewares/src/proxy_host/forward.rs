@@ -58,6 +58,8 @@ macro_rules! impl_proxy_http {
         const _: () = {
             use std::any::Any;
             use std::borrow::Cow;
+            use std::future::Future;
+            use std::pin::Pin;
             use std::time::Duration;
 
             use async_trait::async_trait;
@@ -77,7 +79,15 @@ macro_rules! impl_proxy_http {
             };
             use tokio::sync::mpsc;
 
-            use $crate::proxy_host::{LayerCtx, PeerChoice, ProxyPolicy, MAX_PEER_SKIPS};
+            use $crate::proxy_host::{
+                Admission, LayerCtx, PeerChoice, ProxyPolicy, MAX_PEER_SKIPS,
+            };
+
+            /// What `#[async_trait]` makes of an `async fn` in `ProxyHttp`. The async methods
+            /// below are written in this desugared form so that a phase the policy does not act
+            /// in returns the inner proxy's future itself: one allocation per phase for the
+            /// whole stack instead of one per layer.
+            type Fut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
             impl<S> $svc<S> {
                 #[inline]
@@ -102,29 +112,50 @@ macro_rules! impl_proxy_http {
                     }
                 }
 
-                async fn upstream_peer(
-                    &self,
-                    session: &mut Session,
-                    ctx: &mut Self::CTX,
-                ) -> Result<Box<HttpPeer>> {
+                fn upstream_peer<'life0, 'life1, 'life2, 'async_trait>(
+                    &'life0 self,
+                    session: &'life1 mut Session,
+                    ctx: &'life2 mut Self::CTX,
+                ) -> Fut<'async_trait, Result<Box<HttpPeer>>>
+                where
+                    'life0: 'async_trait,
+                    'life1: 'async_trait,
+                    'life2: 'async_trait,
+                    Self: 'async_trait,
+                {
                     let policy = self.proxy_policy();
-                    policy.before_upstream_peer(session, &mut ctx.own).await?;
-                    for _ in 0..=MAX_PEER_SKIPS {
-                        let mut peer = match self.inner.upstream_peer(session, &mut ctx.inner).await
-                        {
-                            Ok(peer) => peer,
-                            Err(e) => return Err(policy.no_peer(e, &mut ctx.own)),
-                        };
-                        match policy.select_peer(session, &mut peer, &mut ctx.own)? {
-                            PeerChoice::Accept => return Ok(peer),
-                            PeerChoice::Skip => continue,
-                        }
+                    let wait = match policy.before_upstream_peer(session, &mut ctx.own) {
+                        Ok(wait) => wait,
+                        Err(e) => return Box::pin(std::future::ready(Err(e))),
+                    };
+                    let selects = policy.hooks().select_peer;
+                    if wait.is_none() && !selects {
+                        return self.inner.upstream_peer(session, &mut ctx.inner);
                     }
-                    let e = Error::explain(
-                        pingora_error::ErrorType::ConnectNoRoute,
-                        "every peer offered was skipped",
-                    );
-                    Err(policy.no_peer(e, &mut ctx.own))
+                    Box::pin(async move {
+                        if let Some(wait) = wait {
+                            tokio::time::sleep(wait).await;
+                        }
+                        if !selects {
+                            return self.inner.upstream_peer(session, &mut ctx.inner).await;
+                        }
+                        for _ in 0..=MAX_PEER_SKIPS {
+                            let mut peer =
+                                match self.inner.upstream_peer(session, &mut ctx.inner).await {
+                                    Ok(peer) => peer,
+                                    Err(e) => return Err(policy.no_peer(e, &mut ctx.own)),
+                                };
+                            match policy.select_peer(session, &mut peer, &mut ctx.own)? {
+                                PeerChoice::Accept => return Ok(peer),
+                                PeerChoice::Skip => continue,
+                            }
+                        }
+                        let e = Error::explain(
+                            pingora_error::ErrorType::ConnectNoRoute,
+                            "every peer offered was skipped",
+                        );
+                        Err(policy.no_peer(e, &mut ctx.own))
+                    })
                 }
 
                 fn init_downstream_modules(&self, modules: &mut HttpModules) {
@@ -136,45 +167,71 @@ macro_rules! impl_proxy_http {
                     self.inner.init_upstream_modules(modules)
                 }
 
-                async fn request_filter(
-                    &self,
-                    session: &mut Session,
-                    ctx: &mut Self::CTX,
-                ) -> Result<bool> {
-                    if self
-                        .proxy_policy()
-                        .request_filter(session, &mut ctx.own)
-                        .await?
-                    {
-                        return Ok(true);
+                fn request_filter<'life0, 'life1, 'life2, 'async_trait>(
+                    &'life0 self,
+                    session: &'life1 mut Session,
+                    ctx: &'life2 mut Self::CTX,
+                ) -> Fut<'async_trait, Result<bool>>
+                where
+                    Self::CTX: Send + Sync,
+                    'life0: 'async_trait,
+                    'life1: 'async_trait,
+                    'life2: 'async_trait,
+                    Self: 'async_trait,
+                {
+                    match self.proxy_policy().request_filter(session, &mut ctx.own) {
+                        Ok(Admission::Continue) => {
+                            self.inner.request_filter(session, &mut ctx.inner)
+                        }
+                        Ok(Admission::Wait(wait)) => Box::pin(async move {
+                            tokio::time::sleep(wait).await;
+                            self.inner.request_filter(session, &mut ctx.inner).await
+                        }),
+                        Ok(Admission::Respond(head)) => Box::pin(async move {
+                            session.set_keepalive(None);
+                            session.write_response_header(head, true).await?;
+                            Ok(true)
+                        }),
+                        Err(e) => Box::pin(std::future::ready(Err(e))),
                     }
-                    self.inner.request_filter(session, &mut ctx.inner).await
                 }
 
-                async fn early_request_filter(
-                    &self,
-                    session: &mut Session,
-                    ctx: &mut Self::CTX,
-                ) -> Result<()> {
-                    self.inner
-                        .early_request_filter(session, &mut ctx.inner)
-                        .await
+                fn early_request_filter<'life0, 'life1, 'life2, 'async_trait>(
+                    &'life0 self,
+                    session: &'life1 mut Session,
+                    ctx: &'life2 mut Self::CTX,
+                ) -> Fut<'async_trait, Result<()>>
+                where
+                    Self::CTX: Send + Sync,
+                    'life0: 'async_trait,
+                    'life1: 'async_trait,
+                    'life2: 'async_trait,
+                    Self: 'async_trait,
+                {
+                    self.inner.early_request_filter(session, &mut ctx.inner)
                 }
 
                 fn allow_spawning_subrequest(&self, session: &Session, ctx: &Self::CTX) -> bool {
                     self.inner.allow_spawning_subrequest(session, &ctx.inner)
                 }
 
-                async fn request_body_filter(
-                    &self,
-                    session: &mut Session,
-                    body: &mut Option<Bytes>,
+                fn request_body_filter<'life0, 'life1, 'life2, 'life3, 'async_trait>(
+                    &'life0 self,
+                    session: &'life1 mut Session,
+                    body: &'life2 mut Option<Bytes>,
                     end_of_stream: bool,
-                    ctx: &mut Self::CTX,
-                ) -> Result<()> {
+                    ctx: &'life3 mut Self::CTX,
+                ) -> Fut<'async_trait, Result<()>>
+                where
+                    Self::CTX: Send + Sync,
+                    'life0: 'async_trait,
+                    'life1: 'async_trait,
+                    'life2: 'async_trait,
+                    'life3: 'async_trait,
+                    Self: 'async_trait,
+                {
                     self.inner
                         .request_body_filter(session, body, end_of_stream, &mut ctx.inner)
-                        .await
                 }
 
                 fn request_cache_filter(
@@ -197,27 +254,45 @@ macro_rules! impl_proxy_http {
                     self.inner.cache_miss(session, &mut ctx.inner)
                 }
 
-                async fn cache_hit_filter(
-                    &self,
-                    session: &mut Session,
-                    meta: &CacheMeta,
-                    hit_handler: &mut HitHandler,
+                fn cache_hit_filter<'life0, 'life1, 'life2, 'life3, 'life4, 'async_trait>(
+                    &'life0 self,
+                    session: &'life1 mut Session,
+                    meta: &'life2 CacheMeta,
+                    hit_handler: &'life3 mut HitHandler,
                     is_fresh: bool,
-                    ctx: &mut Self::CTX,
-                ) -> Result<Option<ForcedFreshness>> {
-                    self.inner
-                        .cache_hit_filter(session, meta, hit_handler, is_fresh, &mut ctx.inner)
-                        .await
+                    ctx: &'life4 mut Self::CTX,
+                ) -> Fut<'async_trait, Result<Option<ForcedFreshness>>>
+                where
+                    Self::CTX: Send + Sync,
+                    'life0: 'async_trait,
+                    'life1: 'async_trait,
+                    'life2: 'async_trait,
+                    'life3: 'async_trait,
+                    'life4: 'async_trait,
+                    Self: 'async_trait,
+                {
+                    self.inner.cache_hit_filter(
+                        session,
+                        meta,
+                        hit_handler,
+                        is_fresh,
+                        &mut ctx.inner,
+                    )
                 }
 
-                async fn proxy_upstream_filter(
-                    &self,
-                    session: &mut Session,
-                    ctx: &mut Self::CTX,
-                ) -> Result<bool> {
-                    self.inner
-                        .proxy_upstream_filter(session, &mut ctx.inner)
-                        .await
+                fn proxy_upstream_filter<'life0, 'life1, 'life2, 'async_trait>(
+                    &'life0 self,
+                    session: &'life1 mut Session,
+                    ctx: &'life2 mut Self::CTX,
+                ) -> Fut<'async_trait, Result<bool>>
+                where
+                    Self::CTX: Send + Sync,
+                    'life0: 'async_trait,
+                    'life1: 'async_trait,
+                    'life2: 'async_trait,
+                    Self: 'async_trait,
+                {
+                    self.inner.proxy_upstream_filter(session, &mut ctx.inner)
                 }
 
                 fn response_cache_filter(
@@ -259,112 +334,172 @@ macro_rules! impl_proxy_http {
                         .range_header_filter(session, resp, &mut ctx.inner)
                 }
 
-                async fn upstream_request_filter(
-                    &self,
-                    session: &mut Session,
-                    upstream_request: &mut RequestHeader,
-                    ctx: &mut Self::CTX,
-                ) -> Result<()> {
+                fn upstream_request_filter<'life0, 'life1, 'life2, 'life3, 'async_trait>(
+                    &'life0 self,
+                    session: &'life1 mut Session,
+                    upstream_request: &'life2 mut RequestHeader,
+                    ctx: &'life3 mut Self::CTX,
+                ) -> Fut<'async_trait, Result<()>>
+                where
+                    Self::CTX: Send + Sync,
+                    'life0: 'async_trait,
+                    'life1: 'async_trait,
+                    'life2: 'async_trait,
+                    'life3: 'async_trait,
+                    Self: 'async_trait,
+                {
                     self.inner
                         .upstream_request_filter(session, upstream_request, &mut ctx.inner)
-                        .await
                 }
 
                 #[cfg(feature = "upstream_modules")]
-                async fn adjust_upstream_modules(
-                    &self,
-                    session: &mut Session,
-                    upstream_response: &ResponseHeader,
+                fn adjust_upstream_modules<'life0, 'life1, 'life2, 'life3, 'async_trait>(
+                    &'life0 self,
+                    session: &'life1 mut Session,
+                    upstream_response: &'life2 ResponseHeader,
                     end_of_stream: bool,
-                    ctx: &mut Self::CTX,
-                ) -> Result<()> {
-                    self.inner
-                        .adjust_upstream_modules(
+                    ctx: &'life3 mut Self::CTX,
+                ) -> Fut<'async_trait, Result<()>>
+                where
+                    Self::CTX: Send + Sync,
+                    'life0: 'async_trait,
+                    'life1: 'async_trait,
+                    'life2: 'async_trait,
+                    'life3: 'async_trait,
+                    Self: 'async_trait,
+                {
+                    self.inner.adjust_upstream_modules(
+                        session,
+                        upstream_response,
+                        end_of_stream,
+                        &mut ctx.inner,
+                    )
+                }
+
+                fn upstream_response_filter<'life0, 'life1, 'life2, 'life3, 'async_trait>(
+                    &'life0 self,
+                    session: &'life1 mut Session,
+                    upstream_response: &'life2 mut ResponseHeader,
+                    ctx: &'life3 mut Self::CTX,
+                ) -> Fut<'async_trait, Result<()>>
+                where
+                    Self::CTX: Send + Sync,
+                    'life0: 'async_trait,
+                    'life1: 'async_trait,
+                    'life2: 'async_trait,
+                    'life3: 'async_trait,
+                    Self: 'async_trait,
+                {
+                    let policy = self.proxy_policy();
+                    if !policy.hooks().upstream_response_filter {
+                        return self.inner.upstream_response_filter(
                             session,
                             upstream_response,
-                            end_of_stream,
                             &mut ctx.inner,
-                        )
-                        .await
+                        );
+                    }
+                    Box::pin(async move {
+                        self.inner
+                            .upstream_response_filter(session, upstream_response, &mut ctx.inner)
+                            .await?;
+                        policy.upstream_response_filter(session, upstream_response, &mut ctx.own)
+                    })
                 }
 
-                async fn upstream_response_filter(
-                    &self,
-                    session: &mut Session,
-                    upstream_response: &mut ResponseHeader,
-                    ctx: &mut Self::CTX,
-                ) -> Result<()> {
-                    self.inner
-                        .upstream_response_filter(session, upstream_response, &mut ctx.inner)
-                        .await?;
-                    self.proxy_policy()
-                        .upstream_response_filter(session, upstream_response, &mut ctx.own)
-                        .await
+                fn response_filter<'life0, 'life1, 'life2, 'life3, 'async_trait>(
+                    &'life0 self,
+                    session: &'life1 mut Session,
+                    upstream_response: &'life2 mut ResponseHeader,
+                    ctx: &'life3 mut Self::CTX,
+                ) -> Fut<'async_trait, Result<()>>
+                where
+                    Self::CTX: Send + Sync,
+                    'life0: 'async_trait,
+                    'life1: 'async_trait,
+                    'life2: 'async_trait,
+                    'life3: 'async_trait,
+                    Self: 'async_trait,
+                {
+                    let policy = self.proxy_policy();
+                    if !policy.hooks().response_filter {
+                        return self.inner.response_filter(
+                            session,
+                            upstream_response,
+                            &mut ctx.inner,
+                        );
+                    }
+                    Box::pin(async move {
+                        self.inner
+                            .response_filter(session, upstream_response, &mut ctx.inner)
+                            .await?;
+                        policy.response_filter(session, upstream_response, &mut ctx.own)
+                    })
                 }
 
-                async fn response_filter(
-                    &self,
-                    session: &mut Session,
-                    upstream_response: &mut ResponseHeader,
-                    ctx: &mut Self::CTX,
-                ) -> Result<()> {
-                    self.inner
-                        .response_filter(session, upstream_response, &mut ctx.inner)
-                        .await?;
-                    self.proxy_policy()
-                        .response_filter(session, upstream_response, &mut ctx.own)
-                        .await
-                }
-
-                async fn custom_forwarding(
-                    &self,
-                    session: &mut Session,
-                    ctx: &mut Self::CTX,
+                fn custom_forwarding<'life0, 'life1, 'life2, 'async_trait>(
+                    &'life0 self,
+                    session: &'life1 mut Session,
+                    ctx: &'life2 mut Self::CTX,
                     custom_message_to_upstream: Option<mpsc::Sender<Bytes>>,
                     custom_message_to_downstream: mpsc::Sender<Bytes>,
-                ) -> Result<()> {
-                    self.inner
-                        .custom_forwarding(
-                            session,
-                            &mut ctx.inner,
-                            custom_message_to_upstream,
-                            custom_message_to_downstream,
-                        )
-                        .await
+                ) -> Fut<'async_trait, Result<()>>
+                where
+                    Self::CTX: Send + Sync,
+                    'life0: 'async_trait,
+                    'life1: 'async_trait,
+                    'life2: 'async_trait,
+                    Self: 'async_trait,
+                {
+                    self.inner.custom_forwarding(
+                        session,
+                        &mut ctx.inner,
+                        custom_message_to_upstream,
+                        custom_message_to_downstream,
+                    )
                 }
 
-                async fn downstream_custom_message_proxy_filter(
-                    &self,
-                    session: &mut Session,
+                fn downstream_custom_message_proxy_filter<'life0, 'life1, 'life2, 'async_trait>(
+                    &'life0 self,
+                    session: &'life1 mut Session,
                     custom_message: Bytes,
-                    ctx: &mut Self::CTX,
+                    ctx: &'life2 mut Self::CTX,
                     final_hop: bool,
-                ) -> Result<Option<Bytes>> {
-                    self.inner
-                        .downstream_custom_message_proxy_filter(
-                            session,
-                            custom_message,
-                            &mut ctx.inner,
-                            final_hop,
-                        )
-                        .await
+                ) -> Fut<'async_trait, Result<Option<Bytes>>>
+                where
+                    Self::CTX: Send + Sync,
+                    'life0: 'async_trait,
+                    'life1: 'async_trait,
+                    'life2: 'async_trait,
+                    Self: 'async_trait,
+                {
+                    self.inner.downstream_custom_message_proxy_filter(
+                        session,
+                        custom_message,
+                        &mut ctx.inner,
+                        final_hop,
+                    )
                 }
 
-                async fn upstream_custom_message_proxy_filter(
-                    &self,
-                    session: &mut Session,
+                fn upstream_custom_message_proxy_filter<'life0, 'life1, 'life2, 'async_trait>(
+                    &'life0 self,
+                    session: &'life1 mut Session,
                     custom_message: Bytes,
-                    ctx: &mut Self::CTX,
+                    ctx: &'life2 mut Self::CTX,
                     final_hop: bool,
-                ) -> Result<Option<Bytes>> {
-                    self.inner
-                        .upstream_custom_message_proxy_filter(
-                            session,
-                            custom_message,
-                            &mut ctx.inner,
-                            final_hop,
-                        )
-                        .await
+                ) -> Fut<'async_trait, Result<Option<Bytes>>>
+                where
+                    Self::CTX: Send + Sync,
+                    'life0: 'async_trait,
+                    'life1: 'async_trait,
+                    'life2: 'async_trait,
+                    Self: 'async_trait,
+                {
+                    self.inner.upstream_custom_message_proxy_filter(
+                        session,
+                        custom_message,
+                        &mut ctx.inner,
+                        final_hop,
+                    )
                 }
 
                 fn upstream_response_body_filter(
@@ -408,25 +543,39 @@ macro_rules! impl_proxy_http {
                         .response_body_filter(session, body, end_of_stream, &mut ctx.inner)
                 }
 
-                async fn response_trailer_filter(
-                    &self,
-                    session: &mut Session,
-                    upstream_trailers: &mut HeaderMap,
-                    ctx: &mut Self::CTX,
-                ) -> Result<Option<Bytes>> {
+                fn response_trailer_filter<'life0, 'life1, 'life2, 'life3, 'async_trait>(
+                    &'life0 self,
+                    session: &'life1 mut Session,
+                    upstream_trailers: &'life2 mut HeaderMap,
+                    ctx: &'life3 mut Self::CTX,
+                ) -> Fut<'async_trait, Result<Option<Bytes>>>
+                where
+                    Self::CTX: Send + Sync,
+                    'life0: 'async_trait,
+                    'life1: 'async_trait,
+                    'life2: 'async_trait,
+                    'life3: 'async_trait,
+                    Self: 'async_trait,
+                {
                     self.inner
                         .response_trailer_filter(session, upstream_trailers, &mut ctx.inner)
-                        .await
                 }
 
-                async fn logging(
-                    &self,
-                    session: &mut Session,
-                    e: Option<&Error>,
-                    ctx: &mut Self::CTX,
-                ) {
-                    self.inner.logging(session, e, &mut ctx.inner).await;
-                    self.proxy_policy().logging(session, e, &mut ctx.own).await;
+                fn logging<'life0, 'life1, 'life2, 'life3, 'async_trait>(
+                    &'life0 self,
+                    session: &'life1 mut Session,
+                    e: Option<&'life2 Error>,
+                    ctx: &'life3 mut Self::CTX,
+                ) -> Fut<'async_trait, ()>
+                where
+                    Self::CTX: Send + Sync,
+                    'life0: 'async_trait,
+                    'life1: 'async_trait,
+                    'life2: 'async_trait,
+                    'life3: 'async_trait,
+                    Self: 'async_trait,
+                {
+                    self.inner.logging(session, e, &mut ctx.inner)
                 }
 
                 fn persist_connection_context(
@@ -503,6 +652,7 @@ macro_rules! impl_proxy_http {
                         .fail_to_connect(session, peer, &mut ctx.own, e)
                 }
 
+                // The failure path: one allocation per layer is fine here.
                 async fn fail_to_proxy(
                     &self,
                     session: &mut Session,
@@ -510,10 +660,16 @@ macro_rules! impl_proxy_http {
                     ctx: &mut Self::CTX,
                 ) -> FailToProxy {
                     let policy = self.proxy_policy();
-                    if let Some(answered) =
-                        policy.respond_to_failure(session, e, &mut ctx.own).await
-                    {
-                        return answered;
+                    if let Some(head) = policy.respond_to_failure(e, &mut ctx.own) {
+                        let error_code = head.status.as_u16();
+                        session.set_keepalive(None);
+                        if let Err(e) = session.write_response_header(head, true).await {
+                            tracing::debug!(error = %e, "could not write the failure response");
+                        }
+                        return FailToProxy {
+                            error_code,
+                            can_reuse_downstream: false,
+                        };
                     }
                     match policy.replace_final_error(session, e, &mut ctx.own) {
                         Some(replaced) => {
@@ -535,29 +691,36 @@ macro_rules! impl_proxy_http {
                         .should_serve_stale(session, &mut ctx.inner, error)
                 }
 
-                async fn connected_to_upstream(
-                    &self,
-                    session: &mut Session,
+                fn connected_to_upstream<'life0, 'life1, 'life2, 'life3, 'life4, 'async_trait>(
+                    &'life0 self,
+                    session: &'life1 mut Session,
                     reused: bool,
-                    peer: &HttpPeer,
+                    peer: &'life2 HttpPeer,
                     #[cfg(unix)] fd: std::os::unix::io::RawFd,
                     #[cfg(windows)] sock: std::os::windows::io::RawSocket,
-                    digest: Option<&Digest>,
-                    ctx: &mut Self::CTX,
-                ) -> Result<()> {
-                    self.inner
-                        .connected_to_upstream(
-                            session,
-                            reused,
-                            peer,
-                            #[cfg(unix)]
-                            fd,
-                            #[cfg(windows)]
-                            sock,
-                            digest,
-                            &mut ctx.inner,
-                        )
-                        .await
+                    digest: Option<&'life3 Digest>,
+                    ctx: &'life4 mut Self::CTX,
+                ) -> Fut<'async_trait, Result<()>>
+                where
+                    Self::CTX: Send + Sync,
+                    'life0: 'async_trait,
+                    'life1: 'async_trait,
+                    'life2: 'async_trait,
+                    'life3: 'async_trait,
+                    'life4: 'async_trait,
+                    Self: 'async_trait,
+                {
+                    self.inner.connected_to_upstream(
+                        session,
+                        reused,
+                        peer,
+                        #[cfg(unix)]
+                        fd,
+                        #[cfg(windows)]
+                        sock,
+                        digest,
+                        &mut ctx.inner,
+                    )
                 }
 
                 fn request_summary(&self, session: &Session, ctx: &Self::CTX) -> String {

@@ -13,7 +13,7 @@
 //! | rate limit | `request_filter`: 429 before any upstream work |
 //! | timeout | `request_filter` stamps the deadline; `upstream_peer` clamps connect/read/write timeouts to what is left; body filter aborts past it; `fail_to_proxy` answers 504 |
 //! | retry | `fail_to_connect`, `error_while_proxy`, `upstream_response_filter` (retryable status becomes a retryable error); backoff before the next `upstream_peer` |
-//! | circuit breaker | a permit per backend in `upstream_peer` (an open backend is skipped by asking the inner proxy for another); outcome recorded from the failure hooks and the response status; released in `logging` |
+//! | circuit breaker | a permit per backend in `upstream_peer` (an open backend is skipped by asking the inner proxy for another); outcome recorded from the failure hooks and the response status; a permit still held when the request ends is released unrecorded with the context |
 //!
 //! **Order.** A tower stack runs its layers in stack order. In a proxy, Pingora fixes the order of
 //! phases: admission (`request_filter`) for every layer happens before peer selection, which
@@ -51,11 +51,12 @@
 #[macro_use]
 mod forward;
 
-use async_trait::async_trait;
+use std::time::Duration;
+
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, Result};
 use pingora_http::ResponseHeader;
-use pingora_proxy::{FailToProxy, Session};
+use pingora_proxy::Session;
 
 /// The per-request context of a layered proxy: the inner proxy's context and the layer's own.
 #[derive(Debug, Default)]
@@ -75,12 +76,40 @@ pub enum PeerChoice {
     Skip,
 }
 
+/// What a layer decides when a request arrives.
+#[derive(Debug)]
+pub enum Admission {
+    /// Go on: the inner proxy's `request_filter` runs next.
+    Continue,
+    /// Wait this long, then go on (a rate limiter's queue).
+    Wait(Duration),
+    /// Answer with this head and no body; the request ends (the connection is not reused, as
+    /// the request body may be unread).
+    Respond(Box<ResponseHeader>),
+}
+
+/// The optional hooks a policy acts in. The generated `ProxyHttp` impl returns the inner
+/// proxy's future unchanged at a phase whose hook is off, so a layer costs nothing (not even an
+/// allocation) at phases it does not use; a policy that overrides one of these hooks must turn
+/// it on here, or the hook is never called.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Hooks {
+    /// [`ProxyPolicy::select_peer`] sees every peer and [`ProxyPolicy::no_peer`] every failure
+    /// to find one.
+    pub select_peer: bool,
+    /// [`ProxyPolicy::upstream_response_filter`] sees every upstream response head.
+    pub upstream_response_filter: bool,
+    /// [`ProxyPolicy::response_filter`] sees every response head going downstream.
+    pub response_filter: bool,
+}
+
 /// How many times one request may ask the inner proxy for another peer before giving up.
 pub const MAX_PEER_SKIPS: usize = 32;
 
-/// A layer's policy mapped onto Pingora's proxy phases. Every hook has a no-op default; the
-/// generated `ProxyHttp` impl calls them around the inner proxy as documented per hook.
-#[async_trait]
+/// A layer's policy mapped onto Pingora's proxy phases. Hooks are synchronous: a layer decides,
+/// and the generated `ProxyHttp` impl does the waiting and writing (see [`Admission`]), so the
+/// common path allocates nothing beyond what the inner proxy does. Every hook has a no-op
+/// default; the generated impl calls them around the inner proxy as documented per hook.
 pub trait ProxyPolicy: Send + Sync {
     /// Per-request state of this layer.
     type Ctx: Send + Sync;
@@ -88,22 +117,28 @@ pub trait ProxyPolicy: Send + Sync {
     /// A fresh per-request state.
     fn new_ctx(&self) -> Self::Ctx;
 
-    /// Admission, called before the inner proxy's `request_filter`. `Ok(true)` means this
-    /// layer wrote a response and the request ends (the inner proxy is not asked).
-    async fn request_filter(&self, _session: &mut Session, _ctx: &mut Self::Ctx) -> Result<bool> {
-        Ok(false)
+    /// The optional hooks this policy acts in, read once per phase (it may depend on the
+    /// configuration, e.g. no retries configured means no response inspection).
+    fn hooks(&self) -> Hooks;
+
+    /// Admission, called before the inner proxy's `request_filter`; anything but
+    /// [`Admission::Continue`] is acted on before the inner proxy is asked.
+    fn request_filter(&self, _session: &mut Session, _ctx: &mut Self::Ctx) -> Result<Admission> {
+        Ok(Admission::Continue)
     }
 
-    /// Called before every attempt to pick a peer (the first and each retry).
-    async fn before_upstream_peer(
+    /// Called before every attempt to pick a peer (the first and each retry); `Some` is a wait
+    /// before the inner proxy is asked (a retry's backoff).
+    fn before_upstream_peer(
         &self,
         _session: &mut Session,
         _ctx: &mut Self::Ctx,
-    ) -> Result<()> {
-        Ok(())
+    ) -> Result<Option<Duration>> {
+        Ok(None)
     }
 
-    /// Called with each peer the inner proxy picked; may adjust it (timeouts) or skip it.
+    /// Called with each peer the inner proxy picked ([`Hooks::select_peer`]); may adjust it
+    /// (timeouts) or skip it.
     fn select_peer(
         &self,
         _session: &mut Session,
@@ -113,15 +148,16 @@ pub trait ProxyPolicy: Send + Sync {
         Ok(PeerChoice::Accept)
     }
 
-    /// Called when the inner proxy has no (further) peer to offer; may replace its error
-    /// (e.g. `503` when every candidate was skipped as open).
+    /// Called when the inner proxy has no (further) peer to offer ([`Hooks::select_peer`]); may
+    /// replace its error (e.g. `503` when every candidate was skipped as open).
     fn no_peer(&self, e: Box<Error>, _ctx: &mut Self::Ctx) -> Box<Error> {
         e
     }
 
-    /// Called after the inner proxy's `upstream_response_filter`; an `Err` aborts this attempt
-    /// (Pingora then asks `error_while_proxy` whether to retry).
-    async fn upstream_response_filter(
+    /// Called after the inner proxy's `upstream_response_filter`
+    /// ([`Hooks::upstream_response_filter`]); an `Err` aborts this attempt (Pingora then asks
+    /// `error_while_proxy` whether to retry).
+    fn upstream_response_filter(
         &self,
         _session: &mut Session,
         _upstream_response: &mut ResponseHeader,
@@ -130,8 +166,9 @@ pub trait ProxyPolicy: Send + Sync {
         Ok(())
     }
 
-    /// Called after the inner proxy's `response_filter`, before the head goes downstream.
-    async fn response_filter(
+    /// Called after the inner proxy's `response_filter` ([`Hooks::response_filter`]), before
+    /// the head goes downstream.
+    fn response_filter(
         &self,
         _session: &mut Session,
         _response: &mut ResponseHeader,
@@ -172,15 +209,11 @@ pub trait ProxyPolicy: Send + Sync {
         e
     }
 
-    /// Called first when the request failed for good: a layer that writes its own answer (e.g.
-    /// `503` with `Retry-After` when every backend's breaker is open) returns `Some`, and
-    /// neither inner layers nor the inner proxy write another.
-    async fn respond_to_failure(
-        &self,
-        _session: &mut Session,
-        _e: &Error,
-        _ctx: &mut Self::Ctx,
-    ) -> Option<FailToProxy> {
+    /// Called first when the request failed for good: a layer that answers itself (e.g. `503`
+    /// with `Retry-After` when every backend's breaker is open) returns the head to write (with
+    /// no body, the connection not reused), and neither inner layers nor the inner proxy write
+    /// another.
+    fn respond_to_failure(&self, _e: &Error, _ctx: &mut Self::Ctx) -> Option<Box<ResponseHeader>> {
         None
     }
 
@@ -194,7 +227,4 @@ pub trait ProxyPolicy: Send + Sync {
     ) -> Option<Box<Error>> {
         None
     }
-
-    /// Called after the inner proxy's `logging`, once per request.
-    async fn logging(&self, _session: &mut Session, _e: Option<&Error>, _ctx: &mut Self::Ctx) {}
 }

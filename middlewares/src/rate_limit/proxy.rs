@@ -5,14 +5,13 @@
 //! `Retry-After` and the `RateLimit` headers, and no upstream is contacted. In queue mode the
 //! request waits for its slot inside `request_filter`.
 
-use async_trait::async_trait;
 use pingora_error::Result;
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 use tokio::time::Instant;
 
 use super::{Decision, KeyValue, Quota, RateLimit, RateLimitLayer, RateLimited};
-use crate::proxy_host::ProxyPolicy;
+use crate::proxy_host::{Admission, Hooks, ProxyPolicy};
 use crate::RequestInfo;
 
 impl_proxy_http!(RateLimit, RateLimitLayer, RateLimitProxyCtx, |this| &this
@@ -25,22 +24,16 @@ pub struct RateLimitProxyCtx {
     quota: Option<Quota>,
 }
 
-async fn reject(session: &mut Session, limited: &RateLimited) -> Result<bool> {
+fn rejection(limited: &RateLimited) -> Result<Box<ResponseHeader>> {
     let headers = limited.headers();
     let mut response = ResponseHeader::build(limited.status(), Some(headers.len() + 1))?;
     for (name, value) in &headers {
         response.insert_header(name.clone(), value.clone())?;
     }
     response.insert_header(http::header::CONTENT_LENGTH, 0)?;
-    // The request body may be unread: do not reuse this connection.
-    session.set_keepalive(None);
-    session
-        .write_response_header(Box::new(response), true)
-        .await?;
-    Ok(true)
+    Ok(Box::new(response))
 }
 
-#[async_trait]
 impl ProxyPolicy for RateLimitLayer {
     type Ctx = RateLimitProxyCtx;
 
@@ -48,11 +41,18 @@ impl ProxyPolicy for RateLimitLayer {
         RateLimitProxyCtx::default()
     }
 
-    async fn request_filter(
+    fn hooks(&self) -> Hooks {
+        Hooks {
+            response_filter: self.exposes_headers(),
+            ..Hooks::default()
+        }
+    }
+
+    fn request_filter(
         &self,
         session: &mut Session,
         ctx: &mut RateLimitProxyCtx,
-    ) -> Result<bool> {
+    ) -> Result<Admission> {
         let decision = if self.is_global() {
             // Same fast path as the tower host: no request view, no client address.
             self.check(&KeyValue::Global, Instant::now())
@@ -64,27 +64,29 @@ impl ProxyPolicy for RateLimitLayer {
             let info = RequestInfo::from_parts(session.req_header());
             match self.key_for_peer(&info, peer) {
                 Some(key) => self.check(&key, Instant::now()),
-                None => return Ok(false),
+                None => return Ok(Admission::Continue),
             }
         };
         match decision {
-            Decision::Allow(quota) => ctx.quota = Some(quota),
-            Decision::Delay { delay, quota } => {
-                tokio::time::sleep(delay).await;
+            Decision::Allow(quota) => {
                 ctx.quota = Some(quota);
+                Ok(Admission::Continue)
             }
-            Decision::Reject(limited) => return reject(session, &limited).await,
+            Decision::Delay { delay, quota } => {
+                ctx.quota = Some(quota);
+                Ok(Admission::Wait(delay))
+            }
+            Decision::Reject(limited) => Ok(Admission::Respond(rejection(&limited)?)),
         }
-        Ok(false)
     }
 
-    async fn response_filter(
+    fn response_filter(
         &self,
         _session: &mut Session,
         response: &mut ResponseHeader,
         ctx: &mut RateLimitProxyCtx,
     ) -> Result<()> {
-        if let (Some(quota), true) = (ctx.quota, self.exposes_headers()) {
+        if let Some(quota) = ctx.quota {
             for (name, value) in self.quota_headers(&quota) {
                 response.insert_header(name, value)?;
             }

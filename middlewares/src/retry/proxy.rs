@@ -14,7 +14,6 @@
 
 use std::time::Duration;
 
-use async_trait::async_trait;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType, Result};
 use pingora_http::ResponseHeader;
@@ -22,7 +21,7 @@ use pingora_proxy::Session;
 
 use super::layer::Shared;
 use super::{ResponseClass, Retry};
-use crate::proxy_host::ProxyPolicy;
+use crate::proxy_host::{Admission, Hooks, ProxyPolicy};
 
 impl_proxy_http!(Retry, Shared, RetryProxyCtx, |this| &this.shared);
 
@@ -51,7 +50,6 @@ impl Shared {
     }
 }
 
-#[async_trait]
 impl ProxyPolicy for Shared {
     type Ctx = RetryProxyCtx;
 
@@ -59,35 +57,38 @@ impl ProxyPolicy for Shared {
         RetryProxyCtx::default()
     }
 
-    async fn request_filter(&self, session: &mut Session, ctx: &mut RetryProxyCtx) -> Result<bool> {
+    fn hooks(&self) -> Hooks {
+        Hooks {
+            // Responses are inspected only when a retryable status could be retried.
+            upstream_response_filter: self.policy.has_retries_left(0),
+            ..Hooks::default()
+        }
+    }
+
+    fn request_filter(&self, session: &mut Session, ctx: &mut RetryProxyCtx) -> Result<Admission> {
         // Like the tower host: no retries configured, no budget bookkeeping. (Unlike the tower
         // host, every request deposits otherwise: in a proxy any method may be retried after a
         // failed connect, so every request can spend from the budget.)
         if !self.policy.has_retries_left(0) {
-            return Ok(false);
+            return Ok(Admission::Continue);
         }
         let head = session.req_header();
         ctx.retryable_request = self
             .policy
             .is_retryable_request(&head.method, &head.headers);
         self.budget.deposit();
-        Ok(false)
+        Ok(Admission::Continue)
     }
 
-    async fn before_upstream_peer(
+    fn before_upstream_peer(
         &self,
         _session: &mut Session,
         ctx: &mut RetryProxyCtx,
-    ) -> Result<()> {
-        if let Some(delay) = ctx.delay.take() {
-            if !delay.is_zero() {
-                tokio::time::sleep(delay).await;
-            }
-        }
-        Ok(())
+    ) -> Result<Option<Duration>> {
+        Ok(ctx.delay.take().filter(|delay| !delay.is_zero()))
     }
 
-    async fn upstream_response_filter(
+    fn upstream_response_filter(
         &self,
         session: &mut Session,
         response: &mut ResponseHeader,

@@ -7,14 +7,13 @@
 
 use std::time::Duration;
 
-use async_trait::async_trait;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType, Result};
 use pingora_proxy::Session;
 use tokio::time::Instant;
 
 use super::{Timeout, TimeoutLayer};
-use crate::proxy_host::{PeerChoice, ProxyPolicy};
+use crate::proxy_host::{Admission, Hooks, PeerChoice, ProxyPolicy};
 
 impl_proxy_http!(Timeout, TimeoutLayer, TimeoutProxyCtx, |this| &this.layer);
 
@@ -46,7 +45,6 @@ fn clamp(timeout: &mut Option<Duration>, left: Duration) -> bool {
     }
 }
 
-#[async_trait]
 impl ProxyPolicy for TimeoutLayer {
     type Ctx = TimeoutProxyCtx;
 
@@ -54,23 +52,30 @@ impl ProxyPolicy for TimeoutLayer {
         TimeoutProxyCtx::default()
     }
 
-    async fn request_filter(
+    fn hooks(&self) -> Hooks {
+        Hooks {
+            select_peer: true,
+            ..Hooks::default()
+        }
+    }
+
+    fn request_filter(
         &self,
         session: &mut Session,
         ctx: &mut TimeoutProxyCtx,
-    ) -> Result<bool> {
+    ) -> Result<Admission> {
         ctx.deadline = Some(self.deadline_for(&session.req_header().headers, Instant::now()));
-        Ok(false)
+        Ok(Admission::Continue)
     }
 
-    async fn before_upstream_peer(
+    fn before_upstream_peer(
         &self,
         _session: &mut Session,
         ctx: &mut TimeoutProxyCtx,
-    ) -> Result<()> {
+    ) -> Result<Option<Duration>> {
         match ctx.deadline {
             Some(deadline) if Instant::now() >= deadline => Err(self.deadline_error()),
-            _ => Ok(()),
+            _ => Ok(None),
         }
     }
 
