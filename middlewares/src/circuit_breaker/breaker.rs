@@ -661,6 +661,25 @@ impl Breaker {
     pub(crate) fn is_unused(&self) -> bool {
         Arc::strong_count(&self.inner) == 1
     }
+
+    /// A reference that neither keeps this breaker alive nor counts as a use of it.
+    #[cfg(feature = "pingora")]
+    pub(crate) fn downgrade(&self) -> WeakBreaker {
+        WeakBreaker(Arc::downgrade(&self.inner))
+    }
+}
+
+/// A [`Breaker`] reference that does not keep it alive, for caches in front of the registry:
+/// the registry may still evict the breaker, and the cache then finds it gone.
+#[cfg(feature = "pingora")]
+pub(crate) struct WeakBreaker(std::sync::Weak<Inner>);
+
+#[cfg(feature = "pingora")]
+impl WeakBreaker {
+    /// The breaker, unless it was evicted and dropped.
+    pub(crate) fn upgrade(&self) -> Option<Breaker> {
+        self.0.upgrade().map(|inner| Breaker { inner })
+    }
 }
 
 /// Permission for one call, from [`Breaker::try_acquire`].

@@ -34,6 +34,9 @@ pub(crate) enum Route {
 pub(crate) struct Shared {
     pub(crate) breakers: Breakers,
     pub(crate) route: Route,
+    /// The proxy host's per-backend breakers, by socket address.
+    #[cfg(feature = "pingora")]
+    pub(crate) peers: super::proxy::PeerBreakers,
 }
 
 impl fmt::Debug for Shared {
@@ -363,7 +366,12 @@ impl CircuitBreakerBuilder {
             None => Route::Single(breakers.get(DEFAULT_KEY)),
         };
         Ok(CircuitBreakerLayer {
-            shared: Arc::new(Shared { breakers, route }),
+            shared: Arc::new(Shared {
+                breakers,
+                route,
+                #[cfg(feature = "pingora")]
+                peers: Default::default(),
+            }),
         })
     }
 }

@@ -8,14 +8,19 @@
 //! classifier); a permit still held when the request ends (the client went away) is released
 //! unrecorded when the request context is dropped.
 
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{PoisonError, RwLock};
+
 use pingora_core::upstreams::peer::{HttpPeer, Peer};
 use pingora_error::{Error, ErrorType, Result};
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 use tokio::time::Instant;
 
+use super::breaker::WeakBreaker;
 use super::layer::Shared;
-use super::{CircuitBreaker, CircuitOpen, Outcome, Permit};
+use super::{Breaker, Breakers, CircuitBreaker, CircuitOpen, Outcome, Permit};
 use crate::proxy_host::{Hooks, PeerChoice, ProxyPolicy};
 
 impl_proxy_http!(CircuitBreaker, Shared, CircuitBreakerProxyCtx, |this| &this
@@ -32,8 +37,41 @@ pub struct CircuitBreakerProxyCtx {
     all_open: bool,
 }
 
-/// A backend's registry key (its socket address as text), written into a stack buffer: this
-/// runs for every proxied request, and a `String` would allocate each time.
+/// The breakers of inet backends by socket address, in front of the registry's text keys:
+/// formatting an address and hashing it as text cost about 2k instructions per request; a
+/// lookup here costs a small fraction of that. Entries are weak, so the registry's bound and
+/// eviction still decide which breakers exist; a dropped one is looked up again by text.
+#[derive(Default)]
+pub(crate) struct PeerBreakers {
+    map: RwLock<HashMap<std::net::SocketAddr, WeakBreaker, ahash::RandomState>>,
+}
+
+impl PeerBreakers {
+    fn get(&self, breakers: &Breakers, peer: &HttpPeer) -> Breaker {
+        let Some(&addr) = peer.address().as_inet() else {
+            return breakers.get(&BackendKey::of(peer));
+        };
+        let cached = self
+            .map
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&addr)
+            .and_then(WeakBreaker::upgrade);
+        if let Some(breaker) = cached {
+            return breaker;
+        }
+        let breaker = breakers.get(&BackendKey::of(peer));
+        let mut map = self.map.write().unwrap_or_else(PoisonError::into_inner);
+        // Bounded like the registry: stale entries go when it fills up.
+        if map.len() >= breakers.max_keys() {
+            map.retain(|_, weak| weak.upgrade().is_some());
+        }
+        map.insert(addr, breaker.downgrade());
+        breaker
+    }
+}
+
+/// A backend's registry key (its socket address as text), written into a stack buffer.
 struct BackendKey {
     buf: [u8; 128],
     len: usize,
@@ -64,6 +102,12 @@ impl std::ops::Deref for BackendKey {
             Ok(s) => s,
             Err(e) => std::str::from_utf8(&self.buf[..e.valid_up_to()]).unwrap_or_default(),
         }
+    }
+}
+
+impl fmt::Debug for PeerBreakers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PeerBreakers").finish_non_exhaustive()
     }
 }
 
@@ -98,7 +142,7 @@ impl ProxyPolicy for Shared {
     ) -> Result<PeerChoice> {
         // A permit left from an earlier attempt was settled by the failure hooks; drop any rest.
         ctx.permit = None;
-        let breaker = self.breakers.get(&BackendKey::of(peer));
+        let breaker = self.peers.get(&self.breakers, peer);
         match breaker.try_acquire_with(Instant::now) {
             Ok(permit) => {
                 ctx.permit = Some(permit);
@@ -179,5 +223,52 @@ impl ProxyPolicy for Shared {
             .insert_header(http::header::CONTENT_LENGTH, 0)
             .ok()?;
         Some(Box::new(response))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::circuit_breaker::{CircuitBreakerLayer, State};
+
+    fn peer(addr: &str) -> HttpPeer {
+        HttpPeer::new(addr, false, String::new())
+    }
+
+    #[test]
+    fn a_backend_gets_the_registry_breaker_of_its_address() {
+        let layer = CircuitBreakerLayer::builder().build().expect("valid");
+        let peers = PeerBreakers::default();
+        let first = peers.get(layer.breakers(), &peer("127.0.0.1:9001"));
+        assert_eq!(first.key(), "127.0.0.1:9001");
+        // The cached path and the text path see one breaker.
+        layer.handle().force_open("127.0.0.1:9001");
+        let again = peers.get(layer.breakers(), &peer("127.0.0.1:9001"));
+        assert_eq!(again.state(), State::ForcedOpen);
+        assert_eq!(first.state(), State::ForcedOpen);
+        let other = peers.get(layer.breakers(), &peer("127.0.0.1:9002"));
+        assert_eq!(other.state(), State::Closed);
+    }
+
+    #[test]
+    fn an_evicted_breaker_is_looked_up_again_not_resurrected() {
+        let layer = CircuitBreakerLayer::builder()
+            .max_keys(2) // the layer's own default breaker and one backend
+            .build()
+            .expect("valid");
+        let peers = PeerBreakers::default();
+        drop(peers.get(layer.breakers(), &peer("127.0.0.1:9001")));
+        // Registry full: the unused breaker of 9001 is evicted for 9002.
+        drop(peers.get(layer.breakers(), &peer("127.0.0.1:9002")));
+        let keys = layer.handle().keys();
+        assert!(keys.contains(&"127.0.0.1:9002".to_string()), "{keys:?}");
+        assert!(!keys.contains(&"127.0.0.1:9001".to_string()), "{keys:?}");
+        let back = peers.get(layer.breakers(), &peer("127.0.0.1:9001"));
+        layer.handle().force_open("127.0.0.1:9001");
+        assert_eq!(
+            back.state(),
+            State::ForcedOpen,
+            "the cache returned a stale breaker"
+        );
     }
 }

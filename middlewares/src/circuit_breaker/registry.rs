@@ -106,6 +106,12 @@ impl Breakers {
         self.len() == 0
     }
 
+    /// The most breakers this registry keeps (see the type's docs).
+    #[cfg(feature = "pingora")]
+    pub(crate) fn max_keys(&self) -> usize {
+        self.inner.max_keys
+    }
+
     /// Classifies a call result with the layer's classifier (see [`Breaker::classify`]).
     pub fn classify(&self, result: Result<StatusCode, ()>) -> Outcome {
         match &self.inner.config.classifier {
