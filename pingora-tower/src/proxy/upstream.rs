@@ -263,6 +263,11 @@ impl UpstreamGroup {
 
     /// Whether the balancer considers this backend enabled and healthy.
     pub(crate) fn is_ready(&self, index: usize) -> bool {
+        // Only health checks change readiness here; without them every backend is ready, and
+        // asking the balancer would SipHash the backend on every request.
+        if self.health_interval.is_none() {
+            return true;
+        }
         let backend = &self.backends[index].backend;
         match &self.balancer {
             Balancer::RoundRobin(lb) => lb.backends().ready(backend),
