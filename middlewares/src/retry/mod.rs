@@ -112,7 +112,6 @@ use std::task::{Context, Poll};
 
 use http::{Request, Response};
 use http_body::Body;
-use tokio::time::Instant;
 use tower_service::Service;
 
 pub use self::backoff::Backoff;
@@ -128,6 +127,7 @@ pub use self::policy::{
 pub use self::proxy::RetryProxyCtx;
 
 use self::layer::Shared;
+use crate::request_time;
 
 /// Retries failed requests to the inner service `S`; made by [`RetryLayer`]. See the
 /// [module docs](self).
@@ -189,6 +189,7 @@ where
         self.inner.poll_ready(cx)
     }
 
+    #[inline]
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let policy = &self.shared.policy;
         let per_try_timeout = policy.per_try_timeout;
@@ -208,7 +209,9 @@ where
                 return ResponseFuture::once(self.inner.call(req), per_try_timeout);
             }
         };
-        let now = Instant::now();
+        // Shared with the layers around and inside this one (see `request_time`).
+        let time = request_time::read();
+        let now = time.now();
         self.shared.budget.deposit_at(now);
         let later_head = head.clone();
         // Call the instance that was polled ready and keep it for the retries (each polled ready

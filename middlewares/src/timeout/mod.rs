@@ -63,7 +63,6 @@ use std::task::{Context, Poll};
 
 use http::header::HeaderName;
 use http::{Request, Response};
-use tokio::time::Instant;
 use tower_service::Service;
 
 pub use self::body::TimeoutBody;
@@ -73,6 +72,7 @@ pub use self::layer::{BodyTimeoutLayer, TimeoutLayer};
 pub use self::proxy::TimeoutProxyCtx;
 
 use self::future::{BodyResponseFuture, ResponseFuture};
+use crate::request_time;
 
 /// The request header a client may use to ask for a shorter deadline, in milliseconds
 /// (`x-request-timeout: 250`). Read only when [`TimeoutLayer::honor_client_header`] is on.
@@ -116,8 +116,10 @@ impl<S> Timeout<S> {
     where
         S: Service<Request<ReqBody>>,
     {
-        // The one clock read of this layer; the timer is armed later, only if needed.
-        let deadline = self.layer.deadline_for(req.headers(), Instant::now());
+        // The one clock read of this layer (shared with the layers inside, see `request_time`);
+        // the timer is armed later, only if needed.
+        let time = request_time::read();
+        let deadline = self.layer.deadline_for(req.headers(), time.now());
         ResponseFuture::new(self.inner.call(req), deadline, self.layer.elapsed())
     }
 }
@@ -136,6 +138,7 @@ where
         self.inner.poll_ready(cx)
     }
 
+    #[inline]
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         self.start(req)
     }
@@ -181,6 +184,7 @@ where
         self.inner.inner.poll_ready(cx)
     }
 
+    #[inline]
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         BodyResponseFuture::new(self.inner.start(req))
     }
