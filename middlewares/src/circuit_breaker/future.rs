@@ -37,6 +37,7 @@ pin_project! {
 }
 
 impl<F> ResponseFuture<F> {
+    #[inline]
     pub(crate) fn called(future: F, permit: Permit) -> Self {
         ResponseFuture {
             kind: Kind::Called {

@@ -79,6 +79,7 @@ where
     S: Service<Request<ReplayBody<B>>>,
 {
     /// A single attempt, bounded by `per_try_timeout` if set.
+    #[inline]
     pub(crate) fn once(fut: S::Future, per_try_timeout: Option<Duration>) -> Self {
         ResponseFuture {
             kind: Kind::Once {

@@ -36,6 +36,7 @@ pin_project! {
 }
 
 impl<F> ResponseFuture<F> {
+    #[inline]
     pub(super) fn new(inner: F, deadline: Instant, elapsed: Elapsed) -> Self {
         ResponseFuture {
             inner,

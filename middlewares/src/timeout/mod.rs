@@ -112,6 +112,7 @@ impl<S> Timeout<S> {
         self.inner
     }
 
+    #[inline]
     fn start<ReqBody>(&mut self, req: Request<ReqBody>) -> ResponseFuture<S::Future>
     where
         S: Service<Request<ReqBody>>,
