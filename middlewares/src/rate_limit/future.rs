@@ -80,6 +80,11 @@ where
                 // Not set to `Done` afterwards: like any future, the inner one is not polled
                 // again after `Ready`, and rewriting the state would only cost a drop and a store.
                 StateProj::Called { fut, headers } => {
+                    // Without headers to add, hand the inner poll on as it is: taking the
+                    // response out and wrapping it again cost two moves of it.
+                    if headers.is_none() {
+                        return fut.poll(cx);
+                    }
                     let mut res = ready!(fut.poll(cx))?;
                     if let Some(pair) = headers.take() {
                         let (policy, quota) = *pair;
