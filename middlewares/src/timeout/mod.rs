@@ -20,8 +20,9 @@
 //! # Cost
 //! A tokio timer costs about 900 instructions to create, register and drop. The response future
 //! polls the inner future first and arms its timer only when that returns `Pending`, so
-//! responses that are ready at once pay only for one clock read in `call`. The deadline is
-//! computed in `call`, so arming late does not extend it.
+//! responses that are ready at once pay only for one clock read in `call` (which the rate-limit,
+//! retry and circuit-breaker layers of this crate inside it reuse rather than read the clock
+//! again). The deadline is computed in `call`, so arming late does not extend it.
 //!
 //! # Hosts and ordering
 //! The tower host runs layers in stack order: a timeout outside a rate limiter that queues
