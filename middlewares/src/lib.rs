@@ -49,6 +49,7 @@ pub mod timeout;
 
 mod config_error;
 mod request_info;
+mod request_time;
 
 pub use config_error::ConfigError;
 pub use request_info::RequestInfo;

@@ -609,3 +609,25 @@ async fn axum_router_in_queue_mode() {
         assert_eq!(start.elapsed(), Duration::from_secs(expected));
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn queued_requests_carry_the_quota_headers_too() {
+    let (calls, inner) = counting();
+    let mut svc = RateLimitLayer::builder(1, Duration::from_secs(1))
+        .queue(Duration::from_secs(2))
+        .expose_headers(true)
+        .build()
+        .unwrap()
+        .layer(inner);
+    let first = svc.ready().await.unwrap().call(get());
+    let second = svc.ready().await.unwrap().call(get());
+    let start = Instant::now();
+    let res = first.await.unwrap();
+    assert_eq!(header(&res, "ratelimit"), "\"default\";r=0;t=1");
+    let res = second.await.unwrap();
+    assert_eq!(start.elapsed(), Duration::from_secs(1));
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(header(&res, "ratelimit-policy"), "\"default\";q=1;w=1");
+    assert_eq!(header(&res, "ratelimit"), "\"default\";r=0;t=2");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}

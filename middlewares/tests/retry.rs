@@ -753,3 +753,70 @@ async fn a_local_breakers_503_is_not_retried() {
     );
     assert_eq!(calls.load(Ordering::SeqCst), 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn every_attempt_sees_the_same_head() {
+    #[derive(Debug, Clone, PartialEq)]
+    struct Tag(u32);
+    type Head = (
+        Method,
+        http::Uri,
+        http::Version,
+        Option<String>,
+        Option<Tag>,
+    );
+    let heads: Arc<Mutex<Vec<Head>>> = Arc::default();
+    let inner = tower::service_fn({
+        let heads = Arc::clone(&heads);
+        move |req: Request<ReplayBody<Full<Bytes>>>| {
+            let header = req
+                .headers()
+                .get("x-trace")
+                .map(|v| v.to_str().unwrap().to_owned());
+            let head = (
+                req.method().clone(),
+                req.uri().clone(),
+                req.version(),
+                header,
+                req.extensions().get::<Tag>().cloned(),
+            );
+            let n = {
+                let mut heads = heads.lock().unwrap();
+                heads.push(head);
+                heads.len()
+            };
+            async move {
+                let mut res = Response::new(String::new());
+                if n < 3 {
+                    *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                }
+                Ok::<_, Infallible>(res)
+            }
+        }
+    });
+    let mut req = Request::builder()
+        .method(Method::PUT)
+        .uri("http://example.com/a?b=c")
+        .version(http::Version::HTTP_2)
+        .header("x-trace", "abc")
+        // Empty: the inner service reads no body, and an unread body is never replayed.
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    req.extensions_mut().insert(Tag(7));
+    let res = layer(2).layer(inner).oneshot(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let heads = heads.lock().unwrap();
+    assert_eq!(heads.len(), 3);
+    let first = heads[0].clone();
+    assert_eq!(
+        first,
+        (
+            Method::PUT,
+            "http://example.com/a?b=c".parse::<http::Uri>().unwrap(),
+            http::Version::HTTP_2,
+            Some("abc".to_owned()),
+            Some(Tag(7)),
+        )
+    );
+    assert!(heads.iter().all(|h| *h == first), "{heads:?}");
+}

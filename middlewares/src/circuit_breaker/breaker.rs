@@ -311,6 +311,7 @@ impl Breaker {
     /// Like [`try_acquire`](Self::try_acquire) but reads the clock through `clock` only when the
     /// decision or the permit needs it: a closed breaker that does not measure slow calls admits
     /// without reading the clock at all.
+    #[inline]
     pub fn try_acquire_with(&self, clock: impl FnOnce() -> Instant) -> Result<Permit, CircuitOpen> {
         let inner = &*self.inner;
         let status = inner.status.load(Ordering::Acquire);

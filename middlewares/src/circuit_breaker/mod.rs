@@ -115,7 +115,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
-use tokio::time::Instant;
 use tower_service::Service;
 
 pub use self::breaker::{Breaker, Metrics, Outcome, Permit, State};
@@ -128,7 +127,7 @@ pub use self::window::Window;
 
 use self::future::ResponseFuture;
 use self::layer::{Route, Shared};
-use crate::RequestInfo;
+use crate::{request_time, RequestInfo};
 
 /// The key of the single breaker of a layer without a key function.
 pub const DEFAULT_KEY: &str = "default";
@@ -186,15 +185,16 @@ where
         self.inner.poll_ready(cx)
     }
 
+    #[inline]
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let admitted = match &self.shared.route {
-            Route::Single(breaker) => breaker.try_acquire_with(Instant::now),
+            Route::Single(breaker) => breaker.try_acquire_with(request_time::now),
             Route::Keyed(key_fn) => {
                 let key = key_fn(&RequestInfo::from_request(&req));
                 self.shared
                     .breakers
                     .get(&key)
-                    .try_acquire_with(Instant::now)
+                    .try_acquire_with(request_time::now)
             }
         };
         match admitted {

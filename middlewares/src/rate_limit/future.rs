@@ -13,58 +13,53 @@ use tower_service::Service;
 use super::error::{RATELIMIT, RATELIMIT_POLICY};
 use super::RateLimited;
 
+/// `RateLimit-Policy` and `RateLimit` values for an admitted response, when `expose_headers` is
+/// on (boxed: 8 bytes instead of 64 in every future when it is off).
+type QuotaHeaders = Option<Box<(HeaderValue, HeaderValue)>>;
+
 pin_project! {
     /// Response future of [`RateLimit`](super::RateLimit): the inner future, a queued request
     /// waiting for its slot, or a `429` answer.
     pub struct ResponseFuture<F, S, B> {
         #[pin]
         state: State<F, S, B>,
-        // `RateLimit-Policy` and `RateLimit` values, when `expose_headers` is on (boxed: 8 bytes
-        // instead of 64 in every future when it is off).
-        headers: Option<Box<(HeaderValue, HeaderValue)>>,
     }
 }
 
 pin_project! {
+    // Every variant but `Called` is boxed or small: the future of an admitted request is the
+    // inner future and one word, so the layers above and the caller move (`memcpy`) no more.
     #[project = StateProj]
     #[project_replace = StateReplace]
     enum State<F, S, B> {
-        Called { #[pin] fut: F },
-        // Boxed: only queued requests pay for the timer and the space of the service and the
-        // request, the common future stays small.
-        Waiting { sleep: Pin<Box<Sleep>>, pending: Box<(S, Request<B>)> },
-        Rejected { err: RateLimited },
+        Called { #[pin] fut: F, headers: QuotaHeaders },
+        // Only queued requests pay for the timer and the space of the service and the request.
+        Waiting { sleep: Pin<Box<Sleep>>, pending: Box<(S, Request<B>, QuotaHeaders)> },
+        Rejected { err: Box<RateLimited> },
         Done,
     }
 }
 
 impl<F, S, B> ResponseFuture<F, S, B> {
-    pub(super) fn called(fut: F, headers: Option<Box<(HeaderValue, HeaderValue)>>) -> Self {
+    #[inline]
+    pub(super) fn called(fut: F, headers: QuotaHeaders) -> Self {
         ResponseFuture {
-            state: State::Called { fut },
-            headers,
+            state: State::Called { fut, headers },
         }
     }
 
-    pub(super) fn waiting(
-        sleep: Sleep,
-        svc: S,
-        req: Request<B>,
-        headers: Option<Box<(HeaderValue, HeaderValue)>>,
-    ) -> Self {
+    pub(super) fn waiting(sleep: Sleep, svc: S, req: Request<B>, headers: QuotaHeaders) -> Self {
         ResponseFuture {
             state: State::Waiting {
                 sleep: Box::pin(sleep),
-                pending: Box::new((svc, req)),
+                pending: Box::new((svc, req, headers)),
             },
-            headers,
         }
     }
 
     pub(super) fn rejected(err: RateLimited) -> Self {
         ResponseFuture {
-            state: State::Rejected { err },
-            headers: None,
+            state: State::Rejected { err: Box::new(err) },
         }
     }
 }
@@ -77,33 +72,43 @@ where
 {
     type Output = Result<Response<ResBody>, S::Error>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
+        let mut state = self.project().state;
         loop {
-            match this.state.as_mut().project() {
-                StateProj::Called { fut } => {
+            match state.as_mut().project() {
+                // Not set to `Done` afterwards: like any future, the inner one is not polled
+                // again after `Ready`, and rewriting the state would only cost a drop and a store.
+                StateProj::Called { fut, headers } => {
+                    // Without headers to add, hand the inner poll on as it is: taking the
+                    // response out and wrapping it again cost two moves of it.
+                    if headers.is_none() {
+                        return fut.poll(cx);
+                    }
                     let mut res = ready!(fut.poll(cx))?;
-                    if let Some(pair) = this.headers.take() {
+                    if let Some(pair) = headers.take() {
                         let (policy, quota) = *pair;
                         res.headers_mut().insert(RATELIMIT_POLICY, policy);
                         res.headers_mut().insert(RATELIMIT, quota);
                     }
-                    this.state.set(State::Done);
                     return Poll::Ready(Ok(res));
                 }
                 StateProj::Waiting { sleep, .. } => {
                     ready!(sleep.as_mut().poll(cx));
                     if let StateReplace::Waiting { pending, .. } =
-                        this.state.as_mut().project_replace(State::Done)
+                        state.as_mut().project_replace(State::Done)
                     {
                         // The service was made ready before `call` moved it here.
-                        let (mut svc, req) = *pending;
-                        this.state.set(State::Called { fut: svc.call(req) });
+                        let (mut svc, req, headers) = *pending;
+                        state.set(State::Called {
+                            fut: svc.call(req),
+                            headers,
+                        });
                     }
                 }
                 StateProj::Rejected { err } => {
                     let res = err.into_response();
-                    this.state.set(State::Done);
+                    state.set(State::Done);
                     return Poll::Ready(Ok(res));
                 }
                 // Polled after completion.

@@ -280,9 +280,27 @@ impl RateLimitLayer {
     /// or slot; a [`Reject`](Decision::Reject) has not. In dry-run mode every decision comes
     /// back as `Allow` (the would-be delays and rejections are counted and logged).
     pub fn check(&self, key: &KeyValue<'_>, now: Instant) -> Decision {
+        self.decide(key, self.shared.limiter.step(key, now))
+    }
+
+    /// [`check`](Self::check) of the global key for the tower service's fast path: `None` when
+    /// the request is admitted and nothing else is to be done (no headers to expose), so the
+    /// common answer builds no [`Decision`].
+    #[inline]
+    pub(super) fn check_global(&self, now: Instant) -> Option<Decision> {
+        let s = &*self.shared;
+        let verdict = s.limiter.step_global(now);
+        if matches!(verdict, Verdict::Allow { .. }) && !s.expose_headers {
+            return None;
+        }
+        Some(self.decide(&KeyValue::Global, verdict))
+    }
+
+    /// The decision for `verdict`, the outcome of counting one request of `key`.
+    fn decide(&self, key: &KeyValue<'_>, verdict: Verdict) -> Decision {
         let s = &*self.shared;
         let interval = s.limiter.gcra().interval();
-        let decision = match s.limiter.step(key, now) {
+        let decision = match verdict {
             Verdict::Allow { slack, reset } => {
                 return Decision::Allow(Quota {
                     slack,

@@ -151,6 +151,7 @@ impl Limiter {
         &self.gcra
     }
 
+    #[inline]
     fn nanos(&self, now: Instant) -> u64 {
         let d = now.saturating_duration_since(self.epoch);
         // u64 nanoseconds last 584 years; saturate rather than widen to u128.
@@ -176,6 +177,19 @@ impl Limiter {
             }
             KeyValue::Bytes(bytes) => self.step_keyed(KeyRef::Bytes(bytes), now),
         };
+        self.count(verdict)
+    }
+
+    /// [`step`](Self::step) for the global key: one compare-exchange on its bucket.
+    #[inline]
+    pub(super) fn step_global(&self, now: Instant) -> Verdict {
+        let verdict = self.gcra.step_atomic(&self.global.0, self.nanos(now));
+        self.count(verdict)
+    }
+
+    /// Counts a delay or a rejection; passes the verdict on.
+    #[inline]
+    fn count(&self, verdict: Verdict) -> Verdict {
         match verdict {
             Verdict::Allow { .. } => {}
             Verdict::Delay { .. } => {

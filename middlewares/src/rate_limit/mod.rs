@@ -122,7 +122,7 @@ mod proxy;
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
-use tokio::time::{sleep_until, Instant};
+use tokio::time::sleep_until;
 use tower_service::Service;
 
 pub use self::error::{ConfigError, RateLimited, RATELIMIT, RATELIMIT_POLICY};
@@ -133,7 +133,7 @@ pub use self::limiter::RateLimitStats;
 pub use self::proxy::RateLimitProxyCtx;
 
 use self::future::ResponseFuture;
-use crate::RequestInfo;
+use crate::{request_time, RequestInfo};
 
 /// Service built by [`RateLimitLayer`]: admits, delays or rejects each request in `call`.
 ///
@@ -186,23 +186,31 @@ where
         self.inner.poll_ready(cx)
     }
 
+    #[inline]
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        // The one clock read of this layer (none for an exempted request).
-        let now;
+        // The one clock read of this layer (none for an exempted request), shared with the
+        // layers around and inside this one (see `request_time`); `time` lives until the inner
+        // service was called.
+        let time;
         let decision = if self.layer.is_global() {
-            // Fast path: no `RequestInfo`, no key lookup.
-            now = Instant::now();
-            self.layer.check(&KeyValue::Global, now)
+            // Fast path: no `RequestInfo`, no key lookup, and for an admitted request no
+            // `Decision`.
+            time = request_time::read();
+            match self.layer.check_global(time.now()) {
+                None => return ResponseFuture::called(self.inner.call(req), None),
+                Some(decision) => decision,
+            }
         } else {
             match self.layer.key_for(&RequestInfo::from_request(&req)) {
                 Some(key) => {
-                    now = Instant::now();
-                    self.layer.check(&key, now)
+                    time = request_time::read();
+                    self.layer.check(&key, time.now())
                 }
                 // A custom key function exempted this request.
                 None => return ResponseFuture::called(self.inner.call(req), None),
             }
         };
+        let now = time.now();
         let headers = |quota| {
             // Boxed: only layers exposing headers pay for them, the common future stays small.
             self.layer.exposes_headers().then(|| {

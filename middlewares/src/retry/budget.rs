@@ -42,6 +42,10 @@ pub struct Budget {
     reserve: i64,
     /// Bucket number (since `start`) that `current` accumulates.
     epoch: AtomicU64,
+    /// When bucket `epoch` ends, in nanoseconds since `start`: until then a deposit or a
+    /// withdrawal needs no roll, which an `Instant` comparison tells without the subtraction and
+    /// division of [`epoch_of`](Self::epoch_of).
+    roll_at: AtomicU64,
     /// Net deposits minus withdrawals of the current bucket.
     current: AtomicI64,
     /// Committed past buckets, indexed by `epoch % BUCKETS`.
@@ -97,6 +101,7 @@ impl Budget {
             deposit_amount,
             reserve,
             epoch: AtomicU64::new(0),
+            roll_at: AtomicU64::new(bucket_nanos),
             current: AtomicI64::new(0),
             buckets: std::array::from_fn(|_| AtomicI64::new(0)),
             rotate: Mutex::new(()),
@@ -192,7 +197,19 @@ impl Budget {
     }
 
     /// Moves `current` into its bucket and clears expired buckets when `now` is in a later bucket.
+    #[inline]
     fn roll(&self, now: Instant) {
+        // Fast path: `now` is still inside the current bucket. (A reader racing a roll may see
+        // the old end and skip it: off by one bucket, like the deposits below.)
+        let end = Duration::from_nanos(self.roll_at.load(Ordering::Acquire));
+        if self.start.checked_add(end).is_some_and(|end| now < end) {
+            return;
+        }
+        self.roll_slow(now);
+    }
+
+    #[cold]
+    fn roll_slow(&self, now: Instant) {
         let now_epoch = self.epoch_of(now);
         if self.epoch.load(Ordering::Acquire) >= now_epoch {
             return;
@@ -212,6 +229,12 @@ impl Budget {
         for i in 1..=gap {
             self.buckets[((cur + i) % BUCKETS as u64) as usize].store(0, Ordering::Release);
         }
+        self.roll_at.store(
+            now_epoch
+                .saturating_add(1)
+                .saturating_mul(self.bucket_nanos.max(1)),
+            Ordering::Release,
+        );
         self.epoch.store(now_epoch, Ordering::Release);
     }
 }

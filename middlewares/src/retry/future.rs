@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use http::{request, Request, Response};
+use http::{Extensions, HeaderMap, Method, Request, Response, Uri, Version};
 use pin_project_lite::pin_project;
 use tokio::time::{sleep, sleep_until, Instant, Sleep};
 use tower_service::Service;
@@ -59,12 +59,47 @@ pin_project! {
 struct RetryCtx<S, B> {
     /// The service instance the first attempt was made on; polled ready before each retry.
     service: S,
-    head: request::Parts,
+    head: Head,
     source: Source,
     shared: Arc<Shared>,
     /// Retries made so far.
     retries: u32,
     _body: PhantomData<fn(B)>,
+}
+
+/// The head of a retryable request, kept for its later attempts: the fields of
+/// `http::request::Parts`, which cannot be built outside `http` except by taking a request apart.
+pub(crate) struct Head {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+    extensions: Extensions,
+}
+
+impl Head {
+    /// Clones the head of `req`.
+    #[inline]
+    pub(crate) fn of<B>(req: &Request<B>) -> Head {
+        Head {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            version: req.version(),
+            headers: req.headers().clone(),
+            extensions: req.extensions().clone(),
+        }
+    }
+
+    /// A request with a copy of this head and `body`.
+    fn request<B>(&self, body: B) -> Request<B> {
+        let mut req = Request::new(body);
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.version_mut() = self.version;
+        *req.headers_mut() = self.headers.clone();
+        *req.extensions_mut() = self.extensions.clone();
+        req
+    }
 }
 
 /// How one attempt ended.
@@ -79,6 +114,7 @@ where
     S: Service<Request<ReplayBody<B>>>,
 {
     /// A single attempt, bounded by `per_try_timeout` if set.
+    #[inline]
     pub(crate) fn once(fut: S::Future, per_try_timeout: Option<Duration>) -> Self {
         ResponseFuture {
             kind: Kind::Once {
@@ -96,7 +132,7 @@ where
         fut: S::Future,
         now: Instant,
         service: S,
-        head: request::Parts,
+        head: Head,
         source: Source,
         shared: Arc<Shared>,
     ) -> Self {
@@ -171,7 +207,7 @@ impl<S, B> RetryCtx<S, B> {
     where
         B: http_body::Body,
     {
-        Request::from_parts(self.head.clone(), ReplayBody::replay(&self.source))
+        self.head.request(ReplayBody::replay(&self.source))
     }
 }
 
@@ -191,6 +227,7 @@ where
 {
     type Output = Result<Response<ResBody>, S::Error>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
             KindProj::Once {

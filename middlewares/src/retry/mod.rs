@@ -46,9 +46,10 @@
 //!
 //! # Costs
 //! A request that cannot be retried costs one branch. A retryable one clones the request head
-//! (for later attempts) and the inner service, reads the clock once and adds to the budget (two
-//! atomics); the capture buffer is allocated only for requests with a body. The response future
-//! is a named type; nothing is boxed.
+//! (for later attempts) and the inner service, reads the clock once (or reuses the read of an
+//! outer layer of this crate) and adds to the budget (one atomic add, plus a roll-over at most
+//! once per tenth of the window); the capture buffer is allocated only for requests with a body.
+//! The response future is a named type; nothing is boxed.
 //!
 //! # Pingora
 //! The decision core — [`RetryPolicy`], [`Backoff`], [`Budget`], [`parse_retry_after`] — holds no
@@ -112,7 +113,6 @@ use std::task::{Context, Poll};
 
 use http::{Request, Response};
 use http_body::Body;
-use tokio::time::Instant;
 use tower_service::Service;
 
 pub use self::backoff::Backoff;
@@ -127,7 +127,9 @@ pub use self::policy::{
 #[cfg(feature = "pingora")]
 pub use self::proxy::RetryProxyCtx;
 
+use self::future::Head;
 use self::layer::Shared;
+use crate::request_time;
 
 /// Retries failed requests to the inner service `S`; made by [`RetryLayer`]. See the
 /// [module docs](self).
@@ -189,6 +191,7 @@ where
         self.inner.poll_ready(cx)
     }
 
+    #[inline]
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let policy = &self.shared.policy;
         let per_try_timeout = policy.per_try_timeout;
@@ -196,26 +199,35 @@ where
             let fut = self.inner.call(req.map(ReplayBody::passthrough));
             return ResponseFuture::once(fut, per_try_timeout);
         }
-        let (head, body) = req.into_parts();
-        let (body, source) = match ReplayBody::capture(body, policy.max_replay_body) {
-            Ok(pair) => pair,
-            Err(body) => {
-                tracing::debug!(
-                    limit = policy.max_replay_body,
-                    "request body larger than the replay limit; it will not be retried"
-                );
-                let req = Request::from_parts(head, ReplayBody::passthrough(body));
-                return ResponseFuture::once(self.inner.call(req), per_try_timeout);
+        // The body is wrapped with `map` and the head for later attempts cloned from the
+        // request where it lies (`Head::of`): taking the request apart into `Parts` and putting
+        // it together again moved the head (over 200 bytes) three more times.
+        let limit = policy.max_replay_body;
+        let mut source = None;
+        let req = req.map(|body| match ReplayBody::capture(body, limit) {
+            Ok((body, captured)) => {
+                source = Some(captured);
+                body
             }
+            Err(body) => ReplayBody::passthrough(body),
+        });
+        let Some(source) = source else {
+            tracing::debug!(
+                limit,
+                "request body larger than the replay limit; it will not be retried"
+            );
+            return ResponseFuture::once(self.inner.call(req), per_try_timeout);
         };
-        let now = Instant::now();
+        // Shared with the layers around and inside this one (see `request_time`).
+        let time = request_time::read();
+        let now = time.now();
         self.shared.budget.deposit_at(now);
-        let later_head = head.clone();
+        let later_head = Head::of(&req);
         // Call the instance that was polled ready and keep it for the retries (each polled ready
         // again first); `self` keeps a fresh clone for its next `poll_ready`.
         let fresh = self.inner.clone();
         let mut service = mem::replace(&mut self.inner, fresh);
-        let fut = service.call(Request::from_parts(head, body));
+        let fut = service.call(req);
         ResponseFuture::retrying(
             fut,
             now,

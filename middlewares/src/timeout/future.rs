@@ -36,6 +36,7 @@ pin_project! {
 }
 
 impl<F> ResponseFuture<F> {
+    #[inline]
     pub(super) fn new(inner: F, deadline: Instant, elapsed: Elapsed) -> Self {
         ResponseFuture {
             inner,
@@ -60,6 +61,7 @@ where
 {
     type Output = Result<Response<B>, E>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         if let Poll::Ready(out) = this.inner.poll(cx) {
@@ -101,6 +103,7 @@ where
 {
     type Output = Result<Response<TimeoutBody<B>>, E>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let deadline = this.inner.deadline();

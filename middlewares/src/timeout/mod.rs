@@ -20,8 +20,9 @@
 //! # Cost
 //! A tokio timer costs about 900 instructions to create, register and drop. The response future
 //! polls the inner future first and arms its timer only when that returns `Pending`, so
-//! responses that are ready at once pay only for one clock read in `call`. The deadline is
-//! computed in `call`, so arming late does not extend it.
+//! responses that are ready at once pay only for one clock read in `call` (which the rate-limit,
+//! retry and circuit-breaker layers of this crate inside it reuse rather than read the clock
+//! again). The deadline is computed in `call`, so arming late does not extend it.
 //!
 //! # Hosts and ordering
 //! The tower host runs layers in stack order: a timeout outside a rate limiter that queues
@@ -63,7 +64,6 @@ use std::task::{Context, Poll};
 
 use http::header::HeaderName;
 use http::{Request, Response};
-use tokio::time::Instant;
 use tower_service::Service;
 
 pub use self::body::TimeoutBody;
@@ -73,6 +73,7 @@ pub use self::layer::{BodyTimeoutLayer, TimeoutLayer};
 pub use self::proxy::TimeoutProxyCtx;
 
 use self::future::{BodyResponseFuture, ResponseFuture};
+use crate::request_time;
 
 /// The request header a client may use to ask for a shorter deadline, in milliseconds
 /// (`x-request-timeout: 250`). Read only when [`TimeoutLayer::honor_client_header`] is on.
@@ -112,12 +113,15 @@ impl<S> Timeout<S> {
         self.inner
     }
 
+    #[inline]
     fn start<ReqBody>(&mut self, req: Request<ReqBody>) -> ResponseFuture<S::Future>
     where
         S: Service<Request<ReqBody>>,
     {
-        // The one clock read of this layer; the timer is armed later, only if needed.
-        let deadline = self.layer.deadline_for(req.headers(), Instant::now());
+        // The one clock read of this layer (shared with the layers inside, see `request_time`);
+        // the timer is armed later, only if needed.
+        let time = request_time::read();
+        let deadline = self.layer.deadline_for(req.headers(), time.now());
         ResponseFuture::new(self.inner.call(req), deadline, self.layer.elapsed())
     }
 }
@@ -136,6 +140,7 @@ where
         self.inner.poll_ready(cx)
     }
 
+    #[inline]
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         self.start(req)
     }
@@ -181,6 +186,7 @@ where
         self.inner.inner.poll_ready(cx)
     }
 
+    #[inline]
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         BodyResponseFuture::new(self.inner.start(req))
     }

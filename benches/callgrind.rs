@@ -1,0 +1,255 @@
+//! Instructions per call of each `middlewares` layer, its baselines and the four-layer stack,
+//! counted by callgrind through `gungraun`:
+//! `cargo bench -p pingora-tower-benches --bench callgrind` (needs `gungraun-runner`, see
+//! `README.md` beside this file).
+//!
+//! Every benchmark makes [`CALLS`] calls on a service that already answered [`WARM_UP`] calls
+//! (the warm-up and the set-up run outside the counted function), so the per-call figure is the
+//! reported `Instructions` divided by [`CALLS`]; the one `block_on` around the loop adds well
+//! under one instruction per call. The variants and the inner services are those of the
+//! criterion bench `layers`, except that every inner service answers `Response<String>`.
+//! `callgrind_table.py` beside this file turns gungraun's summaries into per-call figures and
+//! overheads over `bare`.
+
+// gungraun's macros generate public modules and functions without docs.
+#![allow(missing_docs)]
+
+use std::convert::Infallible;
+use std::hint::black_box;
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use gungraun::{library_benchmark, library_benchmark_group, main};
+use http::{Request, Response};
+use middlewares::rate_limit::RateLimitLayer;
+use middlewares::retry::ReplayBody;
+use pingora_tower_benches::{calls, inner, GovernorLayer, HUGE_RATE};
+use tokio::runtime::Runtime;
+use tower::retry::{Policy, RetryLayer as TowerRetryLayer};
+use tower::timeout::TimeoutLayer as TowerTimeoutLayer;
+use tower::{Layer, Service, ServiceBuilder};
+
+/// Calls counted per benchmark.
+const CALLS: u64 = 1_000;
+/// Calls made before counting starts: the first calls pay for lazily made state (the timer
+/// wheel, the breaker's first permit, the limiter's first CAS miss).
+const WARM_UP: u64 = 200;
+/// The deadline every timeout is configured with: never reached.
+const DEADLINE: Duration = Duration::from_secs(5);
+/// A concurrency limit never reached (one call is in flight at a time).
+const HUGE_CONCURRENCY: usize = 1 << 20;
+const ONE_SECOND: Duration = Duration::from_secs(1);
+
+/// A tower retry policy that never retries; with `clone_request` it keeps a copy of each request
+/// as any policy that may retry must (the same policy as the criterion bench's).
+#[derive(Debug, Clone, Copy)]
+struct NeverRetry {
+    clone_request: bool,
+}
+
+impl<Req: Clone, Res, E> Policy<Req, Res, E> for NeverRetry {
+    type Future = std::future::Ready<()>;
+
+    fn retry(&mut self, _req: &mut Req, _result: &mut Result<Res, E>) -> Option<Self::Future> {
+        None
+    }
+
+    fn clone_request(&mut self, req: &Req) -> Option<Req> {
+        self.clone_request.then(|| req.clone())
+    }
+}
+
+/// What a benchmark measures: the inner service alone, one layer over it, or a stack.
+#[derive(Debug, Clone, Copy)]
+enum Variant {
+    Bare,
+    Timeout,
+    TowerTimeout,
+    RateLimit,
+    Governor,
+    Retry,
+    TowerRetryClone,
+    TowerRetryNoClone,
+    CircuitBreaker,
+    TowerResilience,
+    Stack,
+    TowerStackClone,
+    TowerStackNoClone,
+}
+
+/// A warmed-up service on its own current-thread runtime, ready to make `n` counted calls.
+struct Runner {
+    run: Box<dyn FnMut(u64)>,
+}
+
+impl Runner {
+    /// Makes the service inside the runtime `rt` (tower's `RateLimit` needs one to build its
+    /// timer) and warms it up.
+    fn new<S>(rt: Runtime, make: impl FnOnce() -> S) -> Runner
+    where
+        S: Service<Request<String>, Response = Response<String>> + 'static,
+        S::Error: std::fmt::Debug,
+    {
+        let mut svc = {
+            let _enter = rt.enter();
+            make()
+        };
+        rt.block_on(calls(&mut svc, WARM_UP));
+        Runner {
+            run: Box::new(move |n| {
+                black_box(rt.block_on(calls(&mut svc, n)));
+            }),
+        }
+    }
+}
+
+/// Builds `variant` over the inner service made by `make` (`make_replay` for the retry layer,
+/// whose inner service sees `ReplayBody` requests).
+fn runner<S, SR>(variant: Variant, make: impl Fn() -> S, make_replay: impl Fn() -> SR) -> Runner
+where
+    S: Service<Request<String>, Response = Response<String>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    SR: Service<Request<ReplayBody<String>>, Response = Response<String>, Error = Infallible>
+        + Clone
+        + 'static,
+{
+    let rate_limit = || {
+        RateLimitLayer::builder(HUGE_RATE, ONE_SECOND)
+            .build()
+            .expect("valid rate limit")
+    };
+    let tower_stack = |clone_request| {
+        ServiceBuilder::new()
+            .timeout(DEADLINE)
+            .concurrency_limit(HUGE_CONCURRENCY)
+            .rate_limit(u64::from(HUGE_RATE), ONE_SECOND)
+            .retry(NeverRetry { clone_request })
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("tokio runtime");
+    match variant {
+        Variant::Bare => Runner::new(rt, make),
+        Variant::Timeout => Runner::new(rt, || middlewares::timeout(5_000).layer(make())),
+        Variant::TowerTimeout => Runner::new(rt, || TowerTimeoutLayer::new(DEADLINE).layer(make())),
+        Variant::RateLimit => Runner::new(rt, || rate_limit().layer(make())),
+        Variant::Governor => {
+            let rate = NonZeroU32::new(HUGE_RATE).expect("non-zero");
+            Runner::new(rt, || GovernorLayer::per_second(rate).layer(make()))
+        }
+        Variant::Retry => Runner::new(rt, || middlewares::retry(2).layer(make_replay())),
+        Variant::TowerRetryClone => Runner::new(rt, || {
+            TowerRetryLayer::new(NeverRetry {
+                clone_request: true,
+            })
+            .layer(make())
+        }),
+        Variant::TowerRetryNoClone => Runner::new(rt, || {
+            TowerRetryLayer::new(NeverRetry {
+                clone_request: false,
+            })
+            .layer(make())
+        }),
+        Variant::CircuitBreaker => Runner::new(rt, || {
+            middlewares::circuit_breaker(50, 10_000).layer(make())
+        }),
+        Variant::TowerResilience => {
+            // The same settings as ours: 50 % over a count window of 20, at least 10 calls, 10 s
+            // open, 3 trial calls.
+            let layer = tower_resilience::circuitbreaker::CircuitBreakerLayer::builder()
+                .failure_rate_threshold(0.5)
+                .sliding_window_size(20)
+                .minimum_number_of_calls(10)
+                .wait_duration_in_open(Duration::from_secs(10))
+                .permitted_calls_in_half_open(3)
+                .build()
+                .expect("valid tower-resilience config");
+            Runner::new(rt, || layer.layer(make()))
+        }
+        Variant::Stack => Runner::new(rt, || {
+            ServiceBuilder::new()
+                .layer(middlewares::timeout(5_000))
+                .layer(rate_limit())
+                .layer(middlewares::retry(2))
+                .layer(middlewares::circuit_breaker(50, 10_000))
+                .service(make_replay())
+        }),
+        Variant::TowerStackClone => Runner::new(rt, || tower_stack(true).service(make())),
+        Variant::TowerStackNoClone => Runner::new(rt, || tower_stack(false).service(make())),
+    }
+}
+
+/// Set-up of the `immediate` benchmarks: the inner future is ready on its first poll.
+fn immediate(variant: Variant) -> Runner {
+    runner(
+        variant,
+        inner!(immediate, String, String),
+        inner!(immediate, ReplayBody<String>, String),
+    )
+}
+
+/// Set-up of the `yield_once` benchmarks: the inner future is `Pending` once, so timeouts arm
+/// their timer.
+fn yield_once(variant: Variant) -> Runner {
+    runner(
+        variant,
+        inner!(yield_once, String, String),
+        inner!(yield_once, ReplayBody<String>, String),
+    )
+}
+
+/// Makes [`CALLS`] calls; the runner is handed back so dropping it (the runtime, the service) is
+/// not counted.
+fn run(mut runner: Runner) -> Runner {
+    (runner.run)(CALLS);
+    runner
+}
+
+// Every variant over the `immediate` inner service.
+#[library_benchmark(setup = immediate)]
+#[bench::bare(Variant::Bare)]
+#[bench::timeout(Variant::Timeout)]
+#[bench::tower_timeout(Variant::TowerTimeout)]
+#[bench::rate_limit(Variant::RateLimit)]
+#[bench::governor(Variant::Governor)]
+#[bench::retry(Variant::Retry)]
+#[bench::tower_retry_clone(Variant::TowerRetryClone)]
+#[bench::tower_retry_no_clone(Variant::TowerRetryNoClone)]
+#[bench::circuit_breaker(Variant::CircuitBreaker)]
+#[bench::tower_resilience(Variant::TowerResilience)]
+#[bench::stack(Variant::Stack)]
+#[bench::tower_stack_clone(Variant::TowerStackClone)]
+#[bench::tower_stack_no_clone(Variant::TowerStackNoClone)]
+fn calls_immediate(runner: Runner) -> Runner {
+    run(runner)
+}
+
+// Every variant over the `yield_once` inner service.
+#[library_benchmark(setup = yield_once)]
+#[bench::bare(Variant::Bare)]
+#[bench::timeout(Variant::Timeout)]
+#[bench::tower_timeout(Variant::TowerTimeout)]
+#[bench::rate_limit(Variant::RateLimit)]
+#[bench::governor(Variant::Governor)]
+#[bench::retry(Variant::Retry)]
+#[bench::tower_retry_clone(Variant::TowerRetryClone)]
+#[bench::tower_retry_no_clone(Variant::TowerRetryNoClone)]
+#[bench::circuit_breaker(Variant::CircuitBreaker)]
+#[bench::tower_resilience(Variant::TowerResilience)]
+#[bench::stack(Variant::Stack)]
+#[bench::tower_stack_clone(Variant::TowerStackClone)]
+#[bench::tower_stack_no_clone(Variant::TowerStackNoClone)]
+fn calls_yield_once(runner: Runner) -> Runner {
+    run(runner)
+}
+
+library_benchmark_group!(
+    name = layers;
+    benchmarks = calls_immediate, calls_yield_once
+);
+
+main!(library_benchmark_groups = layers);
