@@ -461,6 +461,31 @@ async fn forwarding_headers_reach_the_upstream() {
 }
 
 #[tokio::test]
+async fn proxy_on_threads_of_its_own_forwards_every_request() {
+    let up = upstream("threaded").await;
+    let running = spawn(
+        proxy()
+            .routes([Route::prefix("/", Upstream::new(&up.url))])
+            .threads(2),
+    )
+    .await;
+    let addr = running.local_addr();
+    let answers: Vec<_> = (0..20)
+        .map(|i| tokio::spawn(async move { http_get(addr, &format!("/n/{i}")).await }))
+        .collect();
+    for answer in answers {
+        let (status, body) = answer.await.unwrap();
+        assert_eq!(
+            (status, body.starts_with("threaded")),
+            (StatusCode::OK, true),
+            "{body}"
+        );
+    }
+    assert_eq!(up.state.hits.load(Ordering::SeqCst), 20);
+    running.shutdown().await;
+}
+
+#[tokio::test]
 async fn forwarding_headers_can_be_turned_off() {
     let up = upstream("echo").await;
     let running = spawn(
@@ -506,6 +531,13 @@ async fn sixteen_mib_upload_streams_through_the_proxy() {
 #[test]
 fn bad_configurations_are_rejected_naming_the_value() {
     let err = |route: Route| proxy().route(route).build().unwrap_err().to_string();
+    let threads = proxy()
+        .route(Route::prefix("/", Upstream::new("http://127.0.0.1:9")))
+        .threads(0)
+        .build()
+        .unwrap_err()
+        .to_string();
+    assert_eq!(threads, "threads must be greater than 0, got 0");
     assert_eq!(
         err(Route::prefix("/", Upstream::new("htp://x"))),
         r#"upstream "htp://x": unsupported scheme "htp""#

@@ -426,3 +426,75 @@ async fn response_frames_reach_the_client_in_order_with_backpressure() {
         .is_none());
     running.shutdown().await;
 }
+
+#[tokio::test]
+async fn spawn_threads_serves_from_its_own_threads_and_drains_on_shutdown() {
+    init_tracing();
+    let entered = Arc::new(Notify::new());
+    let release = Arc::new(Notify::new());
+    let app = {
+        let (entered, release) = (entered.clone(), release.clone());
+        Router::new()
+            .route(
+                "/where",
+                get(|| async { std::thread::current().name().unwrap_or("").to_owned() }),
+            )
+            .route(
+                "/slow",
+                get(move || async move {
+                    entered.notify_one();
+                    release.notified().await;
+                    "finished"
+                }),
+            )
+    };
+    let mut running = server::spawn_threads("127.0.0.1:0", ServeTower::new(app), 2)
+        .await
+        .expect("spawn_threads");
+    let addr = running.local_addr();
+
+    // Concurrent connections, each answered on one of the server's own threads (this test's
+    // runtime is a current-thread runtime on the test's thread).
+    let answers: Vec<_> = (0..20)
+        .map(|_| tokio::spawn(async move { http_get(addr, "/where").await }))
+        .collect();
+    for answer in answers {
+        let (status, thread) = tokio::time::timeout(HANG_GUARD, answer)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(status, StatusCode::OK);
+        assert!(
+            thread == "pingora-tower-0" || thread == "pingora-tower-1",
+            "answered on thread {thread:?}"
+        );
+    }
+
+    let in_flight = tokio::spawn(async move { http_get(addr, "/slow").await });
+    tokio::time::timeout(HANG_GUARD, entered.notified())
+        .await
+        .unwrap();
+    running.stop_accepting().await;
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "a new connection was accepted after stop_accepting"
+    );
+    release.notify_one();
+    let (status, body) = tokio::time::timeout(HANG_GUARD, in_flight)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "finished"));
+    tokio::time::timeout(HANG_GUARD, running.shutdown())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn spawn_threads_refuses_zero_threads_naming_the_value() {
+    let err = server::spawn_threads("127.0.0.1:0", ServeTower::new(basic_app()), 0)
+        .await
+        .expect_err("zero threads");
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+    assert_eq!(err.to_string(), "threads must be > 0, got 0");
+}

@@ -66,6 +66,12 @@ pub enum ProxyConfigError {
         /// `connect_ms` or `request_ms`.
         field: &'static str,
     },
+    /// `threads(0)`.
+    #[error("threads must be greater than 0, got {threads}")]
+    InvalidThreads {
+        /// The count as given.
+        threads: usize,
+    },
 }
 
 /// How a route shows up in error messages: `host "api.example.com" prefix "/v1"`.
