@@ -107,11 +107,17 @@ pb_field() { sed -n "s/.*\\b$1=\\([^ ]*\\).*/\\1/p" <<<"$2"; }
 
 # The command line of a contender listening on port $2 (the proxy contenders send to UP_PORT).
 # A Rust contender's name may end in `@ct`: the same binary on a current-thread runtime
-# (`--workers 0`) instead of a multi-thread runtime with one worker.
+# (`--workers 0`) instead of a multi-thread runtime with one worker; a `pingora-tower…` name
+# may end in `@th`: the proxy on one thread of its own (`--threads 1`).
 pb_contender_cmd() {
   local name=$1 port=$2
   if [[ $name == *@ct ]]; then
     echo "$(pb_contender_cmd "${name%@ct}" "$port") --workers 0"
+    return
+  fi
+  # `pingora-tower…@th`: the proxy on one thread of its own (`ProxyBuilder::threads(1)`).
+  if [[ $name == *@th ]]; then
+    echo "$(pb_contender_cmd "${name%@th}" "$port") --threads 1 --workers 0"
     return
   fi
   case $name in

@@ -4,12 +4,13 @@
 //! ```text
 //! pingora-tower-proxy [--listen 127.0.0.1:19002] [--upstream http://127.0.0.1:19000]
 //!                     [--layers none|four] [--workers 1] [--pool 128]
-//!                     [--forwarded-headers yes|no]
+//!                     [--forwarded-headers yes|no] [--threads 0]
 //! ```
 //! `--layers four` wraps the proxy, outermost first, in `timeout(30 s)`,
 //! `rate_limit(1e9 per second)`, `retry(2)` and `circuit_breaker(50 %, 10 s)`. The proxy runs on
 //! a multi-thread tokio runtime with `--workers` worker threads (`0` = current-thread), the same
-//! host and runtime as `pingora-plain`. `--forwarded-headers no` leaves out the X-Forwarded-*
+//! host and runtime as `pingora-plain`; `--threads N` (N > 0) serves from N threads of the proxy's
+//! own instead (`ProxyBuilder::threads`, a current-thread runtime each). `--forwarded-headers no` leaves out the X-Forwarded-*
 //! headers (on by default), for a like-for-like comparison with `pingora-plain`. Prints `listening on ADDR` once bound; stops on SIGINT
 //! or SIGTERM.
 
@@ -26,7 +27,7 @@ use pingora_tower::proxy::{
 
 const USAGE: &str = "pingora-tower-proxy [--listen 127.0.0.1:19002] \
                      [--upstream http://127.0.0.1:19000] [--layers none|four] [--workers 1] \
-                     [--pool 128] [--forwarded-headers yes|no]";
+                     [--pool 128] [--forwarded-headers yes|no] [--threads 0]";
 
 /// Requests per second the rate limiter admits: far above anything the bench offers.
 const NEVER_TRIPS_PER_SECOND: u32 = 1_000_000_000;
@@ -46,10 +47,14 @@ fn main() -> Result<(), common::BoxError> {
         upstream_keepalive_pool_size: args.parse_or("pool", DEFAULT_UPSTREAM_KEEPALIVE_POOL),
         ..ServerConf::default()
     };
-    let builder: ProxyBuilder = PingoraProxy::builder(&listen)
+    let threads: usize = args.parse_or("threads", 0);
+    let mut builder: ProxyBuilder = PingoraProxy::builder(&listen)
         .route(Route::prefix("/", Upstream::new(upstream.as_str())))
         .server_conf(conf)
         .forwarded_headers(forwarded_headers);
+    if threads > 0 {
+        builder = builder.threads(threads);
+    }
     common::runtime(workers)?.block_on(async move {
         let running = match layers.as_str() {
             "none" => builder.build()?.spawn().await?,

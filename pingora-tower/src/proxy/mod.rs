@@ -19,10 +19,12 @@
 //! # What costs what
 //! Measured in `BENCHMARKS.md` (instructions per proxied request under callgrind, against a
 //! minimal hand-written `ProxyHttp`):
-//! - **Runtime.** The proxy uses whatever runtime calls it. On one core, a current-thread
-//!   runtime (`#[tokio::main(flavor = "current_thread")]`) was 8.5 % cheaper in CPU per request
-//!   than a multi-thread runtime with one worker for the layered proxy, with 1.5x its saturated
-//!   throughput.
+//! - **Runtime.** [`spawn`](ProxyServer::spawn) serves on whatever runtime calls it;
+//!   [`ProxyBuilder::threads`] serves from threads of the proxy's own, a current-thread runtime
+//!   each (Pingora's `work_stealing: false` model). On one core, a current-thread runtime was
+//!   ~8 % cheaper in CPU per request than a multi-thread runtime with one worker for the
+//!   layered proxy, with up to 1.5x its saturated throughput: use `threads(cores)`, or
+//!   `#[tokio::main(flavor = "current_thread")]` for one core.
 //! - **`X-Forwarded-*` headers** ([`ProxyBuilder::forwarded_headers`], on by default) are the
 //!   largest single cost (~14k instructions, inside Pingora's `RequestHeader::insert_header`);
 //!   turn them off when the upstream does not need the client's address.
