@@ -17,48 +17,24 @@
 use std::convert::Infallible;
 use std::hint::black_box;
 use std::num::NonZeroU32;
-use std::time::Duration;
 
 use gungraun::{library_benchmark, library_benchmark_group, main};
 use http::{Request, Response};
-use middlewares::rate_limit::RateLimitLayer;
 use middlewares::retry::ReplayBody;
+use pingora_tower_benches::configs::{
+    our_rate_limit, our_stack, tower_resilience_breaker, tower_stack, NeverRetry, DEADLINE,
+};
 use pingora_tower_benches::{calls, inner, GovernorLayer, HUGE_RATE};
 use tokio::runtime::Runtime;
-use tower::retry::{Policy, RetryLayer as TowerRetryLayer};
+use tower::retry::RetryLayer as TowerRetryLayer;
 use tower::timeout::TimeoutLayer as TowerTimeoutLayer;
-use tower::{Layer, Service, ServiceBuilder};
+use tower::{Layer, Service};
 
 /// Calls counted per benchmark.
 const CALLS: u64 = 1_000;
 /// Calls made before counting starts: the first calls pay for lazily made state (the timer
 /// wheel, the breaker's first permit, the limiter's first CAS miss).
 const WARM_UP: u64 = 200;
-/// The deadline every timeout is configured with: never reached.
-const DEADLINE: Duration = Duration::from_secs(5);
-/// A concurrency limit never reached (one call is in flight at a time).
-const HUGE_CONCURRENCY: usize = 1 << 20;
-const ONE_SECOND: Duration = Duration::from_secs(1);
-
-/// A tower retry policy that never retries; with `clone_request` it keeps a copy of each request
-/// as any policy that may retry must (the same policy as the criterion bench's).
-#[derive(Debug, Clone, Copy)]
-struct NeverRetry {
-    clone_request: bool,
-}
-
-impl<Req: Clone, Res, E> Policy<Req, Res, E> for NeverRetry {
-    type Future = std::future::Ready<()>;
-
-    fn retry(&mut self, _req: &mut Req, _result: &mut Result<Res, E>) -> Option<Self::Future> {
-        None
-    }
-
-    fn clone_request(&mut self, req: &Req) -> Option<Req> {
-        self.clone_request.then(|| req.clone())
-    }
-}
-
 /// What a benchmark measures: the inner service alone, one layer over it, or a stack.
 #[derive(Debug, Clone, Copy)]
 enum Variant {
@@ -116,18 +92,6 @@ where
         + Clone
         + 'static,
 {
-    let rate_limit = || {
-        RateLimitLayer::builder(HUGE_RATE, ONE_SECOND)
-            .build()
-            .expect("valid rate limit")
-    };
-    let tower_stack = |clone_request| {
-        ServiceBuilder::new()
-            .timeout(DEADLINE)
-            .concurrency_limit(HUGE_CONCURRENCY)
-            .rate_limit(u64::from(HUGE_RATE), ONE_SECOND)
-            .retry(NeverRetry { clone_request })
-    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
@@ -136,7 +100,7 @@ where
         Variant::Bare => Runner::new(rt, make),
         Variant::Timeout => Runner::new(rt, || middlewares::timeout(5_000).layer(make())),
         Variant::TowerTimeout => Runner::new(rt, || TowerTimeoutLayer::new(DEADLINE).layer(make())),
-        Variant::RateLimit => Runner::new(rt, || rate_limit().layer(make())),
+        Variant::RateLimit => Runner::new(rt, || our_rate_limit().layer(make())),
         Variant::Governor => {
             let rate = NonZeroU32::new(HUGE_RATE).expect("non-zero");
             Runner::new(rt, || GovernorLayer::per_second(rate).layer(make()))
@@ -158,26 +122,10 @@ where
             middlewares::circuit_breaker(50, 10_000).layer(make())
         }),
         Variant::TowerResilience => {
-            // The same settings as ours: 50 % over a count window of 20, at least 10 calls, 10 s
-            // open, 3 trial calls.
-            let layer = tower_resilience::circuitbreaker::CircuitBreakerLayer::builder()
-                .failure_rate_threshold(0.5)
-                .sliding_window_size(20)
-                .minimum_number_of_calls(10)
-                .wait_duration_in_open(Duration::from_secs(10))
-                .permitted_calls_in_half_open(3)
-                .build()
-                .expect("valid tower-resilience config");
+            let layer = tower_resilience_breaker();
             Runner::new(rt, || layer.layer(make()))
         }
-        Variant::Stack => Runner::new(rt, || {
-            ServiceBuilder::new()
-                .layer(middlewares::timeout(5_000))
-                .layer(rate_limit())
-                .layer(middlewares::retry(2))
-                .layer(middlewares::circuit_breaker(50, 10_000))
-                .service(make_replay())
-        }),
+        Variant::Stack => Runner::new(rt, || our_stack().service(make_replay())),
         Variant::TowerStackClone => Runner::new(rt, || tower_stack(true).service(make())),
         Variant::TowerStackNoClone => Runner::new(rt, || tower_stack(false).service(make())),
     }

@@ -14,40 +14,17 @@ use std::time::Duration;
 use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion};
 use http::{Request, Response};
-use middlewares::rate_limit::RateLimitLayer;
 use middlewares::retry::ReplayBody;
+use pingora_tower_benches::configs::{
+    our_rate_limit, our_stack, tower_resilience_breaker, tower_stack, NeverRetry, DEADLINE,
+    HUGE_CONCURRENCY, ONE_SECOND,
+};
 use pingora_tower_benches::{calls, inner, GovernorLayer, HUGE_RATE};
 use tokio::runtime::Runtime;
 use tower::limit::{ConcurrencyLimitLayer, RateLimitLayer as TowerRateLimitLayer};
-use tower::retry::{Policy, RetryLayer as TowerRetryLayer};
+use tower::retry::RetryLayer as TowerRetryLayer;
 use tower::timeout::TimeoutLayer as TowerTimeoutLayer;
-use tower::{Layer, Service, ServiceBuilder};
-
-/// The deadline every timeout is configured with: never reached.
-const DEADLINE: Duration = Duration::from_secs(5);
-/// A concurrency limit never reached (one call is in flight at a time).
-const HUGE_CONCURRENCY: usize = 1 << 20;
-const ONE_SECOND: Duration = Duration::from_secs(1);
-
-/// A tower retry policy that never retries. With `clone_request` it keeps a copy of each
-/// request, as any policy that may retry must (and as ours does); without, it is the cheapest
-/// possible `Retry`.
-#[derive(Debug, Clone, Copy)]
-struct NeverRetry {
-    clone_request: bool,
-}
-
-impl<Req: Clone, Res, E> Policy<Req, Res, E> for NeverRetry {
-    type Future = std::future::Ready<()>;
-
-    fn retry(&mut self, _req: &mut Req, _result: &mut Result<Res, E>) -> Option<Self::Future> {
-        None
-    }
-
-    fn clone_request(&mut self, req: &Req) -> Option<Req> {
-        self.clone_request.then(|| req.clone())
-    }
-}
+use tower::{Layer, Service};
 
 fn runtime() -> Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -99,9 +76,7 @@ where
 {
     let mut g = c.benchmark_group("rate_limit");
     let rate = NonZeroU32::new(HUGE_RATE).expect("non-zero");
-    let ours = RateLimitLayer::builder(HUGE_RATE, ONE_SECOND)
-        .build()
-        .expect("valid rate limit");
+    let ours = our_rate_limit();
     let governor = GovernorLayer::per_second(rate);
     let tower_governor = tower_governor::GovernorLayer::new(
         tower_governor::governor::GovernorConfigBuilder::default()
@@ -163,16 +138,7 @@ where
 {
     let mut g = c.benchmark_group("circuit_breaker");
     let ours = middlewares::circuit_breaker(50, 10_000);
-    // The same settings as ours: 50 % over a count window of 20, at least 10 calls, 10 s open,
-    // 3 trial calls.
-    let resilience = tower_resilience::circuitbreaker::CircuitBreakerLayer::builder()
-        .failure_rate_threshold(0.5)
-        .sliding_window_size(20)
-        .minimum_number_of_calls(10)
-        .wait_duration_in_open(Duration::from_secs(10))
-        .permitted_calls_in_half_open(3)
-        .build()
-        .expect("valid tower-resilience config");
+    let resilience = tower_resilience_breaker();
     bench(&mut g, rt, "bare", inner, make);
     bench(&mut g, rt, "ours", inner, || ours.layer(make()));
     bench(&mut g, rt, "tower_resilience", inner, || {
@@ -193,24 +159,9 @@ fn stack<S, SR>(
         + Clone,
 {
     let mut g = c.benchmark_group("stack");
-    let ours = ServiceBuilder::new()
-        .layer(middlewares::timeout(5_000))
-        .layer(
-            RateLimitLayer::builder(HUGE_RATE, ONE_SECOND)
-                .build()
-                .expect("valid rate limit"),
-        )
-        .layer(middlewares::retry(2))
-        .layer(middlewares::circuit_breaker(50, 10_000));
+    let ours = our_stack();
     // tower's `RateLimit` is not `Clone`: each sample calls its own instance directly.
-    let tower = |clone_request| {
-        ServiceBuilder::new()
-            .timeout(DEADLINE)
-            .concurrency_limit(HUGE_CONCURRENCY)
-            .rate_limit(u64::from(HUGE_RATE), ONE_SECOND)
-            .retry(NeverRetry { clone_request })
-    };
-    let (tower_no_clone, tower_clone) = (tower(false), tower(true));
+    let (tower_no_clone, tower_clone) = (tower_stack(false), tower_stack(true));
     bench(&mut g, rt, "bare", inner, make);
     bench(&mut g, rt, "ours", inner, || ours.service(make_replay()));
     bench(&mut g, rt, "tower_no_clone", inner, || {

@@ -1,9 +1,12 @@
-//! Support for the `pingora-tower-benches` criterion benches: the inner services every bench
-//! wraps ([`inner!`]), the measured call loop ([`calls`]), and a minimal `governor` layer
-//! ([`GovernorLayer`]) used as the rate-limit baseline.
+//! Support for the `pingora-tower-benches` benches: the inner services every bench wraps
+//! ([`inner!`]), the measured call loop ([`calls`]), a minimal `governor` layer
+//! ([`GovernorLayer`]) used as the rate-limit baseline, and the layer configurations every
+//! bench measures ([`configs`]).
 //!
 //! Nothing here depends on Pingora; see `README.md` beside this file for what each bench
 //! measures and how to run it.
+
+pub mod configs;
 
 use std::fmt::Debug;
 use std::future::Future;
