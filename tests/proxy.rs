@@ -481,7 +481,7 @@ async fn proxy_on_threads_of_its_own_forwards_every_request() {
             "{body}"
         );
     }
-    assert_eq!(up.state.hits.load(Ordering::SeqCst), 20);
+    assert_eq!(up.state.hits(), 20);
     running.shutdown().await;
 }
 
@@ -775,15 +775,7 @@ async fn oversized_request_head_gets_431_without_reaching_the_upstream() {
     let up = upstream("only").await;
     let running = spawn(proxy().routes([Route::prefix("/", Upstream::new(&up.url))])).await;
     let addr = running.local_addr();
-    let big = "a".repeat(64 * 1024);
-    let raw = format!("GET / HTTP/1.1\r\nHost: t\r\nX-Big: {big}\r\n\r\n");
-    let answer = raw_exchange(addr, raw.as_bytes()).await;
-    assert_eq!(
-        raw_status(&answer),
-        Some(431),
-        "{}",
-        &answer[..answer.len().min(200)]
-    );
+    assert_oversized_head_gets_431(addr).await;
     assert_eq!(up.state.hits(), 0);
     assert_eq!(http_get(addr, "/").await.0, StatusCode::OK);
     running.shutdown().await;

@@ -237,15 +237,7 @@ async fn malformed_request_line_gets_400_and_server_keeps_serving() {
 async fn oversized_header_gets_431_and_server_keeps_serving() {
     let running = start(basic_app()).await;
     let addr = running.local_addr();
-    let big = "a".repeat(64 * 1024);
-    let raw = format!("GET / HTTP/1.1\r\nHost: t\r\nX-Big: {big}\r\n\r\n");
-    let answer = raw_exchange(addr, raw.as_bytes()).await;
-    assert_eq!(
-        raw_status(&answer),
-        Some(431),
-        "got {:?}",
-        &answer[..answer.len().min(200)]
-    );
+    assert_oversized_head_gets_431(addr).await;
     assert_eq!(http_get(addr, "/").await.0, StatusCode::OK);
     running.shutdown().await;
 }
@@ -345,13 +337,18 @@ async fn h2c_prior_knowledge() {
     running.shutdown().await;
 }
 
-#[tokio::test]
-async fn shutdown_lets_in_flight_requests_finish_and_refuses_new_connections() {
-    let entered = Arc::new(Notify::new());
-    let release = Arc::new(Notify::new());
-    let app = {
-        let (entered, release) = (entered.clone(), release.clone());
-        Router::new().route(
+/// A `/slow` route that reports when a request entered it and answers `finished` only when
+/// released, for the shutdown tests.
+#[derive(Default)]
+struct SlowRoute {
+    entered: Arc<Notify>,
+    release: Arc<Notify>,
+}
+
+impl SlowRoute {
+    fn add_to(&self, app: Router) -> Router {
+        let (entered, release) = (self.entered.clone(), self.release.clone());
+        app.route(
             "/slow",
             get(move || async move {
                 entered.notify_one();
@@ -359,30 +356,41 @@ async fn shutdown_lets_in_flight_requests_finish_and_refuses_new_connections() {
                 "finished"
             }),
         )
-    };
-    let mut running = start(app).await;
-    let addr = running.local_addr();
-    let in_flight = tokio::spawn(async move { http_get(addr, "/slow").await });
-    tokio::time::timeout(HANG_GUARD, entered.notified())
-        .await
-        .unwrap();
+    }
 
-    running.stop_accepting().await;
-    let refused = tokio::net::TcpStream::connect(addr).await;
-    assert!(
-        refused.is_err(),
-        "a new connection was accepted after shutdown"
-    );
+    /// With a request in flight on `/slow`: `stop_accepting` refuses new connections at once,
+    /// the in-flight request still completes, and `shutdown` returns.
+    async fn assert_drains(&self, mut running: RunningServer) {
+        let addr = running.local_addr();
+        let in_flight = tokio::spawn(async move { http_get(addr, "/slow").await });
+        tokio::time::timeout(HANG_GUARD, self.entered.notified())
+            .await
+            .unwrap();
 
-    release.notify_one();
-    let (status, body) = tokio::time::timeout(HANG_GUARD, in_flight)
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!((status, body.as_str()), (StatusCode::OK, "finished"));
-    tokio::time::timeout(HANG_GUARD, running.shutdown())
-        .await
-        .unwrap();
+        running.stop_accepting().await;
+        let refused = tokio::net::TcpStream::connect(addr).await;
+        assert!(
+            refused.is_err(),
+            "a new connection was accepted after stop_accepting"
+        );
+
+        self.release.notify_one();
+        let (status, body) = tokio::time::timeout(HANG_GUARD, in_flight)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "finished"));
+        tokio::time::timeout(HANG_GUARD, running.shutdown())
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn shutdown_lets_in_flight_requests_finish_and_refuses_new_connections() {
+    let slow = SlowRoute::default();
+    let running = start(slow.add_to(Router::new())).await;
+    slow.assert_drains(running).await;
 }
 
 #[tokio::test]
@@ -430,25 +438,12 @@ async fn response_frames_reach_the_client_in_order_with_backpressure() {
 #[tokio::test]
 async fn spawn_threads_serves_from_its_own_threads_and_drains_on_shutdown() {
     init_tracing();
-    let entered = Arc::new(Notify::new());
-    let release = Arc::new(Notify::new());
-    let app = {
-        let (entered, release) = (entered.clone(), release.clone());
-        Router::new()
-            .route(
-                "/where",
-                get(|| async { std::thread::current().name().unwrap_or("").to_owned() }),
-            )
-            .route(
-                "/slow",
-                get(move || async move {
-                    entered.notify_one();
-                    release.notified().await;
-                    "finished"
-                }),
-            )
-    };
-    let mut running = server::spawn_threads("127.0.0.1:0", ServeTower::new(app), 2)
+    let slow = SlowRoute::default();
+    let app = slow.add_to(Router::new().route(
+        "/where",
+        get(|| async { std::thread::current().name().unwrap_or("").to_owned() }),
+    ));
+    let running = server::spawn_threads("127.0.0.1:0", ServeTower::new(app), 2)
         .await
         .expect("spawn_threads");
     let addr = running.local_addr();
@@ -469,25 +464,7 @@ async fn spawn_threads_serves_from_its_own_threads_and_drains_on_shutdown() {
             "answered on thread {thread:?}"
         );
     }
-
-    let in_flight = tokio::spawn(async move { http_get(addr, "/slow").await });
-    tokio::time::timeout(HANG_GUARD, entered.notified())
-        .await
-        .unwrap();
-    running.stop_accepting().await;
-    assert!(
-        tokio::net::TcpStream::connect(addr).await.is_err(),
-        "a new connection was accepted after stop_accepting"
-    );
-    release.notify_one();
-    let (status, body) = tokio::time::timeout(HANG_GUARD, in_flight)
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!((status, body.as_str()), (StatusCode::OK, "finished"));
-    tokio::time::timeout(HANG_GUARD, running.shutdown())
-        .await
-        .unwrap();
+    slow.assert_drains(running).await;
 }
 
 #[tokio::test]

@@ -130,6 +130,19 @@ pub fn raw_status(raw: &str) -> Option<u16> {
     raw.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// Sends a request whose head carries a 64 KiB header and asserts the answer is `431`.
+pub async fn assert_oversized_head_gets_431(addr: SocketAddr) {
+    let big = "a".repeat(64 * 1024);
+    let raw = format!("GET / HTTP/1.1\r\nHost: t\r\nX-Big: {big}\r\n\r\n");
+    let answer = raw_exchange(addr, raw.as_bytes()).await;
+    assert_eq!(
+        raw_status(&answer),
+        Some(431),
+        "got {:?}",
+        &answer[..answer.len().min(200)]
+    );
+}
+
 fn response_complete(out: &[u8]) -> bool {
     let text = String::from_utf8_lossy(out);
     let Some(head_end) = text.find("\r\n\r\n") else {
