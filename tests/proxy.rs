@@ -466,20 +466,24 @@ async fn proxy_on_threads_of_its_own_forwards_every_request() {
     let running = spawn(
         proxy()
             .routes([Route::prefix("/", Upstream::new(&up.url))])
+            .middleware(TagLayer("tagged"))
             .threads(2),
     )
     .await;
     let addr = running.local_addr();
     let answers: Vec<_> = (0..20)
-        .map(|i| tokio::spawn(async move { http_get(addr, &format!("/n/{i}")).await }))
+        .map(|i| {
+            tokio::spawn(async move { send(addr, get_request(addr, &format!("/n/{i}"))).await })
+        })
         .collect();
     for answer in answers {
-        let (status, body) = answer.await.unwrap();
-        assert_eq!(
-            (status, body.starts_with("threaded")),
-            (StatusCode::OK, true),
-            "{body}"
-        );
+        let res = answer.await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        // This test's runtime runs on the test's thread: the proxy ran on its own threads.
+        let thread = res.headers()["x-thread"].to_str().unwrap().to_owned();
+        assert!(thread.starts_with("pingora-tower-"), "ran on {thread:?}");
+        let body = body_text(res).await;
+        assert!(body.starts_with("threaded /n/"), "{body}");
     }
     assert_eq!(up.state.hits(), 20);
     running.shutdown().await;
@@ -572,7 +576,8 @@ fn bad_configurations_are_rejected_naming_the_value() {
     assert!(timeouts.to_string().contains("connect_ms"), "{timeouts}");
 }
 
-/// Adds `x-layer: <name>` to responses, before the inner layers do.
+/// Adds `x-layer: <name>` to responses, before the inner layers do, and `x-thread`: the name of
+/// the thread the proxy ran the response phase on.
 #[derive(Clone)]
 struct TagLayer(&'static str);
 
@@ -653,6 +658,8 @@ where
         ctx: &mut S::CTX,
     ) -> PResult<()> {
         upstream_response.append_header("x-layer", self.name)?;
+        let thread = std::thread::current().name().unwrap_or("").to_owned();
+        upstream_response.append_header("x-thread", thread)?;
         self.inner
             .response_filter(session, upstream_response, ctx)
             .await
