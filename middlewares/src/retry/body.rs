@@ -7,7 +7,7 @@ use std::sync::{Arc, OnceLock};
 use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes};
-use http::HeaderMap;
+use http::{HeaderMap, Request};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
@@ -48,17 +48,20 @@ struct Capturer {
 }
 
 impl Capturer {
-    fn finish(self) {
+    fn finish(self: Box<Self>) {
+        let Capturer { slot, buf, .. } = *self;
         // The slot is only ever set here, once per request; a second `set` cannot happen.
-        let _ = self.slot.set(self.buf);
+        let _ = slot.set(buf);
     }
 }
 
 pin_project! {
     #[project = KindProj]
     enum Kind<B> {
-        // The first attempt: the original body, captured while `capture` is `Some`.
-        Stream { #[pin] body: B, capture: Option<Capturer> },
+        // The first attempt: the original body, captured while `capture` is `Some`. Boxed: a
+        // `Capturer` is ~140 bytes, which every request moved between layers would carry, while
+        // only a request with a body to capture needs one (and allocates its slot anyway).
+        Stream { #[pin] body: B, capture: Option<Box<Capturer>> },
         // A later attempt: the captured chunks from `next` on, then the trailers.
         // (`slot` is always filled here: a replay is only made after `Source::is_replayable`.)
         Replay { slot: Arc<OnceLock<Captured>>, next: usize, sent: u64, trailers_sent: bool },
@@ -92,9 +95,33 @@ impl<B: Body> ReplayBody<B> {
         }
     }
 
+    /// `req` with the first attempt's body, and the source later attempts replay from (`None`
+    /// when the body is known to exceed `limit`: it is then sent through uncaptured and the
+    /// request is not retried).
+    #[inline]
+    pub(crate) fn wrap_request(req: Request<B>, limit: usize) -> (Request<Self>, Option<Source>) {
+        if req.body().is_end_stream() {
+            return (req.map(Self::passthrough), Some(Source::Empty));
+        }
+        Self::wrap_request_with_body(req, limit)
+    }
+
+    /// [`wrap_request`](Self::wrap_request) of a request that may have a body: out of line, so
+    /// the common bodiless request inlines only the check above.
+    fn wrap_request_with_body(req: Request<B>, limit: usize) -> (Request<Self>, Option<Source>) {
+        let mut source = None;
+        let req = req.map(|body| match Self::capture(body, limit) {
+            Ok((body, captured)) => {
+                source = Some(captured);
+                body
+            }
+            Err(body) => Self::passthrough(body),
+        });
+        (req, source)
+    }
+
     /// The first attempt's body and the source later attempts replay from; `None` when the body
     /// is known to exceed `limit` (the caller then sends it through uncaptured, not retryable).
-    #[inline]
     pub(crate) fn capture(body: B, limit: usize) -> Result<(Self, Source), B> {
         if body.is_end_stream() {
             return Ok((Self::passthrough(body), Source::Empty));
@@ -104,11 +131,11 @@ impl<B: Body> ReplayBody<B> {
             return Err(body);
         }
         let slot = Arc::new(OnceLock::new());
-        let capture = Capturer {
+        let capture = Box::new(Capturer {
             slot: Arc::clone(&slot),
             buf: Captured::default(),
             limit,
-        };
+        });
         let body = ReplayBody {
             kind: Kind::Stream {
                 body,

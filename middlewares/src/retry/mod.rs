@@ -203,14 +203,7 @@ where
         // request where it lies (`Head::of`): taking the request apart into `Parts` and putting
         // it together again moved the head (over 200 bytes) three more times.
         let limit = policy.max_replay_body;
-        let mut source = None;
-        let req = req.map(|body| match ReplayBody::capture(body, limit) {
-            Ok((body, captured)) => {
-                source = Some(captured);
-                body
-            }
-            Err(body) => ReplayBody::passthrough(body),
-        });
+        let (req, source) = ReplayBody::wrap_request(req, limit);
         let Some(source) = source else {
             tracing::debug!(
                 limit,
