@@ -22,7 +22,8 @@ use gungraun::{library_benchmark, library_benchmark_group, main};
 use http::{Request, Response};
 use middlewares::retry::ReplayBody;
 use pingora_tower_benches::configs::{
-    our_rate_limit, our_stack, tower_resilience_breaker, tower_stack, NeverRetry, DEADLINE,
+    our_rate_limit, our_stack, tower_governor_layer, tower_resilience_breaker, tower_stack,
+    BudgetedNeverRetry, NeverRetry, DEADLINE,
 };
 use pingora_tower_benches::{calls, inner, GovernorLayer, HUGE_RATE};
 use tokio::runtime::Runtime;
@@ -46,11 +47,18 @@ enum Variant {
     Retry,
     TowerRetryClone,
     TowerRetryNoClone,
+    TowerRetryBudget,
     CircuitBreaker,
     TowerResilience,
     Stack,
     TowerStackClone,
     TowerStackNoClone,
+    // Over an inner service answering axum's `Body` (which `tower_governor` needs to answer
+    // `429` with).
+    BareAxum,
+    RateLimitAxum,
+    GovernorAxum,
+    TowerGovernor,
 }
 
 /// A warmed-up service on its own current-thread runtime, ready to make `n` counted calls.
@@ -61,9 +69,9 @@ struct Runner {
 impl Runner {
     /// Makes the service inside the runtime `rt` (tower's `RateLimit` needs one to build its
     /// timer) and warms it up.
-    fn new<S>(rt: Runtime, make: impl FnOnce() -> S) -> Runner
+    fn new<S, R: 'static>(rt: Runtime, make: impl FnOnce() -> S) -> Runner
     where
-        S: Service<Request<String>, Response = Response<String>> + 'static,
+        S: Service<Request<String>, Response = Response<R>> + 'static,
         S::Error: std::fmt::Debug,
     {
         let mut svc = {
@@ -80,8 +88,13 @@ impl Runner {
 }
 
 /// Builds `variant` over the inner service made by `make` (`make_replay` for the retry layer,
-/// whose inner service sees `ReplayBody` requests).
-fn runner<S, SR>(variant: Variant, make: impl Fn() -> S, make_replay: impl Fn() -> SR) -> Runner
+/// whose inner service sees `ReplayBody` requests; `make_axum` for the `…Axum` variants).
+fn runner<S, SR, SA>(
+    variant: Variant,
+    make: impl Fn() -> S,
+    make_replay: impl Fn() -> SR,
+    make_axum: impl Fn() -> SA,
+) -> Runner
 where
     S: Service<Request<String>, Response = Response<String>, Error = Infallible>
         + Clone
@@ -91,7 +104,11 @@ where
     SR: Service<Request<ReplayBody<String>>, Response = Response<String>, Error = Infallible>
         + Clone
         + 'static,
+    SA: Service<Request<String>, Response = Response<axum::body::Body>, Error = Infallible>
+        + Clone
+        + 'static,
 {
+    let rate = NonZeroU32::new(HUGE_RATE).expect("non-zero");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
@@ -101,10 +118,7 @@ where
         Variant::Timeout => Runner::new(rt, || middlewares::timeout(5_000).layer(make())),
         Variant::TowerTimeout => Runner::new(rt, || TowerTimeoutLayer::new(DEADLINE).layer(make())),
         Variant::RateLimit => Runner::new(rt, || our_rate_limit().layer(make())),
-        Variant::Governor => {
-            let rate = NonZeroU32::new(HUGE_RATE).expect("non-zero");
-            Runner::new(rt, || GovernorLayer::per_second(rate).layer(make()))
-        }
+        Variant::Governor => Runner::new(rt, || GovernorLayer::per_second(rate).layer(make())),
         Variant::Retry => Runner::new(rt, || middlewares::retry(2).layer(make_replay())),
         Variant::TowerRetryClone => Runner::new(rt, || {
             TowerRetryLayer::new(NeverRetry {
@@ -118,6 +132,9 @@ where
             })
             .layer(make())
         }),
+        Variant::TowerRetryBudget => Runner::new(rt, || {
+            TowerRetryLayer::new(BudgetedNeverRetry::default()).layer(make())
+        }),
         Variant::CircuitBreaker => Runner::new(rt, || {
             middlewares::circuit_breaker(50, 10_000).layer(make())
         }),
@@ -128,6 +145,12 @@ where
         Variant::Stack => Runner::new(rt, || our_stack().service(make_replay())),
         Variant::TowerStackClone => Runner::new(rt, || tower_stack(true).service(make())),
         Variant::TowerStackNoClone => Runner::new(rt, || tower_stack(false).service(make())),
+        Variant::BareAxum => Runner::new(rt, make_axum),
+        Variant::RateLimitAxum => Runner::new(rt, || our_rate_limit().layer(make_axum())),
+        Variant::GovernorAxum => {
+            Runner::new(rt, || GovernorLayer::per_second(rate).layer(make_axum()))
+        }
+        Variant::TowerGovernor => Runner::new(rt, || tower_governor_layer().layer(make_axum())),
     }
 }
 
@@ -137,6 +160,7 @@ fn immediate(variant: Variant) -> Runner {
         variant,
         inner!(immediate, String, String),
         inner!(immediate, ReplayBody<String>, String),
+        inner!(immediate, String, axum::body::Body),
     )
 }
 
@@ -147,6 +171,7 @@ fn yield_once(variant: Variant) -> Runner {
         variant,
         inner!(yield_once, String, String),
         inner!(yield_once, ReplayBody<String>, String),
+        inner!(yield_once, String, axum::body::Body),
     )
 }
 
@@ -167,11 +192,16 @@ fn run(mut runner: Runner) -> Runner {
 #[bench::retry(Variant::Retry)]
 #[bench::tower_retry_clone(Variant::TowerRetryClone)]
 #[bench::tower_retry_no_clone(Variant::TowerRetryNoClone)]
+#[bench::tower_retry_budget(Variant::TowerRetryBudget)]
 #[bench::circuit_breaker(Variant::CircuitBreaker)]
 #[bench::tower_resilience(Variant::TowerResilience)]
 #[bench::stack(Variant::Stack)]
 #[bench::tower_stack_clone(Variant::TowerStackClone)]
 #[bench::tower_stack_no_clone(Variant::TowerStackNoClone)]
+#[bench::bare_axum(Variant::BareAxum)]
+#[bench::rate_limit_axum(Variant::RateLimitAxum)]
+#[bench::governor_axum(Variant::GovernorAxum)]
+#[bench::tower_governor(Variant::TowerGovernor)]
 fn calls_immediate(runner: Runner) -> Runner {
     run(runner)
 }
@@ -186,11 +216,16 @@ fn calls_immediate(runner: Runner) -> Runner {
 #[bench::retry(Variant::Retry)]
 #[bench::tower_retry_clone(Variant::TowerRetryClone)]
 #[bench::tower_retry_no_clone(Variant::TowerRetryNoClone)]
+#[bench::tower_retry_budget(Variant::TowerRetryBudget)]
 #[bench::circuit_breaker(Variant::CircuitBreaker)]
 #[bench::tower_resilience(Variant::TowerResilience)]
 #[bench::stack(Variant::Stack)]
 #[bench::tower_stack_clone(Variant::TowerStackClone)]
 #[bench::tower_stack_no_clone(Variant::TowerStackNoClone)]
+#[bench::bare_axum(Variant::BareAxum)]
+#[bench::rate_limit_axum(Variant::RateLimitAxum)]
+#[bench::governor_axum(Variant::GovernorAxum)]
+#[bench::tower_governor(Variant::TowerGovernor)]
 fn calls_yield_once(runner: Runner) -> Runner {
     run(runner)
 }

@@ -1,6 +1,7 @@
 //! The layer configurations both benches (`layers`, `callgrind`) measure, in one place so the
 //! two compare exactly the same things.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use middlewares::circuit_breaker::CircuitBreakerLayer;
@@ -9,6 +10,7 @@ use middlewares::retry::RetryLayer;
 use middlewares::timeout::TimeoutLayer;
 use tower::layer::util::{Identity, Stack};
 use tower::limit::{ConcurrencyLimitLayer, RateLimitLayer as TowerRateLimitLayer};
+use tower::retry::budget::{Budget as _, TpsBudget};
 use tower::retry::{Policy, RetryLayer as TowerRetryLayer};
 use tower::timeout::TimeoutLayer as TowerTimeoutLayer;
 use tower::ServiceBuilder;
@@ -41,6 +43,54 @@ impl<Req: Clone, Res, E> Policy<Req, Res, E> for NeverRetry {
     fn clone_request(&mut self, req: &Req) -> Option<Req> {
         self.clone_request.then(|| req.clone())
     }
+}
+
+/// A tower retry policy shaped like ours by default: it clones every request and keeps a
+/// retry budget (tower's `TpsBudget`, with our budget's defaults: 10 s window, 10 retries per
+/// second, 20 %), depositing every success as tower's budget docs show. It never retries, so
+/// the benches measure the path of a request that succeeds at once.
+#[derive(Debug, Clone)]
+pub struct BudgetedNeverRetry {
+    budget: Arc<TpsBudget>,
+}
+
+impl Default for BudgetedNeverRetry {
+    fn default() -> Self {
+        BudgetedNeverRetry {
+            budget: Arc::new(TpsBudget::new(Duration::from_secs(10), 10, 0.2)),
+        }
+    }
+}
+
+impl<Req: Clone, Res, E> Policy<Req, Res, E> for BudgetedNeverRetry {
+    type Future = std::future::Ready<()>;
+
+    fn retry(&mut self, _req: &mut Req, result: &mut Result<Res, E>) -> Option<Self::Future> {
+        if result.is_ok() {
+            self.budget.deposit();
+        }
+        None
+    }
+
+    fn clone_request(&mut self, req: &Req) -> Option<Req> {
+        Some(req.clone())
+    }
+}
+
+/// `tower_governor` with one global key at [`HUGE_RATE`] per second: it never trips.
+pub fn tower_governor_layer() -> tower_governor::GovernorLayer<
+    tower_governor::key_extractor::GlobalKeyExtractor,
+    governor::middleware::NoOpMiddleware<governor::clock::QuantaInstant>,
+    axum::body::Body,
+> {
+    tower_governor::GovernorLayer::new(
+        tower_governor::governor::GovernorConfigBuilder::default()
+            .period(ONE_SECOND / HUGE_RATE)
+            .burst_size(HUGE_RATE)
+            .key_extractor(tower_governor::key_extractor::GlobalKeyExtractor)
+            .finish()
+            .expect("valid tower_governor config"),
+    )
 }
 
 /// Our rate limiter at [`HUGE_RATE`] per second: it never trips.

@@ -16,8 +16,8 @@ use criterion::{criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Cr
 use http::{Request, Response};
 use middlewares::retry::ReplayBody;
 use pingora_tower_benches::configs::{
-    our_rate_limit, our_stack, tower_resilience_breaker, tower_stack, NeverRetry, DEADLINE,
-    HUGE_CONCURRENCY, ONE_SECOND,
+    our_rate_limit, our_stack, tower_governor_layer, tower_resilience_breaker, tower_stack,
+    BudgetedNeverRetry, NeverRetry, DEADLINE, HUGE_CONCURRENCY, ONE_SECOND,
 };
 use pingora_tower_benches::{calls, inner, GovernorLayer, HUGE_RATE};
 use tokio::runtime::Runtime;
@@ -78,14 +78,7 @@ where
     let rate = NonZeroU32::new(HUGE_RATE).expect("non-zero");
     let ours = our_rate_limit();
     let governor = GovernorLayer::per_second(rate);
-    let tower_governor = tower_governor::GovernorLayer::new(
-        tower_governor::governor::GovernorConfigBuilder::default()
-            .period(ONE_SECOND / HUGE_RATE)
-            .burst_size(HUGE_RATE)
-            .key_extractor(tower_governor::key_extractor::GlobalKeyExtractor)
-            .finish()
-            .expect("valid tower_governor config"),
-    );
+    let tower_governor = tower_governor_layer();
     let concurrency = ConcurrencyLimitLayer::new(HUGE_CONCURRENCY);
     let tower_rate = TowerRateLimitLayer::new(u64::from(HUGE_RATE), ONE_SECOND);
     bench(&mut g, rt, "bare", inner, make);
@@ -122,12 +115,16 @@ fn retry<S, SR>(
     let clone = TowerRetryLayer::new(NeverRetry {
         clone_request: true,
     });
+    let budgeted = TowerRetryLayer::new(BudgetedNeverRetry::default());
     bench(&mut g, rt, "bare", inner, make);
     bench(&mut g, rt, "ours", inner, || ours.layer(make_replay()));
     bench(&mut g, rt, "tower_no_clone", inner, || {
         no_clone.layer(make())
     });
     bench(&mut g, rt, "tower_clone", inner, || clone.layer(make()));
+    bench(&mut g, rt, "tower_clone_budget", inner, || {
+        budgeted.layer(make())
+    });
     g.finish();
 }
 

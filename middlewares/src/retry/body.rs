@@ -48,10 +48,9 @@ struct Capturer {
 }
 
 impl Capturer {
-    fn finish(self: Box<Self>) {
-        let Capturer { slot, buf, .. } = *self;
+    fn finish(self) {
         // The slot is only ever set here, once per request; a second `set` cannot happen.
-        let _ = slot.set(buf);
+        let _ = self.slot.set(self.buf);
     }
 }
 
@@ -177,7 +176,7 @@ where
                 let frame = match ready!(body.as_mut().poll_frame(cx)) {
                     None => {
                         if let Some(c) = capture.take() {
-                            c.finish();
+                            (*c).finish();
                         }
                         return Poll::Ready(None);
                     }
@@ -209,7 +208,7 @@ where
                 // must be detected here, not only on `None`.
                 if body.is_end_stream() {
                     if let Some(c) = capture.take() {
-                        c.finish();
+                        (*c).finish();
                     }
                 }
                 Poll::Ready(Some(Ok(frame)))
