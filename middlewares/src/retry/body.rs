@@ -7,7 +7,7 @@ use std::sync::{Arc, OnceLock};
 use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes};
-use http::{HeaderMap, Request};
+use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
@@ -92,31 +92,6 @@ impl<B: Body> ReplayBody<B> {
                 capture: None,
             },
         }
-    }
-
-    /// `req` with the first attempt's body, and the source later attempts replay from (`None`
-    /// when the body is known to exceed `limit`: it is then sent through uncaptured and the
-    /// request is not retried).
-    #[inline]
-    pub(crate) fn wrap_request(req: Request<B>, limit: usize) -> (Request<Self>, Option<Source>) {
-        if req.body().is_end_stream() {
-            return (req.map(Self::passthrough), Some(Source::Empty));
-        }
-        Self::wrap_request_with_body(req, limit)
-    }
-
-    /// [`wrap_request`](Self::wrap_request) of a request that may have a body: out of line, so
-    /// the common bodiless request inlines only the check above.
-    fn wrap_request_with_body(req: Request<B>, limit: usize) -> (Request<Self>, Option<Source>) {
-        let mut source = None;
-        let req = req.map(|body| match Self::capture(body, limit) {
-            Ok((body, captured)) => {
-                source = Some(captured);
-                body
-            }
-            Err(body) => Self::passthrough(body),
-        });
-        (req, source)
     }
 
     /// The first attempt's body and the source later attempts replay from; `None` when the body

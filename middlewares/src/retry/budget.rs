@@ -132,6 +132,7 @@ impl Budget {
     }
 
     /// Records one original request made at `now` (for callers that already read the clock).
+    #[inline]
     pub fn deposit_at(&self, now: Instant) {
         if self.deposit_amount == 0 {
             return;

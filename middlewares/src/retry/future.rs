@@ -127,7 +127,7 @@ where
 
     /// The first attempt `fut` of a retryable request, started at `now` on `service`.
     // Inlined so the head is written straight into the caller's future, not copied twice.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn retrying(
         fut: S::Future,
         now: Instant,

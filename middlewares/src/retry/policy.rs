@@ -11,6 +11,7 @@ pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key
 
 /// Whether `method` is idempotent per RFC 9110 §9.2.2: `GET`, `HEAD`, `OPTIONS`, `TRACE`, `PUT`
 /// and `DELETE`.
+#[inline]
 pub fn is_idempotent(method: &Method) -> bool {
     matches!(
         *method,
@@ -174,12 +175,14 @@ impl RetryPolicy {
     /// Whether a request with this method and headers may be retried at all: idempotent methods
     /// (see [`is_idempotent`]) always; others only with an `Idempotency-Key` header and
     /// [`retry_with_idempotency_key`](Self::retry_with_idempotency_key) on.
+    #[inline]
     pub fn is_retryable_request(&self, method: &Method, headers: &HeaderMap) -> bool {
         is_idempotent(method)
             || (self.retry_with_idempotency_key && headers.contains_key(IDEMPOTENCY_KEY))
     }
 
     /// Whether `status` is in the retryable set.
+    #[inline]
     pub fn is_retryable_status(&self, status: StatusCode) -> bool {
         self.statuses.contains(status)
     }
