@@ -5,7 +5,7 @@
 //! dropped unsettled (a cancelled call) gives its half-open slot back without counting.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -184,7 +184,8 @@ impl Config {
 ///
 /// The closed-state admission is one atomic load (plus the `Arc` clone the permit holds);
 /// rejections while open are two atomic loads and an increment. Recording takes a small mutex,
-/// see [`Permit::record`].
+/// see [`Permit::record`], except in the healthy steady state (closed, a full count window of
+/// successes): recording one more success changes no count, and costs one atomic load.
 #[derive(Clone)]
 pub struct Breaker {
     inner: Arc<Inner>,
@@ -203,6 +204,11 @@ struct Inner {
     /// Half-open slots taken (in flight + settled), mirrored for lock-free checks.
     probes: AtomicU32,
     not_permitted: AtomicU64,
+    /// Whether recording a success that is not slow would change nothing: the breaker is closed
+    /// with a full count window of successes and no failure streak. Written under `core`'s lock,
+    /// read lock-free by [`Breaker::settle`]. (A success skipped while a failure is being recorded
+    /// concurrently reads as if it had been recorded just before that failure: same counts.)
+    steady: AtomicBool,
     core: Mutex<Core>,
 }
 
@@ -254,6 +260,7 @@ impl Breaker {
                 open_until: AtomicU64::new(0),
                 probes: AtomicU32::new(0),
                 not_permitted: AtomicU64::new(0),
+                steady: AtomicBool::new(false),
                 core: Mutex::new(Core {
                     window,
                     consecutive_failures: 0,
@@ -424,6 +431,7 @@ impl Breaker {
         let status = inner.status.load(Ordering::Acquire);
         let from = State::from_bits(status);
         core.window.clear();
+        inner.steady.store(false, Ordering::Release);
         core.consecutive_failures = 0;
         core.probe_in_flight = 0;
         core.probe_calls = 0;
@@ -515,6 +523,10 @@ impl Breaker {
         let slow = config
             .slow_call_duration
             .is_some_and(|d| clock(&mut now).saturating_duration_since(start) >= d);
+        // The healthy steady state: one more success changes no count, so no lock.
+        if !failed && !slow && inner.steady.load(Ordering::Acquire) {
+            return;
+        }
         let mut core = self.lock();
         let status = inner.status.load(Ordering::Acquire);
         if status >> 8 != epoch {
@@ -533,6 +545,10 @@ impl Breaker {
                 } else {
                     core.consecutive_failures = 0;
                 }
+                inner.steady.store(
+                    core.consecutive_failures == 0 && core.window.is_full_of_successes(),
+                    Ordering::Release,
+                );
                 if current == State::Closed && self.should_open(&mut core, sec) {
                     self.enter_open(&mut core, clock(&mut now))
                 } else {
@@ -802,6 +818,52 @@ mod tests {
         p2.record(Outcome::Success, t1);
         assert_eq!(b.state(), State::Closed);
         assert_eq!(b.metrics(t1).calls, 0, "window reset on close");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_window_of_successes_still_counts_every_failure() {
+        // Window 10, at least 4 calls, 50 %: successes past a full window are not recorded
+        // (nothing would change), and failures still evict them one by one.
+        let b = Breaker::new("k".into(), config(|_| {}));
+        let t0 = Instant::now();
+        for _ in 0..25 {
+            call(&b, t0, Outcome::Success).unwrap();
+        }
+        let m = b.metrics(t0);
+        assert_eq!((m.calls, m.failures), (10, 0));
+        for n in 1..5 {
+            call(&b, t0, Outcome::Failure).unwrap();
+            assert_eq!(b.metrics(t0).failures, n);
+            assert_eq!(b.state(), State::Closed, "{n} failures in 10 calls");
+        }
+        call(&b, t0, Outcome::Failure).unwrap();
+        assert_eq!(b.state(), State::Open, "5 failures in 10 calls is 50 %");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_success_after_a_failure_in_a_full_window_ends_the_streak() {
+        let b = Breaker::new("k".into(), config(|c| c.consecutive_failures = Some(3)));
+        let t0 = Instant::now();
+        for _ in 0..10 {
+            call(&b, t0, Outcome::Success).unwrap();
+        }
+        for outcome in [Outcome::Failure, Outcome::Failure, Outcome::Success] {
+            call(&b, t0, outcome).unwrap();
+        }
+        assert_eq!(b.metrics(t0).consecutive_failures, 0);
+        call(&b, t0, Outcome::Failure).unwrap();
+        call(&b, t0, Outcome::Failure).unwrap();
+        assert_eq!(b.state(), State::Closed, "the success broke the streak");
+        call(&b, t0, Outcome::Failure).unwrap();
+        assert_eq!(b.state(), State::Open, "three failures in a row");
+        // A reset from a full window of successes starts an empty one, which records again.
+        b.reset();
+        for _ in 0..12 {
+            call(&b, t0, Outcome::Success).unwrap();
+        }
+        b.reset();
+        call(&b, t0, Outcome::Success).unwrap();
+        assert_eq!(b.metrics(t0).calls, 1);
     }
 
     #[tokio::test(start_paused = true)]

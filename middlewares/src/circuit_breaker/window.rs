@@ -104,6 +104,18 @@ impl Counts {
         }
     }
 
+    /// Whether this is a full count window of successes (no failure, no slow call): pushing one
+    /// more success then changes no count. Always `false` for a time window, where every call
+    /// counts in its second's bucket.
+    pub(crate) fn is_full_of_successes(&self) -> bool {
+        match self {
+            Counts::Count {
+                slots, len, totals, ..
+            } => *len == slots.len() && totals.failures == 0 && totals.slow == 0,
+            Counts::Time { .. } => false,
+        }
+    }
+
     /// Records one outcome that completed at second `sec`.
     pub(crate) fn push(&mut self, sec: u64, failed: bool, slow: bool) {
         match self {
