@@ -2,7 +2,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 
 use http::Response;
 use pin_project_lite::pin_project;
@@ -65,15 +65,19 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
             KindProj::Called { future, permit } => {
-                let result = ready!(future.poll(cx));
-                if let Some(permit) = permit.take() {
-                    let status = match &result {
-                        Ok(res) => Ok(res.status()),
-                        Err(_) => Err(()),
-                    };
-                    permit.finish_with(status);
+                // The inner poll is handed on as it is, only looked at: taking the response out
+                // and wrapping it again would move it twice.
+                let poll = future.poll(cx);
+                if let Poll::Ready(result) = &poll {
+                    if let Some(permit) = permit.take() {
+                        let status = match result {
+                            Ok(res) => Ok(res.status()),
+                            Err(_) => Err(()),
+                        };
+                        permit.finish_with(status);
+                    }
                 }
-                Poll::Ready(result)
+                poll
             }
             KindProj::Open { open } => Poll::Ready(Ok(open.to_response())),
         }
