@@ -32,7 +32,11 @@ pin_project! {
     #[project = StateProj]
     #[project_replace = StateReplace]
     enum State<F, S, B> {
-        Called { #[pin] fut: F, headers: QuotaHeaders },
+        // Admitted, no headers to add: the inner future alone, so completing and dropping it
+        // costs what the inner future costs.
+        Called { #[pin] fut: F },
+        // Admitted, adding the quota headers to the response.
+        CalledWithHeaders { #[pin] fut: F, headers: QuotaHeaders },
         // Only queued requests pay for the timer and the space of the service and the request.
         Waiting { sleep: Pin<Box<Sleep>>, pending: Box<(S, Request<B>, QuotaHeaders)> },
         Rejected { err: Box<RateLimited> },
@@ -43,9 +47,11 @@ pin_project! {
 impl<F, S, B> ResponseFuture<F, S, B> {
     #[inline]
     pub(super) fn called(fut: F, headers: QuotaHeaders) -> Self {
-        ResponseFuture {
-            state: State::Called { fut, headers },
-        }
+        let state = match headers {
+            None => State::Called { fut },
+            headers => State::CalledWithHeaders { fut, headers },
+        };
+        ResponseFuture { state }
     }
 
     pub(super) fn waiting(sleep: Sleep, svc: S, req: Request<B>, headers: QuotaHeaders) -> Self {
@@ -79,12 +85,10 @@ where
             match state.as_mut().project() {
                 // Not set to `Done` afterwards: like any future, the inner one is not polled
                 // again after `Ready`, and rewriting the state would only cost a drop and a store.
-                StateProj::Called { fut, headers } => {
-                    // Without headers to add, hand the inner poll on as it is: taking the
-                    // response out and wrapping it again cost two moves of it.
-                    if headers.is_none() {
-                        return fut.poll(cx);
-                    }
+                // Without headers to add, hand the inner poll on as it is: taking the response
+                // out and wrapping it again cost two moves of it.
+                StateProj::Called { fut } => return fut.poll(cx),
+                StateProj::CalledWithHeaders { fut, headers } => {
                     let mut res = ready!(fut.poll(cx))?;
                     if let Some(pair) = headers.take() {
                         let (policy, quota) = *pair;
@@ -100,10 +104,7 @@ where
                     {
                         // The service was made ready before `call` moved it here.
                         let (mut svc, req, headers) = *pending;
-                        state.set(State::Called {
-                            fut: svc.call(req),
-                            headers,
-                        });
+                        state.set(ResponseFuture::called(svc.call(req), headers).state);
                     }
                 }
                 StateProj::Rejected { err } => {
