@@ -122,7 +122,7 @@ mod proxy;
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
-use tokio::time::sleep_until;
+use tokio::time::{sleep_until, Instant};
 use tower_service::Service;
 
 pub use self::error::{ConfigError, RateLimited, RATELIMIT, RATELIMIT_POLICY};
@@ -188,29 +188,53 @@ where
 
     #[inline]
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        // The one clock read of this layer (none for an exempted request), shared with the
-        // layers around and inside this one (see `request_time`); `time` lives until the inner
-        // service was called.
-        let time;
-        let decision = if self.layer.is_global() {
-            // Fast path: no `RequestInfo`, no key lookup, and for an admitted request no
-            // `Decision`.
-            time = request_time::read();
-            match self.layer.check_global(time.now()) {
-                None => return ResponseFuture::called(self.inner.call(req), None),
-                Some(decision) => decision,
-            }
-        } else {
-            match self.layer.key_for(&RequestInfo::from_request(&req)) {
-                Some(key) => {
-                    time = request_time::read();
-                    self.layer.check(&key, time.now())
-                }
-                // A custom key function exempted this request.
-                None => return ResponseFuture::called(self.inner.call(req), None),
-            }
+        if !self.layer.is_global() {
+            return self.call_keyed(req);
+        }
+        // Fast path, one global bucket: no `RequestInfo`, no key lookup, and for an admitted
+        // request no `Decision`. The one clock read of this layer, shared with the layers
+        // around and inside this one (see `request_time`); `time` lives until the inner service
+        // was called.
+        let time = request_time::read();
+        match self.layer.check_global(time.now()) {
+            None => ResponseFuture::called(self.inner.call(req), None),
+            Some(decision) => self.decided(req, decision, time.now()),
+        }
+    }
+}
+
+impl<S> RateLimit<S> {
+    /// `call` with a key per request. Out of line: a request borrowed (for its key) in the same
+    /// function as the global fast path was copied (over 200 bytes) before being handed to the
+    /// inner service, on the fast path too.
+    #[inline(never)]
+    fn call_keyed<ReqBody, ResBody>(
+        &mut self,
+        req: Request<ReqBody>,
+    ) -> ResponseFuture<S::Future, S, ReqBody>
+    where
+        S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
+    {
+        let Some(key) = self.layer.key_for(&RequestInfo::from_request(&req)) else {
+            // A custom key function exempted this request.
+            return ResponseFuture::called(self.inner.call(req), None);
         };
-        let now = time.now();
+        let time = request_time::read();
+        let decision = self.layer.check(&key, time.now());
+        self.decided(req, decision, time.now())
+    }
+
+    /// Carries out `decision` for `req`, counted at `now`.
+    #[inline]
+    fn decided<ReqBody, ResBody>(
+        &mut self,
+        req: Request<ReqBody>,
+        decision: Decision,
+        now: Instant,
+    ) -> ResponseFuture<S::Future, S, ReqBody>
+    where
+        S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
+    {
         let headers = |quota| {
             // Boxed: only layers exposing headers pay for them, the common future stays small.
             self.layer.exposes_headers().then(|| {
