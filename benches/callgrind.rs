@@ -55,6 +55,7 @@ enum Variant {
     TowerStackNoClone,
     // Over an inner service answering axum's `Body` (which `tower_governor` needs to answer
     // `429` with).
+    GovernorStdClock,
     BareAxum,
     RateLimitAxum,
     GovernorAxum,
@@ -119,6 +120,9 @@ where
         Variant::TowerTimeout => Runner::new(rt, || TowerTimeoutLayer::new(DEADLINE).layer(make())),
         Variant::RateLimit => Runner::new(rt, || our_rate_limit().layer(make())),
         Variant::Governor => Runner::new(rt, || GovernorLayer::per_second(rate).layer(make())),
+        Variant::GovernorStdClock => Runner::new(rt, || {
+            GovernorLayer::per_second_std_clock(rate).layer(make())
+        }),
         Variant::Retry => Runner::new(rt, || middlewares::retry(2).layer(make_replay())),
         Variant::TowerRetryClone => Runner::new(rt, || {
             TowerRetryLayer::new(NeverRetry {
@@ -189,6 +193,7 @@ fn run(mut runner: Runner) -> Runner {
 #[bench::tower_timeout(Variant::TowerTimeout)]
 #[bench::rate_limit(Variant::RateLimit)]
 #[bench::governor(Variant::Governor)]
+#[bench::governor_std_clock(Variant::GovernorStdClock)]
 #[bench::retry(Variant::Retry)]
 #[bench::tower_retry_clone(Variant::TowerRetryClone)]
 #[bench::tower_retry_no_clone(Variant::TowerRetryNoClone)]
@@ -213,6 +218,7 @@ fn calls_immediate(runner: Runner) -> Runner {
 #[bench::tower_timeout(Variant::TowerTimeout)]
 #[bench::rate_limit(Variant::RateLimit)]
 #[bench::governor(Variant::Governor)]
+#[bench::governor_std_clock(Variant::GovernorStdClock)]
 #[bench::retry(Variant::Retry)]
 #[bench::tower_retry_clone(Variant::TowerRetryClone)]
 #[bench::tower_retry_no_clone(Variant::TowerRetryNoClone)]

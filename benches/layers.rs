@@ -78,12 +78,16 @@ where
     let rate = NonZeroU32::new(HUGE_RATE).expect("non-zero");
     let ours = our_rate_limit();
     let governor = GovernorLayer::per_second(rate);
+    let governor_std_clock = GovernorLayer::per_second_std_clock(rate);
     let tower_governor = tower_governor_layer();
     let concurrency = ConcurrencyLimitLayer::new(HUGE_CONCURRENCY);
     let tower_rate = TowerRateLimitLayer::new(u64::from(HUGE_RATE), ONE_SECOND);
     bench(&mut g, rt, "bare", inner, make);
     bench(&mut g, rt, "ours", inner, || ours.layer(make()));
     bench(&mut g, rt, "governor", inner, || governor.layer(make()));
+    bench(&mut g, rt, "governor_std_clock", inner, || {
+        governor_std_clock.layer(make())
+    });
     bench(&mut g, rt, "tower_governor", inner, || {
         tower_governor.layer(make())
     });

@@ -17,7 +17,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use governor::clock::{Clock, DefaultClock, MonotonicClock};
+use governor::middleware::NoOpMiddleware;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
 use http::{Request, Response, StatusCode};
 use pin_project_lite::pin_project;
 use tower::ServiceExt;
@@ -87,9 +90,25 @@ where
 /// A minimal rate-limit layer over one `governor` direct limiter: `check()` in `call`, `429`
 /// when it says no. The smallest thing a hand-written governor middleware can be, used as the
 /// "fastest comparable" rate-limit baseline. Clones share the limiter.
-#[derive(Debug, Clone)]
-pub struct GovernorLayer {
-    limiter: Arc<DefaultDirectRateLimiter>,
+///
+/// `C` is governor's clock: its default reads the TSC through `quanta`; with
+/// [`MonotonicClock`] it reads `std::time::Instant`, the clock tokio's `Instant` is (ours reads
+/// tokio's, so it can follow a paused test clock).
+#[derive(Debug)]
+pub struct GovernorLayer<C: Clock = DefaultClock> {
+    limiter: Arc<DirectLimiter<C>>,
+}
+
+/// governor's direct (one-key) in-memory limiter on clock `C`.
+type DirectLimiter<C> =
+    RateLimiter<NotKeyed, InMemoryState, C, NoOpMiddleware<<C as Clock>::Instant>>;
+
+impl<C: Clock> Clone for GovernorLayer<C> {
+    fn clone(&self) -> Self {
+        GovernorLayer {
+            limiter: Arc::clone(&self.limiter),
+        }
+    }
 }
 
 impl GovernorLayer {
@@ -101,10 +120,22 @@ impl GovernorLayer {
     }
 }
 
-impl<S> Layer<S> for GovernorLayer {
-    type Service = Governor<S>;
+impl GovernorLayer<MonotonicClock> {
+    /// [`GovernorLayer::per_second`] on governor's `std::time::Instant` clock.
+    pub fn per_second_std_clock(per_second: NonZeroU32) -> Self {
+        GovernorLayer {
+            limiter: Arc::new(RateLimiter::direct_with_clock(
+                Quota::per_second(per_second),
+                MonotonicClock,
+            )),
+        }
+    }
+}
 
-    fn layer(&self, inner: S) -> Governor<S> {
+impl<S, C: Clock> Layer<S> for GovernorLayer<C> {
+    type Service = Governor<S, C>;
+
+    fn layer(&self, inner: S) -> Governor<S, C> {
         Governor {
             inner,
             limiter: Arc::clone(&self.limiter),
@@ -113,15 +144,25 @@ impl<S> Layer<S> for GovernorLayer {
 }
 
 /// The service made by [`GovernorLayer`].
-#[derive(Debug, Clone)]
-pub struct Governor<S> {
+#[derive(Debug)]
+pub struct Governor<S, C: Clock = DefaultClock> {
     inner: S,
-    limiter: Arc<DefaultDirectRateLimiter>,
+    limiter: Arc<DirectLimiter<C>>,
 }
 
-impl<S, B, R> Service<Request<B>> for Governor<S>
+impl<S: Clone, C: Clock> Clone for Governor<S, C> {
+    fn clone(&self) -> Self {
+        Governor {
+            inner: self.inner.clone(),
+            limiter: Arc::clone(&self.limiter),
+        }
+    }
+}
+
+impl<S, C, B, R> Service<Request<B>> for Governor<S, C>
 where
     S: Service<Request<B>, Response = Response<R>>,
+    C: Clock,
     R: Default,
 {
     type Response = Response<R>;
