@@ -14,58 +14,66 @@ use super::error::{RATELIMIT, RATELIMIT_POLICY};
 use super::RateLimited;
 
 /// `RateLimit-Policy` and `RateLimit` values for an admitted response, when `expose_headers` is
-/// on (boxed: 8 bytes instead of 64 in every future when it is off).
-type QuotaHeaders = Option<Box<(HeaderValue, HeaderValue)>>;
+/// on.
+pub(super) type QuotaHeaders = Option<(HeaderValue, HeaderValue)>;
 
 pin_project! {
     /// Response future of [`RateLimit`](super::RateLimit): the inner future, a queued request
     /// waiting for its slot, or a `429` answer.
+    //
+    // An admitted request without headers to add is the inner future and one null pointer, and
+    // dropping it costs what dropping the inner future costs: everything else lives in one box
+    // (an enum over all cases made the drop an out-of-line call on every request).
     pub struct ResponseFuture<F, S, B> {
         #[pin]
-        state: State<F, S, B>,
+        fut: Option<F>,
+        rest: Option<Box<Rest<S, B>>>,
     }
 }
 
+/// What a request other than a plain admitted one needs.
+enum Rest<S, B> {
+    /// Admitted: add these `RateLimit-Policy` and `RateLimit` values to the response.
+    Headers(HeaderValue, HeaderValue),
+    /// Queued (boxed again: the request would make every variant as large).
+    Waiting(Pin<Box<Waiting<S, B>>>),
+    /// Rejected: answer `429`.
+    Rejected(RateLimited),
+}
+
 pin_project! {
-    // Every variant but `Called` is boxed or small: the future of an admitted request is the
-    // inner future and one word, so the layers above and the caller move (`memcpy`) no more.
-    #[project = StateProj]
-    #[project_replace = StateReplace]
-    enum State<F, S, B> {
-        // Admitted, no headers to add: the inner future alone, so completing and dropping it
-        // costs what the inner future costs.
-        Called { #[pin] fut: F },
-        // Admitted, adding the quota headers to the response.
-        CalledWithHeaders { #[pin] fut: F, headers: QuotaHeaders },
-        // Only queued requests pay for the timer and the space of the service and the request.
-        Waiting { sleep: Pin<Box<Sleep>>, pending: Box<(S, Request<B>, QuotaHeaders)> },
-        Rejected { err: Box<RateLimited> },
-        Done,
+    /// A queued request: call the service with the request once `sleep` ends, then add the
+    /// headers.
+    struct Waiting<S, B> {
+        #[pin]
+        sleep: Sleep,
+        pending: Option<(S, Request<B>, QuotaHeaders)>,
     }
 }
 
 impl<F, S, B> ResponseFuture<F, S, B> {
     #[inline]
     pub(super) fn called(fut: F, headers: QuotaHeaders) -> Self {
-        let state = match headers {
-            None => State::Called { fut },
-            headers => State::CalledWithHeaders { fut, headers },
-        };
-        ResponseFuture { state }
+        ResponseFuture {
+            fut: Some(fut),
+            rest: headers.map(|(policy, quota)| Box::new(Rest::Headers(policy, quota))),
+        }
     }
 
     pub(super) fn waiting(sleep: Sleep, svc: S, req: Request<B>, headers: QuotaHeaders) -> Self {
         ResponseFuture {
-            state: State::Waiting {
-                sleep: Box::pin(sleep),
-                pending: Box::new((svc, req, headers)),
-            },
+            fut: None,
+            rest: Some(Box::new(Rest::Waiting(Box::pin(Waiting {
+                sleep,
+                pending: Some((svc, req, headers)),
+            })))),
         }
     }
 
     pub(super) fn rejected(err: RateLimited) -> Self {
         ResponseFuture {
-            state: State::Rejected { err: Box::new(err) },
+            fut: None,
+            rest: Some(Box::new(Rest::Rejected(err))),
         }
     }
 }
@@ -80,40 +88,42 @@ where
 
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut state = self.project().state;
+        let mut this = self.project();
         loop {
-            match state.as_mut().project() {
-                // Not set to `Done` afterwards: like any future, the inner one is not polled
-                // again after `Ready`, and rewriting the state would only cost a drop and a store.
+            if let Some(fut) = this.fut.as_mut().as_pin_mut() {
                 // Without headers to add, hand the inner poll on as it is: taking the response
-                // out and wrapping it again cost two moves of it.
-                StateProj::Called { fut } => return fut.poll(cx),
-                StateProj::CalledWithHeaders { fut, headers } => {
-                    let mut res = ready!(fut.poll(cx))?;
-                    if let Some(pair) = headers.take() {
-                        let (policy, quota) = *pair;
-                        res.headers_mut().insert(RATELIMIT_POLICY, policy);
-                        res.headers_mut().insert(RATELIMIT, quota);
-                    }
-                    return Poll::Ready(Ok(res));
+                // out and wrapping it again cost two moves of it. (Like any future, the inner
+                // one is not polled again after `Ready`, so `fut` is left as it is.)
+                if this.rest.is_none() {
+                    return fut.poll(cx);
                 }
-                StateProj::Waiting { sleep, .. } => {
-                    ready!(sleep.as_mut().poll(cx));
-                    if let StateReplace::Waiting { pending, .. } =
-                        state.as_mut().project_replace(State::Done)
-                    {
-                        // The service was made ready before `call` moved it here.
-                        let (mut svc, req, headers) = *pending;
-                        state.set(ResponseFuture::called(svc.call(req), headers).state);
-                    }
+                let mut res = ready!(fut.poll(cx))?;
+                if let Some(Rest::Headers(policy, quota)) = this.rest.take().map(|rest| *rest) {
+                    res.headers_mut().insert(RATELIMIT_POLICY, policy);
+                    res.headers_mut().insert(RATELIMIT, quota);
                 }
-                StateProj::Rejected { err } => {
-                    let res = err.into_response();
-                    state.set(State::Done);
-                    return Poll::Ready(Ok(res));
-                }
+                return Poll::Ready(Ok(res));
+            }
+            match this.rest.as_deref_mut() {
+                Some(Rest::Waiting(waiting)) => ready!(waiting.as_mut().project().sleep.poll(cx)),
+                Some(Rest::Rejected(_)) => {}
                 // Polled after completion.
-                StateProj::Done => return Poll::Pending,
+                Some(Rest::Headers(..)) | None => return Poll::Pending,
+            }
+            // The wait is over, or the request was rejected: take what is needed out.
+            match this.rest.take().map(|rest| *rest) {
+                Some(Rest::Waiting(mut waiting)) => {
+                    let Some((mut svc, req, headers)) = waiting.as_mut().project().pending.take()
+                    else {
+                        return Poll::Pending;
+                    };
+                    // The service was made ready before `call` moved it here.
+                    this.fut.set(Some(svc.call(req)));
+                    *this.rest =
+                        headers.map(|(policy, quota)| Box::new(Rest::Headers(policy, quota)));
+                }
+                Some(Rest::Rejected(err)) => return Poll::Ready(Ok(err.into_response())),
+                Some(Rest::Headers(..)) | None => return Poll::Pending,
             }
         }
     }

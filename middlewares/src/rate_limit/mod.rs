@@ -236,10 +236,9 @@ impl<S> RateLimit<S> {
         S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
     {
         let headers = |quota| {
-            // Boxed: only layers exposing headers pay for them, the common future stays small.
             self.layer.exposes_headers().then(|| {
                 let [(_, policy), (_, value)] = self.layer.quota_headers(&quota);
-                Box::new((policy, value))
+                (policy, value)
             })
         };
         match decision {
