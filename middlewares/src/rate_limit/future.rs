@@ -104,27 +104,27 @@ where
                 }
                 return Poll::Ready(Ok(res));
             }
-            match this.rest.as_deref_mut() {
-                Some(Rest::Waiting(waiting)) => ready!(waiting.as_mut().project().sleep.poll(cx)),
-                Some(Rest::Rejected(_)) => {}
+            // Not admitted yet: queued, or rejected.
+            let (mut svc, req, headers) = match this.rest.as_deref_mut() {
+                Some(Rest::Waiting(waiting)) => {
+                    let waiting = waiting.as_mut().project();
+                    ready!(waiting.sleep.poll(cx));
+                    match waiting.pending.take() {
+                        Some(pending) => pending,
+                        None => return Poll::Pending,
+                    }
+                }
+                Some(Rest::Rejected(err)) => {
+                    let err = *err;
+                    *this.rest = None;
+                    return Poll::Ready(Ok(err.into_response()));
+                }
                 // Polled after completion.
                 Some(Rest::Headers(..)) | None => return Poll::Pending,
-            }
-            // The wait is over, or the request was rejected: take what is needed out.
-            match this.rest.take().map(|rest| *rest) {
-                Some(Rest::Waiting(mut waiting)) => {
-                    let Some((mut svc, req, headers)) = waiting.as_mut().project().pending.take()
-                    else {
-                        return Poll::Pending;
-                    };
-                    // The service was made ready before `call` moved it here.
-                    this.fut.set(Some(svc.call(req)));
-                    *this.rest =
-                        headers.map(|(policy, quota)| Box::new(Rest::Headers(policy, quota)));
-                }
-                Some(Rest::Rejected(err)) => return Poll::Ready(Ok(err.into_response())),
-                Some(Rest::Headers(..)) | None => return Poll::Pending,
-            }
+            };
+            // The wait is over. The service was made ready before `call` moved it here.
+            this.fut.set(Some(svc.call(req)));
+            *this.rest = headers.map(|(policy, quota)| Box::new(Rest::Headers(policy, quota)));
         }
     }
 }
