@@ -841,6 +841,33 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_full_window_of_fast_successes_still_counts_slow_ones() {
+        let b = Breaker::new(
+            "k".into(),
+            config(|c| {
+                c.slow_call_duration = Some(Duration::from_secs(1));
+                c.slow_call_rate = 50;
+            }),
+        );
+        let t0 = Instant::now();
+        for _ in 0..12 {
+            call(&b, t0, Outcome::Success).unwrap();
+        }
+        // Successes that took 2 s each: slow, so recorded although the window was steady.
+        for n in 1..5 {
+            b.try_acquire(t0)
+                .unwrap()
+                .record(Outcome::Success, t0 + Duration::from_secs(2));
+            assert_eq!(b.metrics(t0).slow_calls, n);
+        }
+        assert_eq!(b.state(), State::Closed, "4 slow calls in 10");
+        b.try_acquire(t0)
+            .unwrap()
+            .record(Outcome::Success, t0 + Duration::from_secs(2));
+        assert_eq!(b.state(), State::Open, "5 slow calls in 10 is 50 %");
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_success_after_a_failure_in_a_full_window_ends_the_streak() {
         let b = Breaker::new("k".into(), config(|c| c.consecutive_failures = Some(3)));
         let t0 = Instant::now();
