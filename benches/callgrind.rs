@@ -206,7 +206,7 @@ fn run(mut runner: Runner) -> Runner {
 #[bench::bare_axum(Variant::BareAxum)]
 #[bench::rate_limit_axum(Variant::RateLimitAxum)]
 #[bench::governor_axum(Variant::GovernorAxum)]
-#[bench::tower_governor(Variant::TowerGovernor)]
+#[bench::tower_governor_axum(Variant::TowerGovernor)]
 fn calls_immediate(runner: Runner) -> Runner {
     run(runner)
 }
@@ -231,7 +231,7 @@ fn calls_immediate(runner: Runner) -> Runner {
 #[bench::bare_axum(Variant::BareAxum)]
 #[bench::rate_limit_axum(Variant::RateLimitAxum)]
 #[bench::governor_axum(Variant::GovernorAxum)]
-#[bench::tower_governor(Variant::TowerGovernor)]
+#[bench::tower_governor_axum(Variant::TowerGovernor)]
 fn calls_yield_once(runner: Runner) -> Runner {
     run(runner)
 }

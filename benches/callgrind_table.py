@@ -6,8 +6,8 @@
 
 Prints a Markdown table: instructions per call of every variant (the bench's total divided by
 the number of counted calls, `CALLS` in callgrind.rs) and the overhead over `bare` of the same
-inner shape (over `bare_axum` for the variants over an inner service answering axum's `Body`,
-`tower_governor` and those ending in `_axum`).
+inner shape (over `bare_axum` for the variants ending in `_axum`, whose inner service answers
+axum's `Body`).
 """
 
 import re
@@ -35,8 +35,8 @@ def main() -> None:
     for v in variants:
         cells = []
         for s in shapes:
-            axum = v == "tower_governor" or v.endswith("_axum")
-            base = "bare_axum" if axum and v != "bare_axum" else "bare"
+            axum = v.endswith("_axum") and v != "bare_axum"
+            base = "bare_axum" if axum else "bare"
             total, bare = counts.get((v, s)), counts.get((base, s))
             if total is None:
                 cells += ["", ""]
