@@ -20,7 +20,7 @@ const MAX_WAIT: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Most trial calls accepted in half-open.
 const MAX_HALF_OPEN: u32 = 100_000;
 
-type KeyFn = Arc<dyn Fn(&RequestInfo<'_>) -> String + Send + Sync>;
+pub(crate) type KeyFn = Arc<dyn Fn(&RequestInfo<'_>) -> String + Send + Sync>;
 
 /// How a request finds its breaker.
 pub(crate) enum Route {

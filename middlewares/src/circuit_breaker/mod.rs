@@ -126,7 +126,7 @@ pub use self::registry::Breakers;
 pub use self::window::Window;
 
 use self::future::ResponseFuture;
-use self::layer::{Route, Shared};
+use self::layer::{KeyFn, Route, Shared};
 use crate::{request_time, RequestInfo};
 
 /// The key of the single breaker of a layer without a key function.
@@ -190,23 +190,55 @@ where
         let admitted = match &self.shared.route {
             Route::Single(breaker) => breaker.try_acquire_with(request_time::now),
             Route::Keyed(key_fn) => {
-                let key = key_fn(&RequestInfo::from_request(&req));
-                self.shared
-                    .breakers
-                    .get(&key)
-                    .try_acquire_with(request_time::now)
+                return call_keyed(&mut self.inner, &self.shared.breakers, key_fn, req)
             }
         };
-        match admitted {
-            Ok(permit) => ResponseFuture::called(self.inner.call(req), permit),
-            Err(open) => {
-                tracing::debug!(
-                    state = %open.state(),
-                    retry_after_secs = open.retry_after_secs(),
-                    "circuit breaker rejected request"
-                );
-                ResponseFuture::open(open)
-            }
-        }
+        call_admitted(&mut self.inner, req, admitted)
     }
+}
+
+/// `call` with a breaker per key. Out of line: a request borrowed (for its key) where the
+/// single-breaker path runs was copied (over 200 bytes) before being handed to the inner
+/// service, on that path too.
+#[inline(never)]
+fn call_keyed<S, ReqBody>(
+    inner: &mut S,
+    breakers: &Breakers,
+    key_fn: &KeyFn,
+    req: Request<ReqBody>,
+) -> ResponseFuture<S::Future>
+where
+    S: Service<Request<ReqBody>>,
+{
+    let key = key_fn(&RequestInfo::from_request(&req));
+    let admitted = breakers.get(&key).try_acquire_with(request_time::now);
+    call_admitted(inner, req, admitted)
+}
+
+/// Calls `inner` with the permit, or answers for the open breaker.
+#[inline(always)]
+fn call_admitted<S, ReqBody>(
+    inner: &mut S,
+    req: Request<ReqBody>,
+    admitted: Result<Permit, CircuitOpen>,
+) -> ResponseFuture<S::Future>
+where
+    S: Service<Request<ReqBody>>,
+{
+    match admitted {
+        Ok(permit) => ResponseFuture::called(inner.call(req), permit),
+        Err(open) => rejected(open),
+    }
+}
+
+/// The answer of an open breaker. Cold: the log call kept `call` from being inlined.
+#[cold]
+#[inline(never)]
+fn rejected<F>(open: CircuitOpen) -> ResponseFuture<F> {
+    tracing::debug!(
+        state = %open.state(),
+        retry_after_secs = open.retry_after_secs(),
+        "circuit breaker rejected request"
+    );
+    ResponseFuture::open(open)
 }
