@@ -153,11 +153,12 @@ impl Limiter {
 
     #[inline]
     fn nanos(&self, now: Instant) -> u64 {
+        // u64 nanoseconds last 584 years: later instants count as this many seconds, which
+        // keeps the arithmetic below from overflowing (cheaper than saturating each step, and
+        // than widening to u128).
+        const MAX_SECS: u64 = u64::MAX / 1_000_000_000 - 1;
         let d = now.saturating_duration_since(self.epoch);
-        // u64 nanoseconds last 584 years; saturate rather than widen to u128.
-        d.as_secs()
-            .saturating_mul(1_000_000_000)
-            .saturating_add(u64::from(d.subsec_nanos()))
+        d.as_secs().min(MAX_SECS) * 1_000_000_000 + u64::from(d.subsec_nanos())
     }
 
     /// One GCRA step for `key` at `now`.
@@ -289,6 +290,27 @@ mod tests {
             Limiter::new(Gcra::new(1_000_000_000, 1, 0), max_keys, epoch),
             epoch,
         )
+    }
+
+    #[test]
+    fn instants_centuries_away_neither_overflow_nor_go_back() {
+        let (l, epoch) = limiter(1);
+        let year = Duration::from_secs(365 * 24 * 3600);
+        assert_eq!(l.nanos(epoch + Duration::from_nanos(1_500)), 1_500);
+        let late = l.nanos(epoch + year * 500);
+        let later = l.nanos(epoch + year * 600);
+        let latest = l.nanos(epoch + year * 10_000);
+        assert!(late < later, "{late} < {later}");
+        assert_eq!(later, latest);
+        // Still a working bucket there: one admitted, the next rejected.
+        assert!(matches!(
+            l.step_global(epoch + year * 10_000),
+            Verdict::Allow { .. }
+        ));
+        assert!(matches!(
+            l.step_global(epoch + year * 10_000),
+            Verdict::Reject { .. }
+        ));
     }
 
     #[test]
