@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use http::{HeaderValue, Request, Response, StatusCode};
-use middlewares::rate_limit::{Decision, Key, KeyValue, RateLimitLayer, RateLimited};
+use middlewares::rate_limit::{Decision, Key, KeyValue, LimiterClock, RateLimitLayer, RateLimited};
 use middlewares::RequestInfo;
 use tokio::time::Instant;
 use tower::{service_fn, Layer, Service, ServiceExt};
@@ -630,4 +630,63 @@ async fn queued_requests_carry_the_quota_headers_too() {
     assert_eq!(header(&res, "ratelimit-policy"), "\"default\";q=1;w=1");
     assert_eq!(header(&res, "ratelimit"), "\"default\";r=0;t=2");
     assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_default_clock_follows_paused_time_and_the_counter_does_not() {
+    let build = |clock| {
+        RateLimitLayer::builder(1, Duration::from_secs(10))
+            .clock(clock)
+            .build()
+            .unwrap()
+    };
+    let on_tokio = build(LimiterClock::Auto);
+    let on_counter = build(LimiterClock::Counter);
+    assert_eq!(
+        on_tokio.clock(),
+        LimiterClock::Tokio,
+        "built on a paused clock"
+    );
+    assert_eq!(on_counter.clock(), LimiterClock::Counter);
+    for (layer, refilled) in [
+        (on_tokio, StatusCode::OK),
+        (on_counter, StatusCode::TOO_MANY_REQUESTS),
+    ] {
+        let (_, inner) = counting();
+        let mut svc = layer.layer(inner);
+        assert_eq!(send(&mut svc, get()).await.status(), StatusCode::OK);
+        assert_eq!(
+            send(&mut svc, get()).await.status(),
+            StatusCode::TOO_MANY_REQUESTS
+        );
+        // Ten paused seconds refill tokio's bucket; the counter has seen microseconds pass.
+        tokio::time::advance(Duration::from_secs(11)).await;
+        assert_eq!(send(&mut svc, get()).await.status(), refilled);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_counter_clock_limiter_takes_explicit_instants_on_its_timeline() {
+    let layer = RateLimitLayer::builder(1, Duration::from_secs(10))
+        .clock(LimiterClock::Counter)
+        .build()
+        .unwrap();
+    let now = Instant::now();
+    assert!(matches!(
+        layer.check(&KeyValue::Global, now),
+        Decision::Allow(_)
+    ));
+    assert!(matches!(
+        layer.check(&KeyValue::Global, now),
+        Decision::Reject(_)
+    ));
+    assert!(matches!(
+        layer.check(&KeyValue::Global, now + Duration::from_secs(10)),
+        Decision::Allow(_)
+    ));
+    // `check_now` reads the counter, which is still near the start of the timeline.
+    assert!(matches!(
+        layer.check_now(&KeyValue::Global),
+        Decision::Reject(_)
+    ));
 }

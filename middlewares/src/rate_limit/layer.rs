@@ -10,6 +10,7 @@ use http::HeaderMap;
 use tokio::time::Instant;
 use tower_layer::Layer;
 
+use super::clock::{Clock, LimiterClock};
 use super::error::{ceil_secs, policy_value, quota_value, RATELIMIT, RATELIMIT_POLICY};
 use super::gcra::{Gcra, Verdict};
 use super::key::{self, Key, KeyValue};
@@ -73,6 +74,7 @@ pub struct RateLimitBuilder {
     max_keys: usize,
     expose_headers: bool,
     dry_run: bool,
+    clock: LimiterClock,
 }
 
 impl RateLimitBuilder {
@@ -146,6 +148,14 @@ impl RateLimitBuilder {
         self
     }
 
+    /// The clock the limiter reads (default [`LimiterClock::Auto`]: tokio's when its clock is
+    /// paused where the layer is built, as in a `start_paused` test; the CPU's counter
+    /// otherwise). See [`LimiterClock`].
+    pub fn clock(mut self, clock: LimiterClock) -> Self {
+        self.clock = clock;
+        self
+    }
+
     /// Checks the settings and builds the layer.
     ///
     /// # Errors
@@ -181,14 +191,11 @@ impl RateLimitBuilder {
             (None, None) => 0,
         };
         let window_secs = ceil_secs(self.period).max(1);
-        let limiter = Limiter::new(
-            Gcra::new(interval, burst, max_delay),
-            self.max_keys,
-            Instant::now(),
-        );
+        let limiter = Limiter::new(Gcra::new(interval, burst, max_delay), self.max_keys);
         Ok(RateLimitLayer {
             shared: Arc::new(Shared {
                 limiter,
+                clock: Clock::new(self.clock),
                 policy: policy_value(self.limit, window_secs),
                 key: self.key,
                 trusted_hops: self.trusted_hops,
@@ -211,6 +218,7 @@ fn nanos(d: Duration) -> u64 {
 #[derive(Debug)]
 pub(super) struct Shared {
     limiter: Limiter,
+    clock: Clock,
     policy: HeaderValue,
     key: Key,
     trusted_hops: usize,
@@ -248,6 +256,7 @@ impl RateLimitLayer {
             max_keys: DEFAULT_MAX_KEYS,
             expose_headers: false,
             dry_run: false,
+            clock: LimiterClock::Auto,
         }
     }
 
@@ -273,21 +282,49 @@ impl RateLimitLayer {
         key::key_for(&s.key, s.trusted_hops, info, peer)
     }
 
-    /// Counts one request of `key` at `now` and decides.
+    /// Counts one request of `key` now, on the limiter's [clock](RateLimitBuilder::clock), and
+    /// decides.
     ///
-    /// Host-agnostic step 2 of 2. Read `now` once per request (`tokio::time::Instant::now()`).
-    /// An [`Allow`](Decision::Allow) or [`Delay`](Decision::Delay) has already taken its token
-    /// or slot; a [`Reject`](Decision::Reject) has not. In dry-run mode every decision comes
-    /// back as `Allow` (the would-be delays and rejections are counted and logged).
-    pub fn check(&self, key: &KeyValue<'_>, now: Instant) -> Decision {
-        self.decide(key, self.shared.limiter.step(key, now))
+    /// Host-agnostic step 2 of 2. An [`Allow`](Decision::Allow) or [`Delay`](Decision::Delay)
+    /// has already taken its token or slot; a [`Reject`](Decision::Reject) has not. In dry-run
+    /// mode every decision comes back as `Allow` (the would-be delays and rejections are
+    /// counted and logged).
+    pub fn check_now(&self, key: &KeyValue<'_>) -> Decision {
+        let s = &*self.shared;
+        self.decide(key, s.limiter.step(key, s.clock.now_nanos()))
     }
 
-    /// [`check`](Self::check) of the global key for the tower service's fast path: `None` when
-    /// the request is admitted and nothing else is to be done (no headers to expose), so the
-    /// common answer builds no [`Decision`].
+    /// Like [`check_now`](Self::check_now), at a tokio instant read by the caller: for a host
+    /// that reads the time once per request for several uses, and for tests.
+    pub fn check(&self, key: &KeyValue<'_>, now: Instant) -> Decision {
+        let s = &*self.shared;
+        self.decide(key, s.limiter.step(key, s.clock.nanos(now)))
+    }
+
+    /// The clock the limiter reads: [`LimiterClock::Tokio`] or [`LimiterClock::Counter`] (what
+    /// [`Auto`](LimiterClock::Auto) resolved to when the layer was built).
+    pub fn clock(&self) -> LimiterClock {
+        self.shared.clock.kind()
+    }
+
+    /// Now on the limiter's timeline when it reads the CPU's counter; `None` when it reads
+    /// tokio's clock (the tower service then takes the time the layers around it read).
     #[inline]
-    pub(super) fn check_global(&self, now: Instant) -> Option<Decision> {
+    pub(super) fn counter_nanos(&self) -> Option<u64> {
+        self.shared.clock.counter_nanos()
+    }
+
+    /// A tokio instant on the limiter's timeline.
+    #[inline]
+    pub(super) fn nanos(&self, now: Instant) -> u64 {
+        self.shared.clock.nanos(now)
+    }
+
+    /// [`check`](Self::check) of the global key, at `now` on the limiter's timeline, for the
+    /// tower service's fast path: `None` when the request is admitted and nothing else is to
+    /// be done (no headers to expose), so the common answer builds no [`Decision`].
+    #[inline]
+    pub(super) fn check_global(&self, now: u64) -> Option<Decision> {
         let s = &*self.shared;
         let verdict = s.limiter.step_global(now);
         if matches!(verdict, Verdict::Allow { .. }) && !s.expose_headers {
@@ -374,7 +411,8 @@ impl RateLimitLayer {
     /// Drops every key whose bucket is full again at `now`; returns how many. Optional: full
     /// shards also sweep themselves when a new key needs room.
     pub fn evict_idle(&self, now: Instant) -> usize {
-        self.shared.limiter.evict_idle(now)
+        let s = &*self.shared;
+        s.limiter.evict_idle(s.clock.nanos(now))
     }
 
     /// The configured `limit` (tokens per `period`).

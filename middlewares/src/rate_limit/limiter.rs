@@ -1,5 +1,6 @@
 //! The keyed GCRA limiter: atomic buckets for the global/unknown/overflow keys and a sharded,
-//! bounded table for per-key buckets. No tower, no Pingora: time comes in as an argument.
+//! bounded table for per-key buckets. No tower, no Pingora: time comes in as an argument, in
+//! nanoseconds on the layer's timeline (see `clock`).
 
 use std::hash::{BuildHasher, Hash};
 use std::net::IpAddr;
@@ -7,7 +8,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use hashbrown::{DefaultHashBuilder, HashTable};
-use tokio::time::Instant;
 
 use super::gcra::{Gcra, Verdict};
 use super::KeyValue;
@@ -117,7 +117,6 @@ pub struct RateLimitStats {
 #[derive(Debug)]
 pub(super) struct Limiter {
     gcra: Gcra,
-    epoch: Instant,
     global: Bucket,
     unknown: Bucket,
     overflow: Bucket,
@@ -130,11 +129,10 @@ pub(super) struct Limiter {
 }
 
 impl Limiter {
-    pub(super) fn new(gcra: Gcra, max_keys: usize, epoch: Instant) -> Self {
+    pub(super) fn new(gcra: Gcra, max_keys: usize) -> Self {
         let n = SHARDS.min(max_keys).max(1);
         Limiter {
             gcra,
-            epoch,
             global: Bucket::default(),
             unknown: Bucket::default(),
             overflow: Bucket::default(),
@@ -151,19 +149,8 @@ impl Limiter {
         &self.gcra
     }
 
-    #[inline]
-    fn nanos(&self, now: Instant) -> u64 {
-        // u64 nanoseconds last 584 years: later instants count as this many seconds, which
-        // keeps the arithmetic below from overflowing (cheaper than saturating each step, and
-        // than widening to u128).
-        const MAX_SECS: u64 = u64::MAX / 1_000_000_000 - 1;
-        let d = now.saturating_duration_since(self.epoch);
-        d.as_secs().min(MAX_SECS) * 1_000_000_000 + u64::from(d.subsec_nanos())
-    }
-
     /// One GCRA step for `key` at `now`.
-    pub(super) fn step(&self, key: &KeyValue<'_>, now: Instant) -> Verdict {
-        let now = self.nanos(now);
+    pub(super) fn step(&self, key: &KeyValue<'_>, now: u64) -> Verdict {
         let verdict = match key {
             KeyValue::Global => self.gcra.step_atomic(&self.global.0, now),
             KeyValue::Unknown => self.gcra.step_atomic(&self.unknown.0, now),
@@ -183,8 +170,8 @@ impl Limiter {
 
     /// [`step`](Self::step) for the global key: one compare-exchange on its bucket.
     #[inline]
-    pub(super) fn step_global(&self, now: Instant) -> Verdict {
-        let verdict = self.gcra.step_atomic(&self.global.0, self.nanos(now));
+    pub(super) fn step_global(&self, now: u64) -> Verdict {
+        let verdict = self.gcra.step_atomic(&self.global.0, now);
         self.count(verdict)
     }
 
@@ -252,8 +239,7 @@ impl Limiter {
     }
 
     /// Drops every idle key (bucket full again at `now`); returns how many.
-    pub(super) fn evict_idle(&self, now: Instant) -> usize {
-        let now = self.nanos(now);
+    pub(super) fn evict_idle(&self, now: u64) -> usize {
         self.shards
             .iter()
             .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).sweep(now))
@@ -281,36 +267,21 @@ impl Limiter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
-    fn limiter(max_keys: usize) -> (Limiter, Instant) {
-        let epoch = Instant::now();
-        // 1 request per second, burst 1.
-        (
-            Limiter::new(Gcra::new(1_000_000_000, 1, 0), max_keys, epoch),
-            epoch,
-        )
+    const SECOND: u64 = 1_000_000_000;
+
+    /// 1 request per second, burst 1; and a start time on its timeline.
+    fn limiter(max_keys: usize) -> (Limiter, u64) {
+        (Limiter::new(Gcra::new(SECOND, 1, 0), max_keys), 0)
     }
 
     #[test]
-    fn instants_centuries_away_neither_overflow_nor_go_back() {
-        let (l, epoch) = limiter(1);
-        let year = Duration::from_secs(365 * 24 * 3600);
-        assert_eq!(l.nanos(epoch + Duration::from_nanos(1_500)), 1_500);
-        let late = l.nanos(epoch + year * 500);
-        let later = l.nanos(epoch + year * 600);
-        let latest = l.nanos(epoch + year * 10_000);
-        assert!(late < later, "{late} < {later}");
-        assert_eq!(later, latest);
-        // Still a working bucket there: one admitted, the next rejected.
-        assert!(matches!(
-            l.step_global(epoch + year * 10_000),
-            Verdict::Allow { .. }
-        ));
-        assert!(matches!(
-            l.step_global(epoch + year * 10_000),
-            Verdict::Reject { .. }
-        ));
+    fn the_end_of_the_timeline_still_limits() {
+        // Where `Clock::nanos` clamps instants centuries away: one admitted, the next rejected.
+        let (l, _) = limiter(1);
+        let end = (u64::MAX / SECOND / 2) * SECOND + (SECOND - 1);
+        assert!(matches!(l.step_global(end), Verdict::Allow { .. }));
+        assert!(matches!(l.step_global(end), Verdict::Reject { .. }));
     }
 
     #[test]
@@ -352,7 +323,7 @@ mod tests {
             Verdict::Allow { .. }
         ));
         // Two seconds later "a" is idle (its bucket refilled), so "b" takes its slot.
-        let later = now + Duration::from_secs(2);
+        let later = now + 2 * SECOND;
         assert!(matches!(
             l.step(&KeyValue::from("b"), later),
             Verdict::Allow { .. }
@@ -403,7 +374,7 @@ mod tests {
         }
         assert_eq!(l.key_count(), 10);
         assert_eq!(l.evict_idle(now), 0);
-        assert_eq!(l.evict_idle(now + Duration::from_secs(1)), 10);
+        assert_eq!(l.evict_idle(now + SECOND), 10);
         assert_eq!(l.key_count(), 0);
     }
 }

@@ -8,7 +8,6 @@
 use pingora_error::Result;
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
-use tokio::time::Instant;
 
 use super::{Decision, KeyValue, Quota, RateLimit, RateLimitLayer, RateLimited};
 use crate::proxy_host::{Admission, Hooks, ProxyPolicy};
@@ -55,7 +54,7 @@ impl ProxyPolicy for RateLimitLayer {
     ) -> Result<Admission> {
         let decision = if self.is_global() {
             // Same fast path as the tower host: no request view, no client address.
-            self.check(&KeyValue::Global, Instant::now())
+            self.check_now(&KeyValue::Global)
         } else {
             let peer = session
                 .client_addr()
@@ -63,7 +62,7 @@ impl ProxyPolicy for RateLimitLayer {
                 .map(|a| a.ip());
             let info = RequestInfo::from_parts(session.req_header());
             match self.key_for_peer(&info, peer) {
-                Some(key) => self.check(&key, Instant::now()),
+                Some(key) => self.check_now(&key),
                 None => return Ok(Admission::Continue),
             }
         };
