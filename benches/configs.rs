@@ -8,6 +8,7 @@ use middlewares::circuit_breaker::CircuitBreakerLayer;
 use middlewares::rate_limit::RateLimitLayer;
 use middlewares::retry::RetryLayer;
 use middlewares::timeout::TimeoutLayer;
+use middlewares::TimeSource;
 use tower::layer::util::{Identity, Stack};
 use tower::limit::{ConcurrencyLimitLayer, RateLimitLayer as TowerRateLimitLayer};
 use tower::retry::budget::{Budget as _, TpsBudget};
@@ -93,9 +94,17 @@ pub fn tower_governor_layer() -> tower_governor::GovernorLayer<
     )
 }
 
-/// Our rate limiter at [`HUGE_RATE`] per second: it never trips.
+/// Our rate limiter at [`HUGE_RATE`] per second: it never trips. Its clock is the default
+/// (`TimeSource::Auto`), which is the CPU counter here (the benches do not pause tokio's
+/// clock).
 pub fn our_rate_limit() -> RateLimitLayer {
+    our_rate_limit_on(TimeSource::Auto)
+}
+
+/// [`our_rate_limit`] reading `clock`.
+pub fn our_rate_limit_on(clock: TimeSource) -> RateLimitLayer {
     RateLimitLayer::builder(HUGE_RATE, ONE_SECOND)
+        .clock(clock)
         .build()
         .expect("valid rate limit")
 }

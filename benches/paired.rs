@@ -16,9 +16,10 @@ use std::num::NonZeroU32;
 
 use http::{Request, Response};
 use middlewares::retry::ReplayBody;
+use middlewares::TimeSource;
 use pingora_tower_benches::configs::{
-    our_rate_limit, our_stack, tower_governor_layer, tower_resilience_breaker, tower_stack,
-    BudgetedNeverRetry, NeverRetry, DEADLINE,
+    our_rate_limit, our_rate_limit_on, our_stack, tower_governor_layer, tower_resilience_breaker,
+    tower_stack, BudgetedNeverRetry, NeverRetry, DEADLINE,
 };
 use pingora_tower_benches::{calls, inner, GovernorLayer, HUGE_RATE};
 use tokio::runtime::Runtime;
@@ -136,6 +137,10 @@ where
         vec![
             ("bare", batch(rt, make())),
             ("ours", batch(rt, our_rate_limit().layer(make()))),
+            (
+                "ours_tokio_clock",
+                batch(rt, our_rate_limit_on(TimeSource::Tokio).layer(make())),
+            ),
             (
                 "governor",
                 batch(rt, GovernorLayer::per_second(rate).layer(make())),

@@ -14,6 +14,12 @@
 //! keeps its state (limiter, breaker, budget) in an `Arc` owned by the layer value, so all clones
 //! of a service, and a proxy built from the same layer value, share one limit.
 //!
+//! Time: every layer reads tokio's clock, so tests can pause it
+//! (`#[tokio::test(start_paused = true)]`) and `tokio::time::advance` through deadlines,
+//! refills and open breakers. The rate limiter and the retry budget, which read the time on
+//! every request, read the CPU's cheaper time-stamp counter instead unless tokio's clock is
+//! paused where they are built (see [`TimeSource`]).
+//!
 //! With the `pingora` feature the same services also implement Pingora's `ProxyHttp`, so a
 //! `ServiceBuilder` stack wraps a reverse proxy too (see the `pingora-tower` crate).
 //!
@@ -47,10 +53,12 @@ pub mod rate_limit;
 pub mod retry;
 pub mod timeout;
 
+mod clock;
 mod config_error;
 mod request_info;
 mod request_time;
 
+pub use clock::TimeSource;
 pub use config_error::ConfigError;
 pub use request_info::RequestInfo;
 

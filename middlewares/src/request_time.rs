@@ -23,6 +23,13 @@ pub(crate) fn now() -> Instant {
     NOW.get().unwrap_or_else(Instant::now)
 }
 
+/// The instant the outermost layer of this crate published for the `call` chain running here,
+/// if any.
+#[inline]
+pub(crate) fn published() -> Option<Instant> {
+    NOW.get()
+}
+
 /// Reads the request time for a layer's `call` and publishes it to the layers that `call`
 /// reaches, until the returned guard is dropped.
 ///

@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use axum::body::Body;
 use http::{HeaderValue, Request, Response, StatusCode};
-use middlewares::rate_limit::{Decision, Key, KeyValue, LimiterClock, RateLimitLayer, RateLimited};
+use middlewares::rate_limit::{Decision, Key, KeyValue, RateLimitLayer, RateLimited};
 use middlewares::RequestInfo;
+use middlewares::TimeSource;
 use tokio::time::Instant;
 use tower::{service_fn, Layer, Service, ServiceExt};
 
@@ -640,14 +641,14 @@ async fn the_default_clock_follows_paused_time_and_the_counter_does_not() {
             .build()
             .unwrap()
     };
-    let on_tokio = build(LimiterClock::Auto);
-    let on_counter = build(LimiterClock::Counter);
+    let on_tokio = build(TimeSource::Auto);
+    let on_counter = build(TimeSource::Counter);
     assert_eq!(
         on_tokio.clock(),
-        LimiterClock::Tokio,
+        TimeSource::Tokio,
         "built on a paused clock"
     );
-    assert_eq!(on_counter.clock(), LimiterClock::Counter);
+    assert_eq!(on_counter.clock(), TimeSource::Counter);
     for (layer, refilled) in [
         (on_tokio, StatusCode::OK),
         (on_counter, StatusCode::TOO_MANY_REQUESTS),
@@ -668,7 +669,7 @@ async fn the_default_clock_follows_paused_time_and_the_counter_does_not() {
 #[tokio::test(start_paused = true)]
 async fn a_counter_clock_limiter_takes_explicit_instants_on_its_timeline() {
     let layer = RateLimitLayer::builder(1, Duration::from_secs(10))
-        .clock(LimiterClock::Counter)
+        .clock(TimeSource::Counter)
         .build()
         .unwrap();
     let now = Instant::now();

@@ -10,12 +10,12 @@ use http::HeaderMap;
 use tokio::time::Instant;
 use tower_layer::Layer;
 
-use super::clock::{Clock, LimiterClock};
 use super::error::{ceil_secs, policy_value, quota_value, RATELIMIT, RATELIMIT_POLICY};
 use super::gcra::{Gcra, Verdict};
 use super::key::{self, Key, KeyValue};
 use super::limiter::{Limiter, RateLimitStats};
 use super::{ConfigError, RateLimit, RateLimited};
+use crate::clock::{Clock, TimeSource};
 use crate::RequestInfo;
 
 /// Default bound on the number of keys held in the table ([`RateLimitBuilder::max_keys`]).
@@ -74,7 +74,7 @@ pub struct RateLimitBuilder {
     max_keys: usize,
     expose_headers: bool,
     dry_run: bool,
-    clock: LimiterClock,
+    clock: TimeSource,
 }
 
 impl RateLimitBuilder {
@@ -148,10 +148,10 @@ impl RateLimitBuilder {
         self
     }
 
-    /// The clock the limiter reads (default [`LimiterClock::Auto`]: tokio's when its clock is
+    /// The clock the limiter reads (default [`TimeSource::Auto`]: tokio's when its clock is
     /// paused where the layer is built, as in a `start_paused` test; the CPU's counter
-    /// otherwise). See [`LimiterClock`].
-    pub fn clock(mut self, clock: LimiterClock) -> Self {
+    /// otherwise). See [`TimeSource`].
+    pub fn clock(mut self, clock: TimeSource) -> Self {
         self.clock = clock;
         self
     }
@@ -256,7 +256,7 @@ impl RateLimitLayer {
             max_keys: DEFAULT_MAX_KEYS,
             expose_headers: false,
             dry_run: false,
-            clock: LimiterClock::Auto,
+            clock: TimeSource::Auto,
         }
     }
 
@@ -301,9 +301,9 @@ impl RateLimitLayer {
         self.decide(key, s.limiter.step(key, s.clock.nanos(now)))
     }
 
-    /// The clock the limiter reads: [`LimiterClock::Tokio`] or [`LimiterClock::Counter`] (what
-    /// [`Auto`](LimiterClock::Auto) resolved to when the layer was built).
-    pub fn clock(&self) -> LimiterClock {
+    /// The clock the limiter reads: [`TimeSource::Tokio`] or [`TimeSource::Counter`] (what
+    /// [`Auto`](TimeSource::Auto) resolved to when the layer was built).
+    pub fn clock(&self) -> TimeSource {
         self.shared.clock.kind()
     }
 

@@ -59,9 +59,9 @@
 //! follow tokio's paused test clock, so a layer built while tokio's clock is paused (in a
 //! `#[tokio::test(start_paused = true)]`) reads tokio's clock instead, and its tests can
 //! `tokio::time::advance` through refills. [`RateLimitBuilder::clock`] chooses explicitly (see
-//! [`LimiterClock`]); [`RateLimitLayer::clock`] tells which one a layer reads. A layer built
+//! [`TimeSource`](crate::TimeSource)); [`RateLimitLayer::clock`] tells which one a layer reads. A layer built
 //! *before* a test pauses the clock reads the counter: build it after, or choose
-//! [`LimiterClock::Tokio`].
+//! [`TimeSource::Tokio`](crate::TimeSource::Tokio).
 //!
 //! # Hosts and ordering
 //! The tower host runs layers in stack order: a rate limit outside a timeout rejects before the
@@ -123,7 +123,6 @@
 //! # }
 //! ```
 
-mod clock;
 mod error;
 pub mod future;
 mod gcra;
@@ -139,7 +138,6 @@ use http::{Request, Response};
 use tokio::time::sleep;
 use tower_service::Service;
 
-pub use self::clock::LimiterClock;
 pub use self::error::{ConfigError, RateLimited, RATELIMIT, RATELIMIT_POLICY};
 pub use self::key::{Key, KeyFn, KeyValue};
 pub use self::layer::{Decision, Quota, RateLimitBuilder, RateLimitLayer, DEFAULT_MAX_KEYS};

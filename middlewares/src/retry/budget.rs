@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::clock::{Clock, TimeSource};
+
 use super::error::ConfigError;
 
 /// Number of buckets the window is split into.
@@ -27,24 +29,27 @@ const UNIT: i64 = 1_000;
 /// retries is computable: `n` sequential deposits allow `floor(n × round(ratio × 1000) / 1000)`
 /// withdrawals plus the reserve `floor(min_per_sec × window_secs)`.
 ///
-/// Time is read from [`tokio::time::Instant`], so the budget follows a paused test clock.
-/// (tower's `TpsBudget` also uses tokio's clock, but it sits behind tower's `retry` feature that
-/// this crate does not depend on, and it locks a mutex on every deposit; this one is a couple of
-/// atomics per call and locks only when a bucket rolls over, at most once per bucket width.)
+/// The budget reads the CPU's counter, or tokio's clock when that is paused where the budget
+/// is built, so it follows a paused test clock (see [`TimeSource`]); the `_at` methods take a
+/// tokio instant instead. (tower's `TpsBudget` reads tokio's clock, sits behind tower's `retry`
+/// feature that this crate does not depend on, and locks a mutex on every deposit; this one is
+/// a couple of atomics per call and locks only when a bucket rolls over, at most once per
+/// bucket width.)
 ///
 /// Under concurrency a withdrawal reserves its token first and gives it back when the balance
 /// went negative, so the budget is never overdrawn; it may refuse spuriously while another
 /// caller's failed reservation is in flight.
 pub struct Budget {
-    start: Instant,
+    /// The clock and the timeline every time below is on (nanoseconds since the budget was
+    /// built).
+    clock: Clock,
     bucket_nanos: u64,
     deposit_amount: i64,
     reserve: i64,
-    /// Bucket number (since `start`) that `current` accumulates.
+    /// Bucket number (since the start of the timeline) that `current` accumulates.
     epoch: AtomicU64,
-    /// When bucket `epoch` ends, in nanoseconds since `start`: until then a deposit or a
-    /// withdrawal needs no roll, which an `Instant` comparison tells without the subtraction and
-    /// division of [`epoch_of`](Self::epoch_of).
+    /// When bucket `epoch` ends, on the timeline: until then a deposit or a withdrawal needs no
+    /// roll, which one comparison tells without the division of [`epoch_of`](Self::epoch_of).
     roll_at: AtomicU64,
     /// Net deposits minus withdrawals of the current bucket.
     current: AtomicI64,
@@ -71,6 +76,19 @@ impl Budget {
     /// # Errors
     /// When `ratio` is not a number in `[0, 1000]` or `window` is outside `[1 s, 60 s]`.
     pub fn new(ratio: f32, min_per_sec: u32, window: Duration) -> Result<Self, ConfigError> {
+        Self::with_clock(ratio, min_per_sec, window, TimeSource::Auto)
+    }
+
+    /// [`Budget::new`] reading `clock`.
+    ///
+    /// # Errors
+    /// As [`Budget::new`].
+    pub fn with_clock(
+        ratio: f32,
+        min_per_sec: u32,
+        window: Duration,
+        clock: TimeSource,
+    ) -> Result<Self, ConfigError> {
         if !(0.0..=1000.0).contains(&ratio) {
             return Err(ConfigError::new(
                 "retry.budget_ratio",
@@ -85,18 +103,18 @@ impl Budget {
                 window,
             ));
         }
-        Ok(Self::new_unchecked(ratio, min_per_sec, window))
+        Ok(Self::new_unchecked(ratio, min_per_sec, window, clock))
     }
 
-    /// Builds a budget from settings already checked by [`Budget::new`].
-    fn new_unchecked(ratio: f32, min_per_sec: u32, window: Duration) -> Self {
+    /// Builds a budget reading `clock` from settings already checked by [`Budget::new`].
+    fn new_unchecked(ratio: f32, min_per_sec: u32, window: Duration, clock: TimeSource) -> Self {
         let bucket_nanos = u64::try_from((window / BUCKETS as u32).as_nanos()).unwrap_or(u64::MAX);
         // Float-to-int `as` saturates; both values are bounded by the checks in `new` anyway.
         let deposit_amount = (f64::from(ratio) * UNIT as f64).round() as i64;
         let reserve =
             ((f64::from(min_per_sec) * window.as_secs_f64()).floor() as i64).saturating_mul(UNIT);
         Budget {
-            start: Instant::now(),
+            clock: Clock::new(clock),
             bucket_nanos,
             deposit_amount,
             reserve,
@@ -109,6 +127,12 @@ impl Budget {
             min_per_sec,
             window,
         }
+    }
+
+    /// The clock the budget reads: [`TimeSource::Tokio`] or [`TimeSource::Counter`] (what
+    /// [`Auto`](TimeSource::Auto) resolved to when the budget was built).
+    pub fn clock(&self) -> TimeSource {
+        self.clock.kind()
     }
 
     /// The ratio of retries to deposited requests.
@@ -128,12 +152,30 @@ impl Budget {
 
     /// Records one original request (not a retry). Reads the clock once.
     pub fn deposit(&self) {
-        self.deposit_at(Instant::now());
+        self.deposit_nanos(self.clock.now_nanos());
     }
 
     /// Records one original request made at `now` (for callers that already read the clock).
     #[inline]
     pub fn deposit_at(&self, now: Instant) {
+        self.deposit_nanos(self.clock.nanos(now));
+    }
+
+    /// A tokio instant on the budget's timeline.
+    #[inline]
+    pub(crate) fn nanos(&self, now: Instant) -> u64 {
+        self.clock.nanos(now)
+    }
+
+    /// Now on the budget's timeline when it reads the CPU's counter; `None` on tokio's clock.
+    #[inline]
+    pub(crate) fn counter_nanos(&self) -> Option<u64> {
+        self.clock.counter_nanos()
+    }
+
+    /// Records one original request made at `now` on the budget's timeline.
+    #[inline]
+    pub(crate) fn deposit_nanos(&self, now: u64) {
         if self.deposit_amount == 0 {
             return;
         }
@@ -145,11 +187,15 @@ impl Budget {
     /// Takes one retry from the budget; `false` (nothing taken) when the budget is empty and the
     /// caller must not retry. Reads the clock once.
     pub fn try_withdraw(&self) -> bool {
-        self.try_withdraw_at(Instant::now())
+        self.try_withdraw_nanos(self.clock.now_nanos())
     }
 
     /// [`Budget::try_withdraw`] at `now`.
     pub fn try_withdraw_at(&self, now: Instant) -> bool {
+        self.try_withdraw_nanos(self.clock.nanos(now))
+    }
+
+    fn try_withdraw_nanos(&self, now: u64) -> bool {
         self.roll(now);
         let before = self.current.fetch_sub(UNIT, Ordering::AcqRel);
         let after = before
@@ -166,11 +212,15 @@ impl Budget {
 
     /// How many retries the budget would allow right now.
     pub fn available(&self) -> u64 {
-        self.available_at(Instant::now())
+        self.available_nanos(self.clock.now_nanos())
     }
 
     /// [`Budget::available`] at `now`.
     pub fn available_at(&self, now: Instant) -> u64 {
+        self.available_nanos(self.clock.nanos(now))
+    }
+
+    fn available_nanos(&self, now: u64) -> u64 {
         self.roll(now);
         let balance = self
             .current
@@ -187,30 +237,23 @@ impl Budget {
             .fold(0, i64::saturating_add)
     }
 
-    fn epoch_of(&self, now: Instant) -> u64 {
-        let since = now.saturating_duration_since(self.start);
-        // u64 nanoseconds (584 years, saturating): no u128 multiply and divide per request.
-        let nanos = since
-            .as_secs()
-            .saturating_mul(1_000_000_000)
-            .saturating_add(u64::from(since.subsec_nanos()));
-        nanos / self.bucket_nanos.max(1)
+    fn epoch_of(&self, now: u64) -> u64 {
+        now / self.bucket_nanos.max(1)
     }
 
     /// Moves `current` into its bucket and clears expired buckets when `now` is in a later bucket.
     #[inline]
-    fn roll(&self, now: Instant) {
+    fn roll(&self, now: u64) {
         // Fast path: `now` is still inside the current bucket. (A reader racing a roll may see
         // the old end and skip it: off by one bucket, like the deposits below.)
-        let end = Duration::from_nanos(self.roll_at.load(Ordering::Acquire));
-        if self.start.checked_add(end).is_some_and(|end| now < end) {
+        if now < self.roll_at.load(Ordering::Acquire) {
             return;
         }
         self.roll_slow(now);
     }
 
     #[cold]
-    fn roll_slow(&self, now: Instant) {
+    fn roll_slow(&self, now: u64) {
         let now_epoch = self.epoch_of(now);
         if self.epoch.load(Ordering::Acquire) >= now_epoch {
             return;
@@ -247,6 +290,7 @@ impl Default for Budget {
             Self::DEFAULT_RATIO,
             Self::DEFAULT_MIN_PER_SEC,
             Self::DEFAULT_WINDOW,
+            TimeSource::Auto,
         )
     }
 }
@@ -377,9 +421,27 @@ mod tests {
         );
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn reads_tokio_on_a_paused_clock_unless_told_otherwise() {
+        assert_eq!(Budget::default().clock(), TimeSource::Tokio);
+        let counter =
+            Budget::with_clock(0.5, 0, Duration::from_secs(1), TimeSource::Counter).unwrap();
+        assert_eq!(counter.clock(), TimeSource::Counter);
+        counter.deposit();
+        counter.deposit();
+        // A paused hour is nothing to the counter: the deposits have not expired.
+        advance(Duration::from_secs(3_600)).await;
+        assert_eq!(counter.available(), 1);
+    }
+
+    #[test]
+    fn reads_the_counter_outside_a_paused_runtime() {
+        assert_eq!(Budget::default().clock(), TimeSource::Counter);
+    }
+
     #[test]
     fn default_reserve_is_min_per_sec_times_window() {
         let d = Budget::default();
-        assert_eq!(d.available_at(d.start), 100);
+        assert_eq!(d.available_nanos(0), 100);
     }
 }

@@ -127,21 +127,17 @@ where
         }
     }
 
-    /// The first attempt `fut` of a retryable request, started at `now` on `service`.
+    /// The first attempt `fut` of a retryable request, started on `service`.
     // Inlined so the head is written straight into the caller's future, not copied twice.
     #[inline(always)]
     pub(crate) fn retrying(
         fut: S::Future,
-        now: Instant,
         service: S,
         head: Head,
         source: Source,
         shared: Arc<Shared>,
     ) -> Self {
-        let timer = shared
-            .policy
-            .per_try_timeout
-            .map(|d| Box::pin(sleep_until(now + d)));
+        let timer = shared.policy.per_try_timeout.map(|d| Box::pin(sleep(d)));
         ResponseFuture {
             kind: Kind::Retrying {
                 state: State::Attempt { fut },

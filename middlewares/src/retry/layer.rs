@@ -11,6 +11,7 @@ use super::budget::Budget;
 use super::error::ConfigError;
 use super::policy::RetryPolicy;
 use super::Retry;
+use crate::TimeSource;
 
 /// Everything a [`Retry`] service and its futures read; one per layer, behind an `Arc`.
 #[derive(Debug, Clone)]
@@ -56,6 +57,7 @@ impl RetryLayer {
             budget_ratio: Budget::DEFAULT_RATIO,
             budget_min_per_sec: Budget::DEFAULT_MIN_PER_SEC,
             budget_window: Budget::DEFAULT_WINDOW,
+            clock: TimeSource::Auto,
         }
     }
 
@@ -129,6 +131,7 @@ pub struct RetryLayerBuilder {
     budget_ratio: f32,
     budget_min_per_sec: u32,
     budget_window: Duration,
+    clock: TimeSource,
 }
 
 impl RetryLayerBuilder {
@@ -196,6 +199,14 @@ impl RetryLayerBuilder {
         self
     }
 
+    /// The clock the budget reads (default [`TimeSource::Auto`]: tokio's when its clock is
+    /// paused where the layer is built, as in a `start_paused` test; the CPU's counter
+    /// otherwise). See [`TimeSource`].
+    pub fn clock(mut self, clock: TimeSource) -> Self {
+        self.clock = clock;
+        self
+    }
+
     /// Checks the settings and builds the layer.
     ///
     /// # Errors
@@ -210,10 +221,11 @@ impl RetryLayerBuilder {
             ));
         }
         let backoff = Backoff::new(self.backoff_base, self.backoff_cap)?.with_jitter(self.jitter);
-        let budget = Budget::new(
+        let budget = Budget::with_clock(
             self.budget_ratio,
             self.budget_min_per_sec,
             self.budget_window,
+            self.clock,
         )?;
         Ok(RetryLayer {
             shared: Arc::new(Shared {

@@ -256,23 +256,25 @@ impl<S> Retry<S> {
     where
         S: Service<Request<ReplayBody<ReqBody>>, Response = Response<ResBody>> + Clone,
     {
-        // Shared with the layers around and inside this one (see `request_time`).
-        let time = request_time::read();
-        let now = time.now();
-        self.shared.budget.deposit_at(now);
+        // The request time on the budget's timeline: the instant the layers around this one
+        // read (see `request_time`), else the budget's clock; a read of tokio's clock is shared
+        // with the layers inside until `time` drops.
+        let budget = &self.shared.budget;
+        let mut time = None;
+        let now = match request_time::published() {
+            Some(now) => budget.nanos(now),
+            None => match budget.counter_nanos() {
+                Some(now) => now,
+                None => budget.nanos(time.insert(request_time::read()).now()),
+            },
+        };
+        budget.deposit_nanos(now);
         let later_head = Head::of(&req);
         // Call the instance that was polled ready and keep it for the retries (each polled ready
         // again first); `self` keeps a fresh clone for its next `poll_ready`.
         let fresh = self.inner.clone();
         let mut service = mem::replace(&mut self.inner, fresh);
         let fut = service.call(req);
-        ResponseFuture::retrying(
-            fut,
-            now,
-            service,
-            later_head,
-            source,
-            Arc::clone(&self.shared),
-        )
+        ResponseFuture::retrying(fut, service, later_head, source, Arc::clone(&self.shared))
     }
 }

@@ -1,27 +1,30 @@
-//! The clock a rate limiter reads: tokio's, or the CPU's time-stamp counter.
+//! The clock the rate limiter and the retry budget read: tokio's, or the CPU's time-stamp
+//! counter.
 //!
-//! A limiter's timeline is nanoseconds since it was built. Instants given by a caller
-//! ([`RateLimitLayer::check`](super::RateLimitLayer::check)) are tokio instants, placed on it
-//! through the tokio instant read at build time; the counter's reads through the counter value
-//! read at the same moment. Both run at the rate of the OS monotonic clock (`quanta` calibrates
-//! the counter against it), so the two agree to the counter's drift.
+//! Each keeps a timeline of nanoseconds since it was built. Tokio instants (given by a caller,
+//! as to [`RateLimitLayer::check`](crate::rate_limit::RateLimitLayer::check), or read by the
+//! layers around) are placed on it through the tokio instant read at build time; the counter's
+//! reads through the counter value read at the same moment. Both run at the rate of the OS
+//! monotonic clock (`quanta` calibrates the counter against it), so the two agree to the
+//! counter's drift.
 
 use std::time::Instant as StdInstant;
 
 use tokio::time::Instant;
 
-/// The clock a rate limiter reads when a request brings no time of its own
-/// ([`RateLimitBuilder::clock`](super::RateLimitBuilder::clock)).
+/// The clock a rate limiter or a retry budget reads
+/// ([`RateLimitBuilder::clock`](crate::rate_limit::RateLimitBuilder::clock),
+/// [`RetryLayerBuilder::clock`](crate::retry::RetryLayerBuilder::clock)).
 ///
-/// Reading the clock is most of what a global-key limiter costs per request: on the machine of
+/// Reading the clock is a large part of what these layers cost per request: on the machine of
 /// the crate's benchmarks `tokio::time::Instant::now()` takes ~30 ns, the counter ~10 ns.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum LimiterClock {
+pub enum TimeSource {
     /// [`Tokio`](Self::Tokio) when tokio's clock is paused where the layer is built (as in a
     /// `#[tokio::test(start_paused = true)]`), [`Counter`](Self::Counter) otherwise. The default.
     #[default]
     Auto,
-    /// tokio's clock. It follows a paused test clock, and the tower service shares its read
+    /// tokio's clock. It follows a paused test clock, and the tower services share its read
     /// with the other layers of this crate in the same stack.
     Tokio,
     /// The CPU's time-stamp counter, through `quanta` (the OS monotonic clock where there is no
@@ -31,23 +34,23 @@ pub enum LimiterClock {
     Counter,
 }
 
-/// A limiter's resolved clock.
+/// A resolved clock and its timeline.
 #[derive(Debug)]
-pub(super) struct Clock {
+pub(crate) struct Clock {
     /// Start of the timeline, on tokio's clock.
     epoch: Instant,
-    /// The counter and its value at `epoch`, for [`LimiterClock::Counter`].
+    /// The counter and its value at `epoch`, for [`TimeSource::Counter`].
     counter: Option<(quanta::Clock, u64)>,
 }
 
 impl Clock {
-    /// Resolves `choice` ([`LimiterClock::Auto`] looks at tokio's clock here and now) and
+    /// Resolves `choice` ([`TimeSource::Auto`] looks at tokio's clock here and now) and
     /// starts the timeline.
-    pub(super) fn new(choice: LimiterClock) -> Self {
+    pub(crate) fn new(choice: TimeSource) -> Self {
         let use_counter = match choice {
-            LimiterClock::Auto => !tokio_clock_paused(),
-            LimiterClock::Tokio => false,
-            LimiterClock::Counter => true,
+            TimeSource::Auto => !tokio_clock_paused(),
+            TimeSource::Tokio => false,
+            TimeSource::Counter => true,
         };
         let counter = use_counter.then(|| {
             let clock = quanta::Clock::new();
@@ -60,31 +63,31 @@ impl Clock {
         }
     }
 
-    /// [`LimiterClock::Tokio`] or [`LimiterClock::Counter`]: what `Auto` resolved to.
-    pub(super) fn kind(&self) -> LimiterClock {
+    /// [`TimeSource::Tokio`] or [`TimeSource::Counter`]: what `Auto` resolved to.
+    pub(crate) fn kind(&self) -> TimeSource {
         match self.counter {
-            Some(_) => LimiterClock::Counter,
-            None => LimiterClock::Tokio,
+            Some(_) => TimeSource::Counter,
+            None => TimeSource::Tokio,
         }
     }
 
     /// Now on the timeline, from the counter; `None` on tokio's clock (the caller reads it, or
     /// takes the instant the layers around it read).
     #[inline]
-    pub(super) fn counter_nanos(&self) -> Option<u64> {
+    pub(crate) fn counter_nanos(&self) -> Option<u64> {
         let (clock, epoch) = self.counter.as_ref()?;
         Some(clock.delta_as_nanos(*epoch, clock.raw()))
     }
 
     /// Now on the timeline, from whichever clock this is.
-    pub(super) fn now_nanos(&self) -> u64 {
+    pub(crate) fn now_nanos(&self) -> u64 {
         self.counter_nanos()
             .unwrap_or_else(|| self.nanos(Instant::now()))
     }
 
     /// `now` (a tokio instant) on the timeline; instants before the start count as the start.
     #[inline]
-    pub(super) fn nanos(&self, now: Instant) -> u64 {
+    pub(crate) fn nanos(&self, now: Instant) -> u64 {
         // u64 nanoseconds last 584 years. The timeline ends after half of them, so the
         // arithmetic below cannot overflow (cheaper than saturating each step, and than
         // widening to u128) and a bucket's TAT still has room to run ahead of it.
@@ -116,33 +119,30 @@ mod tests {
     #[test]
     fn auto_reads_the_counter_outside_a_runtime() {
         assert!(!tokio_clock_paused());
-        assert_eq!(Clock::new(LimiterClock::Auto).kind(), LimiterClock::Counter);
+        assert_eq!(Clock::new(TimeSource::Auto).kind(), TimeSource::Counter);
     }
 
     #[tokio::test]
     async fn auto_reads_the_counter_on_a_running_tokio_clock() {
         assert!(!tokio_clock_paused());
-        assert_eq!(Clock::new(LimiterClock::Auto).kind(), LimiterClock::Counter);
+        assert_eq!(Clock::new(TimeSource::Auto).kind(), TimeSource::Counter);
     }
 
     #[tokio::test(start_paused = true)]
     async fn auto_reads_tokio_on_a_paused_tokio_clock() {
         assert!(tokio_clock_paused());
-        let clock = Clock::new(LimiterClock::Auto);
-        assert_eq!(clock.kind(), LimiterClock::Tokio);
+        let clock = Clock::new(TimeSource::Auto);
+        assert_eq!(clock.kind(), TimeSource::Tokio);
         assert_eq!(clock.counter_nanos(), None);
         tokio::time::advance(Duration::from_millis(1_500)).await;
         assert_eq!(clock.now_nanos(), 1_500_000_000);
         // Explicit choices win over the paused clock.
-        assert_eq!(
-            Clock::new(LimiterClock::Counter).kind(),
-            LimiterClock::Counter
-        );
+        assert_eq!(Clock::new(TimeSource::Counter).kind(), TimeSource::Counter);
     }
 
     #[tokio::test(start_paused = true)]
     async fn the_counter_ignores_a_paused_tokio_clock() {
-        let clock = Clock::new(LimiterClock::Counter);
+        let clock = Clock::new(TimeSource::Counter);
         let before = clock.now_nanos();
         tokio::time::advance(Duration::from_secs(3_600)).await;
         let after = clock.now_nanos();
@@ -162,7 +162,7 @@ mod tests {
 
     #[test]
     fn the_counter_moves_with_real_time() {
-        let clock = Clock::new(LimiterClock::Counter);
+        let clock = Clock::new(TimeSource::Counter);
         let before = clock.now_nanos();
         std::thread::sleep(Duration::from_millis(20));
         let moved = clock.now_nanos() - before;
@@ -171,7 +171,7 @@ mod tests {
 
     #[test]
     fn instants_centuries_away_neither_overflow_nor_go_back() {
-        let clock = Clock::new(LimiterClock::Tokio);
+        let clock = Clock::new(TimeSource::Tokio);
         let epoch = clock.epoch;
         let year = Duration::from_secs(365 * 24 * 3600);
         assert_eq!(clock.nanos(epoch + Duration::from_nanos(1_500)), 1_500);
