@@ -691,3 +691,32 @@ async fn a_counter_clock_limiter_takes_explicit_instants_on_its_timeline() {
         Decision::Reject(_)
     ));
 }
+
+#[tokio::test]
+async fn per_key_limits_on_the_counter_clock() {
+    let layer = RateLimitLayer::builder(1, Duration::from_secs(60))
+        .key(Key::ClientIp)
+        .build()
+        .unwrap();
+    assert_eq!(
+        layer.clock(),
+        TimeSource::Counter,
+        "tokio's clock is running"
+    );
+    let (calls, inner) = counting();
+    let mut svc = layer.layer(inner);
+    let status = |res: Response<String>| res.status();
+    assert_eq!(
+        status(send(&mut svc, from_addr([10, 0, 0, 1])).await),
+        StatusCode::OK
+    );
+    assert_eq!(
+        status(send(&mut svc, from_addr([10, 0, 0, 1])).await),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(
+        status(send(&mut svc, from_addr([10, 0, 0, 2])).await),
+        StatusCode::OK
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}

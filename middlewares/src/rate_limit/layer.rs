@@ -290,15 +290,18 @@ impl RateLimitLayer {
     /// mode every decision comes back as `Allow` (the would-be delays and rejections are
     /// counted and logged).
     pub fn check_now(&self, key: &KeyValue<'_>) -> Decision {
-        let s = &*self.shared;
-        self.decide(key, s.limiter.step(key, s.clock.now_nanos()))
+        self.check_nanos(key, self.shared.clock.now_nanos())
     }
 
     /// Like [`check_now`](Self::check_now), at a tokio instant read by the caller: for a host
     /// that reads the time once per request for several uses, and for tests.
     pub fn check(&self, key: &KeyValue<'_>, now: Instant) -> Decision {
-        let s = &*self.shared;
-        self.decide(key, s.limiter.step(key, s.clock.nanos(now)))
+        self.check_nanos(key, self.shared.clock.nanos(now))
+    }
+
+    /// [`check`](Self::check) at `now` on the limiter's timeline.
+    pub(super) fn check_nanos(&self, key: &KeyValue<'_>, now: u64) -> Decision {
+        self.decide(key, self.shared.limiter.step(key, now))
     }
 
     /// The clock the limiter reads: [`TimeSource::Tokio`] or [`TimeSource::Counter`] (what
