@@ -93,7 +93,7 @@ where
 ///
 /// `C` is governor's clock: its default reads the TSC through `quanta`; with
 /// [`MonotonicClock`] it reads `std::time::Instant`, the clock tokio's `Instant` is (ours reads
-/// tokio's, so it can follow a paused test clock).
+/// the counter too, or tokio's clock when that is paused where the layer is built).
 #[derive(Debug)]
 pub struct GovernorLayer<C: Clock = DefaultClock> {
     limiter: Arc<DirectLimiter<C>>,
