@@ -20,7 +20,7 @@ thread_local! {
 /// tokio clock, which cannot move during a synchronous call). Only `call` chains may use this:
 /// futures read the clock themselves, as they run later.
 pub(crate) fn now() -> Instant {
-    NOW.get().unwrap_or_else(Instant::now)
+    published().unwrap_or_else(Instant::now)
 }
 
 /// The instant the outermost layer of this crate published for the `call` chain running here,

@@ -635,34 +635,40 @@ async fn queued_requests_carry_the_quota_headers_too() {
 
 #[tokio::test(start_paused = true)]
 async fn the_default_clock_follows_paused_time_and_the_counter_does_not() {
-    let build = |clock| {
-        RateLimitLayer::builder(1, Duration::from_secs(10))
-            .clock(clock)
-            .build()
-            .unwrap()
-    };
-    let on_tokio = build(TimeSource::Auto);
-    let on_counter = build(TimeSource::Counter);
-    assert_eq!(
-        on_tokio.clock(),
-        TimeSource::Tokio,
-        "built on a paused clock"
-    );
-    assert_eq!(on_counter.clock(), TimeSource::Counter);
-    for (layer, refilled) in [
-        (on_tokio, StatusCode::OK),
-        (on_counter, StatusCode::TOO_MANY_REQUESTS),
-    ] {
-        let (_, inner) = counting();
-        let mut svc = layer.layer(inner);
-        assert_eq!(send(&mut svc, get()).await.status(), StatusCode::OK);
+    // Both paths of the service: the global fast path and the keyed one.
+    for key in [Key::Global, Key::ClientIp] {
+        let build = |clock| {
+            RateLimitLayer::builder(1, Duration::from_secs(10))
+                .key(key.clone())
+                .clock(clock)
+                .build()
+                .unwrap()
+        };
+        let on_tokio = build(TimeSource::Auto);
+        let on_counter = build(TimeSource::Counter);
         assert_eq!(
-            send(&mut svc, get()).await.status(),
-            StatusCode::TOO_MANY_REQUESTS
+            on_tokio.clock(),
+            TimeSource::Tokio,
+            "built on a paused clock"
         );
-        // Ten paused seconds refill tokio's bucket; the counter has seen microseconds pass.
-        tokio::time::advance(Duration::from_secs(11)).await;
-        assert_eq!(send(&mut svc, get()).await.status(), refilled);
+        assert_eq!(on_counter.clock(), TimeSource::Counter);
+        for (layer, refilled) in [
+            (on_tokio, StatusCode::OK),
+            (on_counter, StatusCode::TOO_MANY_REQUESTS),
+        ] {
+            let (_, inner) = counting();
+            let mut svc = layer.layer(inner);
+            let client = || from_addr([10, 0, 0, 1]);
+            assert_eq!(send(&mut svc, client()).await.status(), StatusCode::OK);
+            assert_eq!(
+                send(&mut svc, client()).await.status(),
+                StatusCode::TOO_MANY_REQUESTS,
+                "{key:?}"
+            );
+            // Ten paused seconds refill tokio's bucket; the counter has seen microseconds pass.
+            tokio::time::advance(Duration::from_secs(11)).await;
+            assert_eq!(send(&mut svc, client()).await.status(), refilled, "{key:?}");
+        }
     }
 }
 

@@ -30,11 +30,13 @@ const UNIT: i64 = 1_000;
 /// withdrawals plus the reserve `floor(min_per_sec × window_secs)`.
 ///
 /// The budget reads the CPU's counter, or tokio's clock when that is paused where the budget
-/// is built, so it follows a paused test clock (see [`TimeSource`]); the `_at` methods take a
-/// tokio instant instead. (tower's `TpsBudget` reads tokio's clock, sits behind tower's `retry`
-/// feature that this crate does not depend on, and locks a mutex on every deposit; this one is
-/// a couple of atomics per call and locks only when a bucket rolls over, at most once per
-/// bucket width.)
+/// is built, so it follows a paused test clock (see [`TimeSource`]). The `_at` methods take a
+/// tokio instant instead, as does a tower retry inside layers of this crate that already read
+/// tokio's clock: on a running clock the two agree to the counter's drift (with
+/// [`TimeSource::Counter`] chosen on a paused clock they do not). tower's `TpsBudget` reads
+/// tokio's clock, sits behind tower's `retry` feature that this crate does not depend on, and
+/// locks a mutex on every deposit; this one is a couple of atomics per call and locks only when
+/// a bucket rolls over, at most once per bucket width.
 ///
 /// Under concurrency a withdrawal reserves its token first and gives it back when the balance
 /// went negative, so the budget is never overdrawn; it may refuse spuriously while another
