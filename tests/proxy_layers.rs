@@ -190,7 +190,9 @@ fn fast_breaker() -> CircuitBreakerLayer {
         .sliding_window(Window::Count(4))
         .minimum_calls(4)
         .failure_rate_threshold(50)
-        .wait_in_open(Duration::from_millis(200))
+        // Long enough that the twenty requests checking the open state finish inside it on a
+        // loaded machine; the recovery below waits it out.
+        .wait_in_open(Duration::from_millis(1_000))
         .permitted_calls_in_half_open(1)
         .build()
         .unwrap()
@@ -236,7 +238,7 @@ async fn breaker_opens_a_failing_backend_and_closes_it_after_recovery() {
 
     // The backend recovers; once the wait in open has passed a trial call closes the breaker.
     bad.script.always.store(0, Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_millis(250)).await;
+    tokio::time::sleep(Duration::from_millis(1_050)).await;
     for _ in 0..20 {
         if handle.state(&bad.breaker_key()) == Some(BreakerState::Closed) {
             break;

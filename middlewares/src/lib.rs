@@ -55,6 +55,7 @@ pub mod timeout;
 
 mod clock;
 mod config_error;
+mod cut_off;
 mod request_info;
 mod request_time;
 

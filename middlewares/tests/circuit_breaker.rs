@@ -771,3 +771,134 @@ fn circuit_open_renders_the_answer() {
     let boxed: Box<dyn std::error::Error + Send + Sync> = Box::new(open);
     assert!(boxed.downcast_ref::<CircuitOpen>().is_some());
 }
+
+/// The README's order: a timeout outside the breaker, around a backend that hangs.
+fn hanging_behind_timeout(
+    layer: &CircuitBreakerLayer,
+) -> (
+    Arc<Backend>,
+    impl Service<Request<String>, Response = Response<String>, Error = &'static str>,
+) {
+    let backend = Backend::new();
+    backend.park.store(true, Ordering::SeqCst);
+    let svc = tower::ServiceBuilder::new()
+        .layer(
+            middlewares::timeout::TimeoutLayer::new(Duration::from_millis(100))
+                .honor_client_header(true),
+        )
+        .layer(layer.clone())
+        .service(Svc(backend.clone()));
+    (backend, svc)
+}
+
+#[tokio::test(start_paused = true)]
+async fn timeouts_outside_the_breaker_count_as_failures_and_open_it() {
+    let layer = middlewares::circuit_breaker(50, 10_000);
+    let (_backend, mut svc) = hanging_behind_timeout(&layer);
+    for _ in 0..10 {
+        assert_eq!(status(&mut svc).await, StatusCode::GATEWAY_TIMEOUT);
+    }
+    let metrics = layer
+        .handle()
+        .metrics(DEFAULT_KEY)
+        .expect("the breaker exists");
+    assert_eq!(
+        layer.handle().state(DEFAULT_KEY),
+        Some(State::Open),
+        "{metrics:?}"
+    );
+    assert_eq!(status(&mut svc).await, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_timed_out_call_counts_as_slow_too() {
+    let layer = CircuitBreakerLayer::builder()
+        .slow_call_duration(Duration::from_millis(50))
+        .build()
+        .unwrap();
+    let (_backend, mut svc) = hanging_behind_timeout(&layer);
+    assert_eq!(status(&mut svc).await, StatusCode::GATEWAY_TIMEOUT);
+    let m = layer.handle().metrics(DEFAULT_KEY).unwrap();
+    assert_eq!((m.calls, m.failures, m.slow_calls), (1, 1, 1), "{m:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_per_try_timeouts_count_as_failures() {
+    let layer = middlewares::circuit_breaker(50, 10_000);
+    let backend = Backend::new();
+    backend.park.store(true, Ordering::SeqCst);
+    let mut svc = tower::ServiceBuilder::new()
+        .layer(
+            middlewares::retry::RetryLayer::builder(0)
+                .per_try_timeout(Duration::from_millis(100))
+                .build()
+                .unwrap(),
+        )
+        .layer(layer.clone())
+        .map_request(|req: Request<middlewares::retry::ReplayBody<String>>| {
+            req.map(|_| String::new())
+        })
+        .service(Svc(backend.clone()));
+    for _ in 0..10 {
+        assert_eq!(status(&mut svc).await, StatusCode::GATEWAY_TIMEOUT);
+    }
+    assert_eq!(layer.handle().state(DEFAULT_KEY), Some(State::Open));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_caller_that_goes_away_moves_nothing() {
+    let layer = middlewares::circuit_breaker(50, 10_000);
+    let (backend, mut svc) = hanging_behind_timeout(&layer);
+    for _ in 0..10 {
+        let call = svc.ready().await.unwrap().call(req("/"));
+        // The client gives up before the deadline: the call is cancelled, not failed.
+        assert!(tokio::time::timeout(Duration::from_millis(50), call)
+            .await
+            .is_err());
+    }
+    assert_eq!(backend.calls(), 10);
+    let m = layer.handle().metrics(DEFAULT_KEY).unwrap();
+    assert_eq!((m.state, m.calls), (State::Closed, 0), "{m:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_deadline_the_client_shortened_moves_nothing_in_either_order() {
+    let shortened = || {
+        Request::builder()
+            .header("x-request-timeout", "20")
+            .body(String::new())
+            .unwrap()
+    };
+    // Timeout outside: the call is dropped on the client's deadline.
+    let layer = middlewares::circuit_breaker(50, 10_000);
+    let (_backend, mut svc) = hanging_behind_timeout(&layer);
+    for _ in 0..10 {
+        let res = svc.ready().await.unwrap().call(shortened()).await.unwrap();
+        assert_eq!(res.status(), StatusCode::GATEWAY_TIMEOUT);
+    }
+    let m = layer.handle().metrics(DEFAULT_KEY).unwrap();
+    assert_eq!((m.state, m.calls), (State::Closed, 0), "{m:?}");
+
+    // Breaker outside: it sees the timeout's 504, marked as the client's deadline.
+    let layer = middlewares::circuit_breaker(50, 10_000);
+    let backend = Backend::new();
+    backend.park.store(true, Ordering::SeqCst);
+    let mut svc = tower::ServiceBuilder::new()
+        .layer(layer.clone())
+        .layer(
+            middlewares::timeout::TimeoutLayer::new(Duration::from_millis(100))
+                .honor_client_header(true),
+        )
+        .service(Svc(backend.clone()));
+    for _ in 0..10 {
+        let res = svc.ready().await.unwrap().call(shortened()).await.unwrap();
+        assert_eq!(res.status(), StatusCode::GATEWAY_TIMEOUT);
+    }
+    let m = layer.handle().metrics(DEFAULT_KEY).unwrap();
+    assert_eq!((m.state, m.calls), (State::Closed, 0), "{m:?}");
+    // The server's own deadline, seen from outside, still counts.
+    for _ in 0..10 {
+        assert_eq!(status(&mut svc).await, StatusCode::GATEWAY_TIMEOUT);
+    }
+    assert_eq!(layer.handle().state(DEFAULT_KEY), Some(State::Open));
+}

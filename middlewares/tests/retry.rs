@@ -820,3 +820,15 @@ async fn every_attempt_sees_the_same_head() {
     );
     assert!(heads.iter().all(|h| *h == first), "{heads:?}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_after_past_the_clock_range_is_no_retry_not_a_panic() {
+    let inner = Scripted::new(vec![
+        Step::StatusWith(503, "retry-after", "18446744073709551615"),
+        Step::Status(200),
+    ]);
+    let mut svc = layer(2).max_retry_after(Duration::MAX).layer(inner.clone());
+    let res = send(&mut svc, get()).await.unwrap();
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(inner.calls(), 1);
+}

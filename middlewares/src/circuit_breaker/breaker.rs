@@ -702,8 +702,11 @@ impl WeakBreaker {
 /// Permission for one call, from [`Breaker::try_acquire`].
 ///
 /// Settle it with [`record`](Self::record) (or [`finish`](Self::finish)) when the call ends.
-/// Dropping it unsettled means the call was cancelled: a half-open slot is given back and
-/// nothing is counted.
+/// Dropping it unsettled means the call was cancelled (the caller went away): a half-open slot
+/// is given back and nothing is counted. The exception is a call cut off by one of this crate's
+/// own deadlines (the timeout layer, retry's per-try timeout): those layers drop the call in a
+/// way the permit recognises, and it records a failure, since a backend that hangs is what a
+/// breaker is for.
 #[must_use = "a permit must be recorded when the call ends"]
 pub struct Permit {
     breaker: Breaker,
@@ -759,7 +762,22 @@ impl Permit {
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        if !self.settled && self.state == State::HalfOpen {
+        if self.settled {
+            return;
+        }
+        if crate::cut_off::is_deadline_cut() {
+            // A deadline of this crate cut the call off: the backend hung. Counted as a
+            // failure, at the time it was cut (so it is a slow call too when slow calls count).
+            self.settled = true;
+            let now = Instant::now();
+            self.breaker.settle(
+                self.epoch,
+                self.state,
+                self.start,
+                Outcome::Failure,
+                Some(now),
+            );
+        } else if self.state == State::HalfOpen {
             self.breaker.release(self.epoch);
         }
     }

@@ -7,15 +7,19 @@ use std::task::{Context, Poll};
 use http::Response;
 use pin_project_lite::pin_project;
 
-use super::breaker::Permit;
+use super::breaker::{Outcome, Permit};
 use super::error::CircuitOpen;
+use crate::timeout::Elapsed;
 
 pin_project! {
     /// Either the inner call, holding its breaker permit until it completes, or the immediate
     /// `503` of an open breaker.
     ///
+    /// A `5xx` answer of a timeout layer for a deadline the client asked for is not counted.
+    ///
     /// Dropping it before completion (a cancelled call) drops the permit unrecorded, which gives
-    /// a half-open trial slot back.
+    /// a half-open trial slot back; unless a deadline of this crate cut the call off, which
+    /// counts as a failure (see [`Permit`]).
     pub struct ResponseFuture<F> {
         #[pin]
         kind: Kind<F>,
@@ -70,11 +74,17 @@ where
                 let poll = future.poll(cx);
                 if let Poll::Ready(result) = &poll {
                     if let Some(permit) = permit.take() {
-                        let status = match result {
-                            Ok(res) => Ok(res.status()),
-                            Err(_) => Err(()),
-                        };
-                        permit.finish_with(status);
+                        match result {
+                            // A timeout inside answered for a deadline the client asked for:
+                            // not the backend's failure (read only on a 5xx answer).
+                            Ok(res)
+                                if res.status().is_server_error() && is_client_deadline(res) =>
+                            {
+                                permit.finish(Outcome::Ignored)
+                            }
+                            Ok(res) => permit.finish_with(Ok(res.status())),
+                            Err(_) => permit.finish_with(Err(())),
+                        }
                     }
                 }
                 poll
@@ -82,6 +92,12 @@ where
             KindProj::Open { open } => Poll::Ready(Ok(open.to_response())),
         }
     }
+}
+
+fn is_client_deadline<B>(res: &Response<B>) -> bool {
+    res.extensions()
+        .get::<Elapsed>()
+        .is_some_and(Elapsed::is_client_deadline)
 }
 
 impl<F> std::fmt::Debug for ResponseFuture<F> {

@@ -5,15 +5,21 @@
 //! the inner proxy for another. When every candidate is open the client gets `503` with
 //! `Retry-After` at once, and no backend is contacted. The attempt's outcome is recorded from
 //! `fail_to_connect` / `error_while_proxy` (failures) or the response status (through the layer's
-//! classifier); a permit still held when the request ends (the client went away) is released
-//! unrecorded when the request context is dropped.
+//! classifier).
+//!
+//! Only the upstream's failures move a breaker: an error whose source is the client (it went
+//! away, sent a malformed body, pipelined garbage) releases the permit unrecorded, and so does
+//! a permit still held when the request ends. A timed-out attempt is settled once its fate is
+//! known: as a failure when the request goes on to another attempt or fails for good with an
+//! upstream-side error, unrecorded when the final error is the client's (a timeout layer marks
+//! the expiry of a deadline the client shortened with `x-request-timeout` so).
 
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{PoisonError, RwLock};
 
 use pingora_core::upstreams::peer::{HttpPeer, Peer};
-use pingora_error::{Error, ErrorType, Result};
+use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 use tokio::time::Instant;
@@ -31,6 +37,9 @@ impl_proxy_http!(CircuitBreaker, Shared, CircuitBreakerProxyCtx, |this| &this
 pub struct CircuitBreakerProxyCtx {
     /// The permit of the attempt in progress.
     permit: Option<Permit>,
+    /// The permit of an attempt that timed out, settled once it is known whether the deadline
+    /// was the client's (see `error_while_proxy`).
+    timed_out: Option<Permit>,
     /// The last open breaker a candidate was skipped for.
     skipped: Option<CircuitOpen>,
     /// Every candidate was open: this layer answers the request.
@@ -112,9 +121,46 @@ impl fmt::Debug for PeerBreakers {
 }
 
 impl CircuitBreakerProxyCtx {
-    fn settle(&mut self, outcome: Outcome) {
-        if let Some(permit) = self.permit.take() {
-            permit.finish(outcome);
+    /// Settles a timed-out attempt whose request went on (a retry): the deadline was not the
+    /// client's, so the backend hung.
+    fn settle_timed_out(&mut self) {
+        if let Some(permit) = self.timed_out.take() {
+            permit.finish(Outcome::Failure);
+        }
+    }
+}
+
+/// Whether the client, not the upstream, is behind `e`: the client went away, sent something
+/// malformed, or its own shortened deadline (`x-request-timeout`) passed. Such errors release
+/// the permit unrecorded.
+fn is_clients(e: &Error) -> bool {
+    e.esource() == &ErrorSource::Downstream
+}
+
+fn is_timeout(e: &Error) -> bool {
+    matches!(
+        e.etype(),
+        ErrorType::ConnectTimedout
+            | ErrorType::ReadTimedout
+            | ErrorType::WriteTimedout
+            | ErrorType::TLSHandshakeTimedout
+    )
+}
+
+impl Shared {
+    /// Settles the attempt that just failed with `e`: the client's errors count for nothing, a
+    /// timeout waits for the final word on whose deadline it was, anything else is the
+    /// upstream's failure.
+    fn settle_failed_attempt(&self, e: &Error, ctx: &mut CircuitBreakerProxyCtx) {
+        let Some(permit) = ctx.permit.take() else {
+            return;
+        };
+        if is_clients(e) {
+            drop(permit);
+        } else if is_timeout(e) {
+            ctx.timed_out = Some(permit);
+        } else {
+            permit.finish_with(Err(()));
         }
     }
 }
@@ -142,6 +188,7 @@ impl ProxyPolicy for Shared {
     ) -> Result<PeerChoice> {
         // A permit left from an earlier attempt was settled by the failure hooks; drop any rest.
         ctx.permit = None;
+        ctx.settle_timed_out();
         let breaker = self.peers.get(&self.breakers, peer);
         match breaker.try_acquire_with(Instant::now) {
             Ok(permit) => {
@@ -188,7 +235,7 @@ impl ProxyPolicy for Shared {
         ctx: &mut CircuitBreakerProxyCtx,
         e: Box<Error>,
     ) -> Box<Error> {
-        ctx.settle(self.breakers.classify(Err(())));
+        self.settle_failed_attempt(&e, ctx);
         e
     }
 
@@ -201,8 +248,18 @@ impl ProxyPolicy for Shared {
         _client_reused: bool,
     ) -> Box<Error> {
         // Already settled when the error is a status another layer turned into a retry.
-        ctx.settle(self.breakers.classify(Err(())));
+        self.settle_failed_attempt(&e, ctx);
         e
+    }
+
+    fn request_failed(&self, e: &Error, ctx: &mut CircuitBreakerProxyCtx) {
+        // The final error, as the outer layers left it: a timeout layer outside this one marks
+        // the expiry of a deadline the client shortened as the client's.
+        if let Some(permit) = ctx.timed_out.take() {
+            if !is_clients(e) {
+                permit.finish(Outcome::Failure);
+            }
+        }
     }
 
     fn respond_to_failure(

@@ -660,6 +660,7 @@ macro_rules! impl_proxy_http {
                     ctx: &mut Self::CTX,
                 ) -> FailToProxy {
                     let policy = self.proxy_policy();
+                    policy.request_failed(e, &mut ctx.own);
                     if let Some(head) = policy.respond_to_failure(e, &mut ctx.own) {
                         let error_code = head.status.as_u16();
                         session.set_keepalive(None);

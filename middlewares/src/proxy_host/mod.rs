@@ -209,7 +209,12 @@ pub trait ProxyPolicy: Send + Sync {
         e
     }
 
-    /// Called first when the request failed for good: a layer that answers itself (e.g. `503`
+    /// Called first when the request failed for good, with the final error as the layers
+    /// outside this one left it (a timeout layer outside marks a client's deadline so), e.g. to
+    /// settle what an attempt's error left open.
+    fn request_failed(&self, _e: &Error, _ctx: &mut Self::Ctx) {}
+
+    /// Called next when the request failed for good: a layer that answers itself (e.g. `503`
     /// with `Retry-After` when every backend's breaker is open) returns the head to write (with
     /// no body, the connection not reused), and neither inner layers nor the inner proxy write
     /// another.

@@ -17,6 +17,7 @@ use super::error::AttemptTimedOut;
 use super::layer::Shared;
 use super::policy::ResponseClass;
 use crate::circuit_breaker::CircuitOpen;
+use crate::cut_off;
 
 pin_project! {
     /// Response future of [`Retry`](super::Retry): drives the attempts, backoff and per-try
@@ -37,6 +38,8 @@ pin_project! {
         // Timers are boxed and made only when a per-try timeout is set or a backoff starts: an
         // inline `Option<Sleep>` made every future ~100 bytes larger, and futures are moved.
         Once { #[pin] fut: F, timer: Option<Pin<Box<Sleep>>>, timeout: Duration },
+        // The single attempt was cut off by its per-try timeout (and dropped).
+        CutOff { timeout: Duration },
         // A retryable request. `timer` is the per-try timeout during an attempt and the backoff
         // sleep between attempts (one `Sleep`, reset, never both at once).
         Retrying { #[pin] state: State<F>, timer: Option<Pin<Box<Sleep>>>, ctx: RetryCtx<S, B> },
@@ -176,25 +179,15 @@ impl<S, B> RetryCtx<S, B> {
             },
             Outcome::Error(_) | Outcome::TimedOut => None,
         };
-        if !policy.has_retries_left(self.retries) {
-            tracing::debug!(retries = self.retries, "retries exhausted");
-            return None;
-        }
         if !self.source.is_replayable() {
             tracing::debug!(
                 "request body not fully captured within the replay limit; not retrying"
             );
             return None;
         }
-        let now = Instant::now();
-        if !shared.budget.try_withdraw_at(now) {
-            tracing::debug!("retry budget exhausted; not retrying");
-            return None;
-        }
-        let delay = retry_after.unwrap_or_else(|| shared.backoff.delay(self.retries));
+        let at = shared.grant_retry(self.retries, retry_after, Instant::now())?;
         self.retries += 1;
-        tracing::debug!(retry = self.retries, ?delay, "retrying");
-        Some(now + delay)
+        Some(at)
     }
 
     fn per_try_timeout(&self) -> Option<Duration> {
@@ -227,7 +220,8 @@ where
 
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().kind.project() {
+        let mut kind = self.project().kind;
+        match kind.as_mut().project() {
             KindProj::Once {
                 fut,
                 timer,
@@ -239,9 +233,15 @@ where
                 if let Some(sleep) = timer {
                     ready!(sleep.as_mut().poll(cx));
                     tracing::debug!(?timeout, "attempt timed out");
-                    return Poll::Ready(Ok(AttemptTimedOut::new(*timeout).into_response()));
+                    let timeout = *timeout;
+                    // Dropped as cut off by a deadline: a breaker inside counts a failure.
+                    cut_off::by_deadline(|| kind.set(Kind::CutOff { timeout }));
+                    return Poll::Ready(Ok(AttemptTimedOut::new(timeout).into_response()));
                 }
                 Poll::Pending
+            }
+            KindProj::CutOff { timeout } => {
+                Poll::Ready(Ok(AttemptTimedOut::new(*timeout).into_response()))
             }
             KindProj::Retrying {
                 mut state,
@@ -268,7 +268,14 @@ where
                                 _ => return Poll::Pending,
                             },
                         };
-                        let Some(at) = ctx.next_attempt_at(&outcome) else {
+                        let timed_out = matches!(outcome, Outcome::TimedOut);
+                        let next = ctx.next_attempt_at(&outcome);
+                        if timed_out {
+                            // The attempt is dropped as cut off by a deadline, so a breaker
+                            // inside counts it as a failure rather than a cancellation.
+                            cut_off::by_deadline(|| state.set(State::Backoff));
+                        }
+                        let Some(at) = next else {
                             return Poll::Ready(match outcome {
                                 Outcome::Response(res) => Ok(res),
                                 Outcome::Error(e) => Err(e),

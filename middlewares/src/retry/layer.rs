@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::StatusCode;
+use tokio::time::Instant;
 use tower_layer::Layer;
 
 use super::backoff::Backoff;
@@ -20,6 +21,36 @@ pub(crate) struct Shared {
     pub(crate) backoff: Backoff,
     /// Its own `Arc` so setters that copy `Shared` keep sharing one budget.
     pub(crate) budget: Arc<Budget>,
+}
+
+impl Shared {
+    /// The one place a retry is granted, in both hosts: after `retries_done` retries, one more
+    /// if the policy has retries left and the budget a token, waiting `retry_after` (a server's
+    /// `Retry-After`) or the backoff. Returns when the next attempt may start; `None` (and
+    /// nothing withdrawn) when it may not, including a wait past the clock's range
+    /// (`max_retry_after(Duration::MAX)` and a huge `Retry-After`).
+    pub(crate) fn grant_retry(
+        &self,
+        retries_done: u32,
+        retry_after: Option<Duration>,
+        now: Instant,
+    ) -> Option<Instant> {
+        if !self.policy.has_retries_left(retries_done) {
+            tracing::debug!(retries = retries_done, "retries exhausted");
+            return None;
+        }
+        let delay = retry_after.unwrap_or_else(|| self.backoff.delay(retries_done));
+        let Some(at) = now.checked_add(delay) else {
+            tracing::debug!(?delay, "retry delay out of range; not retrying");
+            return None;
+        };
+        if !self.budget.try_withdraw_at(now) {
+            tracing::debug!("retry budget exhausted; not retrying");
+            return None;
+        }
+        tracing::debug!(retry = retries_done + 1, ?delay, "retrying");
+        Some(at)
+    }
 }
 
 /// Applies [`Retry`] to a service. See the [module docs](super) for the semantics.

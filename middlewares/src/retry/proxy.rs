@@ -6,8 +6,11 @@
 //! - a retryable status (`502`/`503`/`504` by default) is turned into a retryable error in
 //!   `upstream_response_filter`, before anything is sent downstream, for retryable requests only
 //!   (idempotent methods, or `Idempotency-Key` when enabled);
-//! - an error mid-exchange is retried only for retryable requests whose body Pingora still holds
-//!   in full (its retry buffer keeps 64 KiB), so a non-idempotent request is never sent twice
+//! - an error mid-exchange is retried only when the inner proxy would retry it too, the request
+//!   is retryable and its body still held in full by Pingora (its retry buffer keeps 64 KiB),
+//!   no byte of the response went downstream yet (a retry then would splice two upstream
+//!   answers into one), and the error is not the client's (a client that went away costs the
+//!   upstream at most the attempt in flight). So a non-idempotent request is never sent twice
 //!   once any byte of it reached an upstream;
 //! - every retry needs retries left and a withdrawal from the shared budget; the backoff (or the
 //!   server's `Retry-After`) is waited out before the next peer is picked.
@@ -15,9 +18,10 @@
 use std::time::Duration;
 
 use pingora_core::upstreams::peer::HttpPeer;
-use pingora_error::{Error, ErrorType, Result};
+use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
+use tokio::time::Instant;
 
 use super::layer::Shared;
 use super::{ResponseClass, Retry};
@@ -39,15 +43,22 @@ pub struct RetryProxyCtx {
 }
 
 impl Shared {
-    /// Grants one more retry if the policy and the budget allow, and plans its delay.
-    fn grant_retry(&self, ctx: &mut RetryProxyCtx, retry_after: Option<Duration>) -> bool {
-        if !self.policy.has_retries_left(ctx.retries) || !self.budget.try_withdraw() {
+    /// [`Shared::grant_retry`] for this request, planning the delay before the next attempt.
+    fn grant_proxy_retry(&self, ctx: &mut RetryProxyCtx, retry_after: Option<Duration>) -> bool {
+        let now = Instant::now();
+        let Some(at) = self.grant_retry(ctx.retries, retry_after, now) else {
             return false;
-        }
-        ctx.delay = Some(retry_after.unwrap_or_else(|| self.backoff.delay(ctx.retries)));
+        };
+        ctx.delay = Some(at.saturating_duration_since(now));
         ctx.retries += 1;
         true
     }
+}
+
+/// Whether any part of the response (head or body) went to the client: from then on a retry
+/// would splice a second upstream answer onto the first.
+fn response_started(session: &Session) -> bool {
+    session.response_written().is_some() || session.body_bytes_sent() > 0
 }
 
 impl ProxyPolicy for Shared {
@@ -103,7 +114,7 @@ impl ProxyPolicy for Shared {
         else {
             return Ok(());
         };
-        if !self.grant_retry(ctx, retry_after) {
+        if !self.grant_proxy_retry(ctx, retry_after) {
             return Ok(());
         }
         ctx.status_retry = true;
@@ -122,8 +133,9 @@ impl ProxyPolicy for Shared {
         ctx: &mut RetryProxyCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        // Nothing reached the upstream: safe to retry whatever the method.
-        let retry = self.grant_retry(ctx, None);
+        // Nothing reached the upstream: safe to retry whatever the method, and the one place
+        // this layer may retry what the inner proxy would not (a single backend is retried).
+        let retry = self.grant_proxy_retry(ctx, None);
         e.set_retry(retry);
         e
     }
@@ -137,13 +149,19 @@ impl ProxyPolicy for Shared {
         _client_reused: bool,
     ) -> Box<Error> {
         if std::mem::take(&mut ctx.status_retry) {
-            // Our own retryable status, already granted above.
+            // Our own retryable status, already granted in `upstream_response_filter`, before
+            // anything of the response went downstream.
             e.set_retry(true);
             return e;
         }
-        let retry = ctx.retryable_request
+        // Only narrowed, never widened: the inner proxy's "no" stands (it may know why a retry
+        // is unsafe), and so does every reason of ours.
+        let retry = e.retry()
+            && ctx.retryable_request
+            && e.esource() != &ErrorSource::Downstream
+            && !response_started(session)
             && !session.as_ref().retry_buffer_truncated()
-            && self.grant_retry(ctx, None);
+            && self.grant_proxy_retry(ctx, None);
         e.set_retry(retry);
         e
     }

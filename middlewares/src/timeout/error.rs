@@ -13,15 +13,36 @@ use http::{Response, StatusCode};
 /// downcast.
 /// The Pingora host renders its `504` with [`Elapsed::into_response`] or [`Elapsed::status`] so
 /// both hosts answer alike.
+///
+/// The answer carries this value in its extensions, so a layer outside the timeout can tell a
+/// deadline the client asked for ([`is_client_deadline`](Self::is_client_deadline), through
+/// `x-request-timeout`) from one the server imposed: the circuit breaker counts only the latter
+/// against the backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Elapsed {
     status: StatusCode,
+    client_deadline: bool,
 }
 
 impl Elapsed {
     /// An `Elapsed` that renders as `status`.
     pub const fn new(status: StatusCode) -> Self {
-        Elapsed { status }
+        Elapsed {
+            status,
+            client_deadline: false,
+        }
+    }
+
+    /// The same, marked as the expiry of a deadline the client shortened (`true`) or not.
+    pub const fn with_client_deadline(mut self, client_deadline: bool) -> Self {
+        self.client_deadline = client_deadline;
+        self
+    }
+
+    /// Whether the deadline that passed was one the client asked for (shorter than the
+    /// configured one): the backend is not to blame for it.
+    pub const fn is_client_deadline(&self) -> bool {
+        self.client_deadline
     }
 
     /// The status the timeout answers with (`504 Gateway Timeout` unless configured otherwise).
@@ -30,10 +51,11 @@ impl Elapsed {
     }
 
     /// Renders the timeout answer: the configured status, no headers, an empty `B::default()`
-    /// body.
+    /// body, and this `Elapsed` in the extensions.
     pub fn into_response<B: Default>(self) -> Response<B> {
         let mut res = Response::new(B::default());
         *res.status_mut() = self.status;
+        res.extensions_mut().insert(self);
         res
     }
 }

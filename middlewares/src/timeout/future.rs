@@ -9,6 +9,7 @@ use pin_project_lite::pin_project;
 use tokio::time::{sleep_until, Instant, Sleep};
 
 use super::{Elapsed, TimeoutBody};
+use crate::cut_off;
 
 pin_project! {
     /// Response future of [`Timeout`](super::Timeout).
@@ -18,10 +19,20 @@ pin_project! {
     /// was fixed when the request was called, so arming late does not extend it.
     pub struct ResponseFuture<F> {
         #[pin]
-        inner: F,
+        inner: Call<F>,
         #[pin]
         timer: Timer,
         elapsed: Elapsed,
+    }
+}
+
+pin_project! {
+    // The inner call, dropped in place the moment the deadline passes so that a circuit breaker
+    // inside sees it cut off by a deadline (see `crate::cut_off`), not cancelled.
+    #[project = CallProj]
+    enum Call<F> {
+        Running { #[pin] future: F },
+        CutOff,
     }
 }
 
@@ -39,7 +50,7 @@ impl<F> ResponseFuture<F> {
     #[inline]
     pub(super) fn new(inner: F, deadline: Instant, elapsed: Elapsed) -> Self {
         ResponseFuture {
-            inner,
+            inner: Call::Running { future: inner },
             timer: Timer::Unarmed { deadline },
             elapsed,
         }
@@ -64,8 +75,13 @@ where
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        if let Poll::Ready(out) = this.inner.poll(cx) {
-            return Poll::Ready(out);
+        match this.inner.as_mut().project() {
+            CallProj::Running { future } => {
+                if let Poll::Ready(out) = future.poll(cx) {
+                    return Poll::Ready(out);
+                }
+            }
+            CallProj::CutOff => return Poll::Ready(Ok(this.elapsed.into_response())),
         }
         if let TimerProj::Unarmed { deadline } = this.timer.as_mut().project() {
             // First `Pending`: only now pay for the timer.
@@ -75,6 +91,12 @@ where
         if let TimerProj::Armed { sleep } = this.timer.project() {
             ready!(sleep.poll(cx));
             tracing::debug!(status = %this.elapsed.status(), "request deadline elapsed");
+            if this.elapsed.is_client_deadline() {
+                // The client's own deadline: the call is cancelled, the backend not blamed.
+                this.inner.set(Call::CutOff);
+            } else {
+                cut_off::by_deadline(|| this.inner.set(Call::CutOff));
+            }
             return Poll::Ready(Ok(this.elapsed.into_response()));
         }
         Poll::Pending

@@ -89,15 +89,19 @@ impl TimeoutLayer {
     /// the tower service calls it once per request with `Instant::now()`, and the Pingora host
     /// calls it from `request_filter` to stamp the deadline it clamps upstream timeouts to.
     pub fn deadline_for(&self, headers: &HeaderMap, now: Instant) -> Instant {
-        let timeout = if self.honor_client_header {
-            match client_timeout(headers) {
-                Some(asked) if asked < self.timeout => asked,
-                _ => self.timeout,
-            }
-        } else {
-            self.timeout
-        };
-        deadline(now, timeout)
+        self.request_deadline(headers, now).0
+    }
+
+    /// [`deadline_for`](Self::deadline_for), and the [`Elapsed`] that answers when it passes
+    /// (marked as the client's when the client's header shortened it).
+    pub fn request_deadline(&self, headers: &HeaderMap, now: Instant) -> (Instant, Elapsed) {
+        let asked = self
+            .honor_client_header
+            .then(|| client_timeout(headers))
+            .flatten()
+            .filter(|asked| *asked < self.timeout);
+        let elapsed = self.elapsed().with_client_deadline(asked.is_some());
+        (deadline(now, asked.unwrap_or(self.timeout)), elapsed)
     }
 }
 

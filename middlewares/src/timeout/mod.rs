@@ -121,8 +121,8 @@ impl<S> Timeout<S> {
         // The one clock read of this layer (shared with the layers inside, see `request_time`);
         // the timer is armed later, only if needed.
         let time = request_time::read();
-        let deadline = self.layer.deadline_for(req.headers(), time.now());
-        ResponseFuture::new(self.inner.call(req), deadline, self.layer.elapsed())
+        let (deadline, elapsed) = self.layer.request_deadline(req.headers(), time.now());
+        ResponseFuture::new(self.inner.call(req), deadline, elapsed)
     }
 }
 

@@ -3,7 +3,10 @@
 //! `request_filter` stamps the deadline (honouring `x-request-timeout` when enabled); each
 //! attempt's peer gets its connect, read and write timeouts clamped to what is left; once the
 //! deadline has passed the request fails with the layer's status (`504`), whether the deadline
-//! was noticed before an attempt or by a clamped timeout firing during one.
+//! was noticed before an attempt or by a clamped timeout firing during one. No attempt is retried
+//! past it. When the client shortened the deadline (`x-request-timeout`), its expiry is marked
+//! as the client's (`ErrorSource::Downstream`), so a circuit breaker does not count it against
+//! the upstream.
 
 use std::time::Duration;
 
@@ -21,18 +24,44 @@ impl_proxy_http!(Timeout, TimeoutLayer, TimeoutProxyCtx, |this| &this.layer);
 #[derive(Debug, Default)]
 pub struct TimeoutProxyCtx {
     deadline: Option<Instant>,
+    /// The client shortened the deadline (`x-request-timeout`): its expiry is the client's
+    /// doing, not the upstream's failure.
+    client_deadline: bool,
     /// Whether an attempt's timeouts were shortened to the deadline, so a timeout error from
     /// that attempt means the deadline passed.
     clamped: bool,
 }
 
 impl TimeoutLayer {
-    fn deadline_error(&self) -> Box<Error> {
-        Error::explain(
+    fn deadline_error(&self, ctx: &TimeoutProxyCtx) -> Box<Error> {
+        let mut e = Error::explain(
             ErrorType::HTTPStatus(self.response_status().as_u16()),
             "request deadline passed",
-        )
+        );
+        attribute(&mut e, ctx);
+        e
     }
+}
+
+/// Marks the error of a passed deadline the client asked for as the client's, so a circuit
+/// breaker (inside or outside this layer) does not count it against the upstream.
+fn attribute(e: &mut Error, ctx: &TimeoutProxyCtx) {
+    if ctx.client_deadline {
+        e.as_down();
+    }
+}
+
+/// Whether `e` (an attempt's error) is this request's deadline passing: a clamped timeout fired,
+/// or the deadline is over.
+fn deadline_passed(e: &Error, ctx: &TimeoutProxyCtx) -> bool {
+    let Some(deadline) = ctx.deadline else {
+        return false;
+    };
+    let timed_out = matches!(
+        e.etype(),
+        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
+    );
+    Instant::now() >= deadline || (timed_out && ctx.clamped)
 }
 
 fn clamp(timeout: &mut Option<Duration>, left: Duration) -> bool {
@@ -64,7 +93,10 @@ impl ProxyPolicy for TimeoutLayer {
         session: &mut Session,
         ctx: &mut TimeoutProxyCtx,
     ) -> Result<Admission> {
-        ctx.deadline = Some(self.deadline_for(&session.req_header().headers, Instant::now()));
+        let (deadline, elapsed) =
+            self.request_deadline(&session.req_header().headers, Instant::now());
+        ctx.deadline = Some(deadline);
+        ctx.client_deadline = elapsed.is_client_deadline();
         Ok(Admission::Continue)
     }
 
@@ -74,7 +106,7 @@ impl ProxyPolicy for TimeoutLayer {
         ctx: &mut TimeoutProxyCtx,
     ) -> Result<Option<Duration>> {
         match ctx.deadline {
-            Some(deadline) if Instant::now() >= deadline => Err(self.deadline_error()),
+            Some(deadline) if Instant::now() >= deadline => Err(self.deadline_error(ctx)),
             _ => Ok(None),
         }
     }
@@ -90,7 +122,7 @@ impl ProxyPolicy for TimeoutLayer {
         };
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(self.deadline_error());
+            return Err(self.deadline_error(ctx));
         }
         let options = &mut peer.options;
         let mut clamped = clamp(&mut options.total_connection_timeout, left);
@@ -100,18 +132,41 @@ impl ProxyPolicy for TimeoutLayer {
         Ok(PeerChoice::Accept)
     }
 
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut TimeoutProxyCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if deadline_passed(&e, ctx) {
+            attribute(&mut e, ctx);
+            e.set_retry(false);
+        }
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        _peer: &HttpPeer,
+        _session: &mut Session,
+        mut e: Box<Error>,
+        ctx: &mut TimeoutProxyCtx,
+        _client_reused: bool,
+    ) -> Box<Error> {
+        if deadline_passed(&e, ctx) {
+            attribute(&mut e, ctx);
+            e.set_retry(false);
+        }
+        e
+    }
+
     fn replace_final_error(
         &self,
         _session: &mut Session,
         e: &Error,
         ctx: &mut TimeoutProxyCtx,
     ) -> Option<Box<Error>> {
-        let deadline = ctx.deadline?;
-        let timed_out = matches!(
-            e.etype(),
-            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
-        );
-        let passed = Instant::now() >= deadline || (timed_out && ctx.clamped);
-        passed.then(|| self.deadline_error())
+        deadline_passed(e, ctx).then(|| self.deadline_error(ctx))
     }
 }

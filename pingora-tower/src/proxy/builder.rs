@@ -329,6 +329,13 @@ impl RunningProxy {
         self.base.backends()
     }
 
+    /// Client connections being served right now.
+    pub fn active_connections(&self) -> usize {
+        self.server
+            .as_ref()
+            .map_or(0, RunningServer::active_connections)
+    }
+
     /// Stops accepting, lets in-flight requests finish (bounded by the server's grace
     /// period), then stops the health checks.
     pub async fn shutdown(mut self) {

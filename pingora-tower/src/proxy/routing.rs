@@ -66,7 +66,8 @@ impl Default for Timeouts {
 ///    retryable while an untried healthy backend is left and the deadline allows, so Pingora
 ///    calls `upstream_peer` again. `error_while_proxy` keeps Pingora's default policy
 ///    (idempotent methods only, body within the retry buffer, errors on a reused connection
-///    retried on a fresh one to the same backend).
+///    retried on a fresh one to the same backend) and narrows it: no retry once any part of
+///    the response went downstream, none for the client's own errors.
 /// 6. `fail_to_proxy` answers `502`, `504` (deadline, upstream timeouts), `404` (no route) with a
 ///    short text body.
 ///
@@ -583,8 +584,9 @@ impl ProxyHttp for RoutingProxy {
     }
 
     /// Pingora's default policy (idempotent requests with a complete retry buffer; errors on a
-    /// reused connection), then: a reused-connection retry goes to the same backend, any other
-    /// retry only while an untried backend is left, none past the deadline.
+    /// reused connection), narrowed: never once any byte of the response went downstream, never
+    /// for the client's own errors; then a reused-connection retry goes to the same backend, any
+    /// other retry only while an untried backend is left, none past the deadline.
     fn error_while_proxy(
         &self,
         peer: &HttpPeer,
@@ -595,7 +597,14 @@ impl ProxyHttp for RoutingProxy {
     ) -> Box<Error> {
         ctx.attempt_failed = true;
         let mut e = e.more_context(format!("Peer: {peer}"));
-        if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated()
+        if !session.req_header().method.is_idempotent()
+            || session.as_ref().retry_buffer_truncated()
+            // Part of the response went downstream: another attempt would splice a second
+            // upstream answer onto it.
+            || session.response_written().is_some()
+            || session.body_bytes_sent() > 0
+            // The client went away or misbehaved: nothing to retry for.
+            || e.esource() == &ErrorSource::Downstream
         {
             e.set_retry(false);
         } else {
