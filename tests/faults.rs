@@ -337,7 +337,12 @@ impl Proxy {
             .with_timeouts(200, 2_000)
             .middleware(middleware::timeout(TIMEOUT_MS))
             .middleware(limiter.clone())
-            .middleware(RetryLayer::builder(2).backoff_base(Duration::from_millis(1)).build().expect("retry config"))
+            .middleware(
+                RetryLayer::builder(2)
+                    .backoff_base(Duration::from_millis(1))
+                    .build()
+                    .expect("retry config"),
+            )
             .middleware(breaker)
             .spawn()
             .await
@@ -405,10 +410,13 @@ enum Reply {
 
 /// Parses one response at the start of `buf`: `Ok(None)` while more bytes are needed,
 /// `Ok(Some((response, consumed)))` when whole.
-fn parse_response(buf: &[u8], head_only: bool) -> Result<Option<(RawResponse, usize)>, String> {
+fn parse_response(buf: &[u8]) -> Result<Option<(RawResponse, usize)>, String> {
     let Some(head_end) = find(buf, b"\r\n\r\n").map(|i| i + 4) else {
         if buf.len() >= 5 && !buf.starts_with(b"HTTP/") {
-            return Err(format!("not an HTTP response: {:?}", String::from_utf8_lossy(buf)));
+            return Err(format!(
+                "not an HTTP response: {:?}",
+                String::from_utf8_lossy(buf)
+            ));
         }
         return Ok(None);
     };
@@ -427,7 +435,7 @@ fn parse_response(buf: &[u8], head_only: bool) -> Result<Option<(RawResponse, us
         body,
         complete,
     };
-    if head_only || (100..200).contains(&status) || status == 204 || status == 304 {
+    if (100..200).contains(&status) || status == 204 || status == 304 {
         return Ok(Some((response(Vec::new(), true), head_end)));
     }
     let rest = &buf[head_end..];
@@ -460,13 +468,14 @@ fn parse_response(buf: &[u8], head_only: bool) -> Result<Option<(RawResponse, us
     }
     match header(&head, "content-length") {
         Some(v) => {
-            let length: usize = v
-                .parse()
-                .map_err(|_| format!("bad Content-Length {v:?}"))?;
+            let length: usize = v.parse().map_err(|_| format!("bad Content-Length {v:?}"))?;
             if rest.len() < length {
                 return Ok(None);
             }
-            Ok(Some((response(rest[..length].to_vec(), true), head_end + length)))
+            Ok(Some((
+                response(rest[..length].to_vec(), true),
+                head_end + length,
+            )))
         }
         // Delimited by the close: never complete before it.
         None => Ok(None),
@@ -500,13 +509,9 @@ impl RawClient {
     /// connection after it (so a client can tell); a server that neither completes nor
     /// closes within [`EXCHANGE`] fails the test, as does anything that is not HTTP.
     async fn read_response(&mut self) -> Reply {
-        self.read_response_to(false).await
-    }
-
-    async fn read_response_to(&mut self, head_only: bool) -> Reply {
         let deadline = tokio::time::Instant::now() + EXCHANGE;
         loop {
-            match parse_response(&self.buf, head_only) {
+            match parse_response(&self.buf) {
                 Err(e) => panic!("misframed response: {e}"),
                 Ok(Some((response, used))) => {
                     self.buf.drain(..used);
@@ -749,11 +754,7 @@ async fn upstream_closing_before_the_head_gets_502_and_a_post_reaches_it_once() 
 async fn get_to_a_backend_closing_before_the_head_is_retried_on_the_healthy_one() {
     let closing = RawUpstream::start(|_: &Seen| Fault::CloseBeforeHead);
     let healthy = RawUpstream::start(|_: &Seen| Fault::Answer(OK_BODY));
-    let proxy = Proxy::start(Upstream::weighted([
-        (closing.url(), 1),
-        (healthy.url(), 1),
-    ]))
-    .await;
+    let proxy = Proxy::start(Upstream::weighted([(closing.url(), 1), (healthy.url(), 1)])).await;
     for _ in 0..4 {
         let reply = exchange(proxy.addr(), &get_bytes("/retry")).await;
         match &reply {
@@ -819,7 +820,11 @@ async fn client_aborts_against_a_slow_upstream_leave_the_breaker_closed() {
     .await;
     // Give the proxy a moment to notice the closes and settle each request.
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(up.posts(), ABORTS / 2, "each abandoned POST reached the upstream once");
+    assert_eq!(
+        up.posts(),
+        ABORTS / 2,
+        "each abandoned POST reached the upstream once"
+    );
     proxy.assert_breaker_untouched(&up);
     assert_eq!(proxy.limiter.stats().rejected, 0);
     proxy.assert_serves_then_drains().await;
@@ -838,7 +843,9 @@ async fn broken_client_requests_spend_no_rate_limit_quota() {
         client.write(b"GET /half HTTP/1.1\r\nHost: fau").await;
         drop(client);
         let mut client = RawClient::connect(proxy.addr()).await;
-        client.write(b"\x16\x03\x01 definitely not http\r\n\r\n").await;
+        client
+            .write(b"\x16\x03\x01 definitely not http\r\n\r\n")
+            .await;
         let reply = client.read_response().await;
         assert!(
             matches!(status(&reply), None | Some(400..=499)),
@@ -848,7 +855,11 @@ async fn broken_client_requests_spend_no_rate_limit_quota() {
     assert_eq!(up.requests(), 0, "nothing reached the upstream");
     for i in 0..3 {
         let reply = exchange(proxy.addr(), &get_bytes("/quota")).await;
-        assert_eq!(status(&reply), Some(200), "request {i} of the quota: {reply:?}");
+        assert_eq!(
+            status(&reply),
+            Some(200),
+            "request {i} of the quota: {reply:?}"
+        );
     }
     let running = proxy.running;
     tokio::time::timeout(DRAIN, running.shutdown())
@@ -988,6 +999,27 @@ async fn client_abort_while_the_backend_is_slow(target: Target) {
     target.finish().await;
 }
 
+/// Clients that send a head announcing 1000 bytes of body, send 10, and go away.
+async fn client_abort_mid_upload(target: Target) {
+    let mut raw =
+        b"POST /echo HTTP/1.1\r\nHost: faults.test\r\nContent-Length: 1000\r\n\r\n".to_vec();
+    raw.extend_from_slice(&[b'u'; 10]);
+    for _ in 0..4 {
+        let mut client = RawClient::connect(target.addr()).await;
+        client.write(&raw).await;
+        // Long enough for the head and the first bytes to reach the backend.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drop(client);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        target.posts(),
+        0,
+        "an incomplete upload reached the backend as a whole request"
+    );
+    target.finish().await;
+}
+
 async fn pipelined_requests_get_complete_answers_in_order(target: Target) {
     let mut client = RawClient::connect(target.addr()).await;
     let mut both = get_bytes("/one");
@@ -1115,6 +1147,7 @@ macro_rules! on_both {
 
 on_both! {
     client_abort_while_the_backend_is_slow_leaves_nothing_behind => super::client_abort_while_the_backend_is_slow;
+    client_abort_mid_upload_leaves_nothing_behind => super::client_abort_mid_upload;
     pipelined_requests_get_complete_answers_in_order_or_a_clean_close => super::pipelined_requests_get_complete_answers_in_order;
     dribbled_head_is_answered => super::dribbled_head_is_answered;
     half_closed_client_still_gets_its_response => super::half_closed_client_still_gets_its_response;

@@ -35,19 +35,20 @@ fn main() -> Result<(), common::BoxError> {
     if !(1..=100).contains(&breaker_percent) {
         return Err(format!("--breaker-percent {breaker_percent}: expected 1..=100").into());
     }
-    let limiter = middleware::rate_limit::RateLimitLayer::builder(
-        rate_limit,
-        Duration::from_secs(1),
-    )
-    .build()
-    .map_err(|e| format!("--rate-limit {rate_limit}: {e}"))?;
+    let limiter =
+        middleware::rate_limit::RateLimitLayer::builder(rate_limit, Duration::from_secs(1))
+            .build()
+            .map_err(|e| format!("--rate-limit {rate_limit}: {e}"))?;
     let builder = PingoraProxy::builder(&listen)
         .route(Route::prefix("/", Upstream::new(upstream.as_str())))
         .with_timeouts(timeout_ms.max(1), timeout_ms.max(1) * 2)
         .middleware(middleware::timeout(timeout_ms))
         .middleware(limiter)
         .middleware(middleware::retry(retries))
-        .middleware(middleware::circuit_breaker(breaker_percent, breaker_open_ms));
+        .middleware(middleware::circuit_breaker(
+            breaker_percent,
+            breaker_open_ms,
+        ));
     common::runtime(workers)?.block_on(async move {
         let running = builder.build()?.spawn().await?;
         println!("listening on {}", running.local_addr());
