@@ -73,7 +73,7 @@ async fn read_head(stream: &mut TcpStream) {
 async fn raw_get_until_close(addr: SocketAddr) -> Vec<u8> {
     let mut stream = TcpStream::connect(addr).await.unwrap();
     stream
-        .write_all(b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n")
+        .write_all(b"GET /x HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
         .await
         .unwrap();
     let mut out = Vec::new();

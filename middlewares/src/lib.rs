@@ -56,11 +56,13 @@ pub mod timeout;
 mod clock;
 mod config_error;
 mod cut_off;
+mod layered;
 mod request_info;
 mod request_time;
 
 pub use clock::TimeSource;
 pub use config_error::ConfigError;
+pub use layered::Layered;
 pub use request_info::RequestInfo;
 
 use std::time::Duration;

@@ -13,7 +13,7 @@ use super::error::ConfigError;
 use super::registry::Breakers;
 use super::window::{Window, MAX_COUNT, MAX_SECS};
 use super::{CircuitBreaker, DEFAULT_KEY};
-use crate::RequestInfo;
+use crate::{Layered, RequestInfo};
 
 /// Longest wait in open accepted (a year): keeps every deadline far from overflow.
 const MAX_WAIT: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -52,7 +52,7 @@ impl fmt::Debug for Shared {
 /// clone of it) shares the same breakers.
 #[derive(Clone, Debug)]
 pub struct CircuitBreakerLayer {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
 }
 
 impl CircuitBreakerLayer {
@@ -78,7 +78,7 @@ impl<S> Layer<S> for CircuitBreakerLayer {
     type Service = CircuitBreaker<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        CircuitBreaker::from_shared(inner, self.shared.clone())
+        Layered::wrap(self.clone(), inner)
     }
 }
 

@@ -111,7 +111,6 @@ mod proxy;
 mod registry;
 mod window;
 
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
@@ -126,49 +125,26 @@ pub use self::registry::Breakers;
 pub use self::window::Window;
 
 use self::future::ResponseFuture;
-use self::layer::{KeyFn, Route, Shared};
-use crate::{request_time, RequestInfo};
+use self::layer::{KeyFn, Route};
+use crate::{request_time, Layered, RequestInfo};
 
 /// The key of the single breaker of a layer without a key function.
 pub const DEFAULT_KEY: &str = "default";
 
 /// Calls the inner service while its breaker admits calls; answers `503` + `Retry-After`
 /// otherwise. Built by [`CircuitBreakerLayer`]; clones share the breakers.
-#[derive(Clone, Debug)]
-pub struct CircuitBreaker<S> {
-    inner: S,
-    shared: Arc<Shared>,
-}
+pub type CircuitBreaker<S> = Layered<CircuitBreakerLayer, S>;
 
 impl<S> CircuitBreaker<S> {
-    fn from_shared(inner: S, shared: Arc<Shared>) -> Self {
-        CircuitBreaker { inner, shared }
-    }
-
     /// The breakers this service shares with its layer (the proxy host keys them by upstream
     /// address).
     pub fn breakers(&self) -> &Breakers {
-        &self.shared.breakers
+        &self.policy.shared.breakers
     }
 
     /// A handle on the same breakers as [`CircuitBreakerLayer::handle`].
     pub fn handle(&self) -> CircuitBreakerHandle {
-        CircuitBreakerHandle::new(self.shared.breakers.clone())
-    }
-
-    /// The wrapped service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The wrapped service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Unwraps the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
+        self.policy.handle()
     }
 }
 
@@ -187,10 +163,10 @@ where
 
     #[inline]
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        let admitted = match &self.shared.route {
+        let admitted = match &self.policy.shared.route {
             Route::Single(breaker) => breaker.try_acquire_with(request_time::now),
             Route::Keyed(key_fn) => {
-                return call_keyed(&mut self.inner, &self.shared.breakers, key_fn, req)
+                return call_keyed(&mut self.inner, &self.policy.shared.breakers, key_fn, req)
             }
         };
         call_admitted(&mut self.inner, req, admitted)

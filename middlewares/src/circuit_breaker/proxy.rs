@@ -26,11 +26,8 @@ use tokio::time::Instant;
 
 use super::breaker::WeakBreaker;
 use super::layer::Shared;
-use super::{Breaker, Breakers, CircuitBreaker, CircuitOpen, Outcome, Permit};
-use crate::proxy_host::{Hooks, PeerChoice, ProxyPolicy};
-
-impl_proxy_http!(CircuitBreaker, Shared, CircuitBreakerProxyCtx, |this| &this
-    .shared);
+use super::{Breaker, Breakers, CircuitBreakerLayer, CircuitOpen, Outcome, Permit};
+use crate::proxy_host::{PeerChoice, ProxyPolicy};
 
 /// Per-request state of the circuit breaker in a proxy.
 #[derive(Debug, Default)]
@@ -137,6 +134,13 @@ fn is_clients(e: &Error) -> bool {
     e.esource() == &ErrorSource::Downstream
 }
 
+fn status_of(e: &Error) -> Option<http::StatusCode> {
+    match e.etype() {
+        ErrorType::HTTPStatus(code) => http::StatusCode::from_u16(*code).ok(),
+        _ => None,
+    }
+}
+
 fn is_timeout(e: &Error) -> bool {
     matches!(
         e.etype(),
@@ -159,25 +163,21 @@ impl Shared {
             drop(permit);
         } else if is_timeout(e) {
             ctx.timed_out = Some(permit);
+        } else if let Some(status) = status_of(e) {
+            // A status an outer layer turned into an error (a retry) before this layer saw the
+            // head: classified as the status it is.
+            permit.finish_with(Ok(status));
         } else {
             permit.finish_with(Err(()));
         }
     }
 }
 
-impl ProxyPolicy for Shared {
+impl ProxyPolicy for CircuitBreakerLayer {
     type Ctx = CircuitBreakerProxyCtx;
 
     fn new_ctx(&self) -> CircuitBreakerProxyCtx {
         CircuitBreakerProxyCtx::default()
-    }
-
-    fn hooks(&self) -> Hooks {
-        Hooks {
-            select_peer: true,
-            upstream_response_filter: true,
-            ..Hooks::default()
-        }
     }
 
     fn select_peer(
@@ -189,7 +189,7 @@ impl ProxyPolicy for Shared {
         // A permit left from an earlier attempt was settled by the failure hooks; drop any rest.
         ctx.permit = None;
         ctx.settle_timed_out();
-        let breaker = self.peers.get(&self.breakers, peer);
+        let breaker = self.shared.peers.get(&self.shared.breakers, peer);
         match breaker.try_acquire_with(Instant::now) {
             Ok(permit) => {
                 ctx.permit = Some(permit);
@@ -235,7 +235,7 @@ impl ProxyPolicy for Shared {
         ctx: &mut CircuitBreakerProxyCtx,
         e: Box<Error>,
     ) -> Box<Error> {
-        self.settle_failed_attempt(&e, ctx);
+        self.shared.settle_failed_attempt(&e, ctx);
         e
     }
 
@@ -248,7 +248,7 @@ impl ProxyPolicy for Shared {
         _client_reused: bool,
     ) -> Box<Error> {
         // Already settled when the error is a status another layer turned into a retry.
-        self.settle_failed_attempt(&e, ctx);
+        self.shared.settle_failed_attempt(&e, ctx);
         e
     }
 

@@ -4,14 +4,20 @@
 //! `ProxyHttp` that `pingora_proxy::http_proxy_service` accepts, and the layer values keep one
 //! shared state for both hosts: a limiter used by an axum app and by a proxy counts both.
 //!
-//! Each layer maps its policy onto Pingora's phases through [`ProxyPolicy`]; one macro writes
-//! the `ProxyHttp` impl for every layer's service, forwarding all methods to the inner proxy and
-//! calling the policy at the few phases where it acts:
+//! Every layer's service is a [`Layered<P, S>`](crate::Layered): the layer value `P` next to the
+//! inner proxy `S`. One generic `ProxyHttp` impl serves every `Layered<P, S>` whose `P`
+//! implements [`ProxyPolicy`]: it forwards all of Pingora's methods to the inner proxy and calls
+//! the policy at the few phases where a policy acts. Our four layers are such policies, and a
+//! user writes a proxy-side layer the same way: implement [`ProxyPolicy`] for a value (usually
+//! the layer type itself) and `Layered::wrap(policy, inner)` is a `ProxyHttp`
+//! (`examples/request_id_policy.rs`).
+//!
+//! | layer | phases |
 //!
 //! | layer | phases |
 //! |---|---|
 //! | rate limit | `request_filter`: 429 before any upstream work |
-//! | timeout | `request_filter` stamps the deadline; `upstream_peer` clamps connect/read/write timeouts to what is left; body filter aborts past it; `fail_to_proxy` answers 504 |
+//! | timeout | `request_filter` stamps the deadline; `upstream_peer` clamps connect/read/write timeouts to what is left; the response body filter cuts a body still streaming past it; `fail_to_proxy` answers 504 |
 //! | retry | `fail_to_connect`, `error_while_proxy`, `upstream_response_filter` (retryable status becomes a retryable error); backoff before the next `upstream_peer` |
 //! | circuit breaker | a permit per backend in `upstream_peer` (an open backend is skipped by asking the inner proxy for another); outcome recorded from the failure hooks and the response status; a permit still held when the request ends is released unrecorded with the context |
 //!
@@ -48,14 +54,16 @@
 //! is_proxy(&proxy);
 //! ```
 
-#[macro_use]
-mod forward;
+mod forwarded;
+mod host;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, Result};
-use pingora_http::ResponseHeader;
+use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::Session;
 
 /// The per-request context of a layered proxy: the inner proxy's context and the layer's own.
@@ -76,8 +84,11 @@ pub enum PeerChoice {
     Skip,
 }
 
+/// A decision that needs I/O first (a shared store, an external check), resolved before the
+/// request goes on. It owns what it needs: it cannot borrow the session.
+pub type PendingAdmission = Pin<Box<dyn Future<Output = Result<Admission>> + Send + 'static>>;
+
 /// What a layer decides when a request arrives.
-#[derive(Debug)]
 pub enum Admission {
     /// Go on: the inner proxy's `request_filter` runs next.
     Continue,
@@ -86,30 +97,42 @@ pub enum Admission {
     /// Answer with this head and no body; the request ends (the connection is not reused, as
     /// the request body may be unread).
     Respond(Box<ResponseHeader>),
+    /// Decide once this future resolves (to any of the above). Only policies that need I/O pay
+    /// for it: a synchronous decision allocates nothing.
+    Pending(PendingAdmission),
 }
 
-/// The optional hooks a policy acts in. The generated `ProxyHttp` impl returns the inner
-/// proxy's future unchanged at a phase whose hook is off, so a layer costs nothing (not even an
-/// allocation) at phases it does not use; a policy that overrides one of these hooks must turn
-/// it on here, or the hook is never called.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Hooks {
-    /// [`ProxyPolicy::select_peer`] sees every peer and [`ProxyPolicy::no_peer`] every failure
-    /// to find one.
-    pub select_peer: bool,
-    /// [`ProxyPolicy::upstream_response_filter`] sees every upstream response head.
-    pub upstream_response_filter: bool,
-    /// [`ProxyPolicy::response_filter`] sees every response head going downstream.
-    pub response_filter: bool,
+impl std::fmt::Debug for Admission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Admission::Continue => f.write_str("Continue"),
+            Admission::Wait(wait) => f.debug_tuple("Wait").field(wait).finish(),
+            Admission::Respond(head) => f.debug_tuple("Respond").field(&head.status).finish(),
+            Admission::Pending(_) => f.write_str("Pending"),
+        }
+    }
 }
 
 /// How many times one request may ask the inner proxy for another peer before giving up.
 pub const MAX_PEER_SKIPS: usize = 32;
 
-/// A layer's policy mapped onto Pingora's proxy phases. Hooks are synchronous: a layer decides,
-/// and the generated `ProxyHttp` impl does the waiting and writing (see [`Admission`]), so the
-/// common path allocates nothing beyond what the inner proxy does. Every hook has a no-op
-/// default; the generated impl calls them around the inner proxy as documented per hook.
+/// A layer's policy mapped onto Pingora's proxy phases: implement it and
+/// [`Layered<Self, S>`](crate::Layered) is a `ProxyHttp` around any `ProxyHttp` `S`.
+///
+/// Hooks are synchronous: a policy decides, and the generic impl does the waiting and writing
+/// (see [`Admission`]), so a phase a policy leaves alone passes the inner proxy's future through
+/// without an allocation. Every hook has a no-op default, and every hook is always called (there
+/// is nothing to switch on).
+///
+/// **When each hook runs**, for a stack `outer(inner(proxy))`: on the way in (admission, peer
+/// selection, the upstream request, response heads and body chunks, logging) the outer policy
+/// first, then the inner ones, then the proxy's own method; on a failure (`fail_to_connect`,
+/// `error_while_proxy`) the proxy's method first and the outer policy last, so the outermost
+/// layer has the final word on a retry; when the request failed for good (`fail_to_proxy`) the
+/// outer policy first, each seeing the error as the layers outside it left it.
+///
+/// Pingora fixes the order of phases (admission, then peer selection, then the exchange),
+/// whatever the order of the layers; see the module docs.
 pub trait ProxyPolicy: Send + Sync {
     /// Per-request state of this layer.
     type Ctx: Send + Sync;
@@ -117,18 +140,16 @@ pub trait ProxyPolicy: Send + Sync {
     /// A fresh per-request state.
     fn new_ctx(&self) -> Self::Ctx;
 
-    /// The optional hooks this policy acts in, read once per phase (it may depend on the
-    /// configuration, e.g. no retries configured means no response inspection).
-    fn hooks(&self) -> Hooks;
-
-    /// Admission, called before the inner proxy's `request_filter`; anything but
-    /// [`Admission::Continue`] is acted on before the inner proxy is asked.
+    /// Admission, before the inner proxy's `request_filter`. [`Admission::Continue`] goes on at
+    /// once; anything else is acted on before the inner proxy is asked. `Err` fails the request
+    /// (Pingora answers with the error's status through `fail_to_proxy`).
     fn request_filter(&self, _session: &mut Session, _ctx: &mut Self::Ctx) -> Result<Admission> {
         Ok(Admission::Continue)
     }
 
-    /// Called before every attempt to pick a peer (the first and each retry); `Some` is a wait
-    /// before the inner proxy is asked (a retry's backoff).
+    /// Before every attempt to pick a peer (the first and each retry). `Some(wait)` delays the
+    /// attempt (a retry's backoff); `Err` fails the request without an attempt (a deadline that
+    /// passed).
     fn before_upstream_peer(
         &self,
         _session: &mut Session,
@@ -137,8 +158,9 @@ pub trait ProxyPolicy: Send + Sync {
         Ok(None)
     }
 
-    /// Called with each peer the inner proxy picked ([`Hooks::select_peer`]); may adjust it
-    /// (timeouts) or skip it.
+    /// With each peer the inner proxy picked. May adjust it (timeouts);
+    /// [`PeerChoice::Skip`] asks the inner proxy for another (up to [`MAX_PEER_SKIPS`] times);
+    /// `Err` fails the attempt.
     fn select_peer(
         &self,
         _session: &mut Session,
@@ -148,15 +170,26 @@ pub trait ProxyPolicy: Send + Sync {
         Ok(PeerChoice::Accept)
     }
 
-    /// Called when the inner proxy has no (further) peer to offer ([`Hooks::select_peer`]); may
-    /// replace its error (e.g. `503` when every candidate was skipped as open).
+    /// When the inner proxy has no (further) peer to offer; returns the error the request fails
+    /// with (e.g. `503` when every candidate was skipped as open).
     fn no_peer(&self, e: Box<Error>, _ctx: &mut Self::Ctx) -> Box<Error> {
         e
     }
 
-    /// Called after the inner proxy's `upstream_response_filter`
-    /// ([`Hooks::upstream_response_filter`]); an `Err` aborts this attempt (Pingora then asks
-    /// `error_while_proxy` whether to retry).
+    /// Before the inner proxy's `upstream_request_filter`: may change the request head sent to
+    /// the upstream (add a request id, strip a header). `Err` fails the attempt.
+    fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        _upstream_request: &mut RequestHeader,
+        _ctx: &mut Self::Ctx,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    /// Before the inner proxy's `upstream_response_filter`, with the upstream's response head,
+    /// before anything of it goes downstream. `Err` aborts this attempt (Pingora then asks
+    /// `error_while_proxy` whether to retry; a retryable status becomes a retry this way).
     fn upstream_response_filter(
         &self,
         _session: &mut Session,
@@ -166,8 +199,8 @@ pub trait ProxyPolicy: Send + Sync {
         Ok(())
     }
 
-    /// Called after the inner proxy's `response_filter` ([`Hooks::response_filter`]), before
-    /// the head goes downstream.
+    /// Before the inner proxy's `response_filter`, with the head about to go downstream (the
+    /// upstream's or an error answer's). `Err` fails the request.
     fn response_filter(
         &self,
         _session: &mut Session,
@@ -177,7 +210,8 @@ pub trait ProxyPolicy: Send + Sync {
         Ok(())
     }
 
-    /// Called before the inner proxy's `upstream_response_body_filter` for every body chunk.
+    /// Before the inner proxy's `upstream_response_body_filter`, for every body chunk. `Err`
+    /// cuts the response (the client sees the connection close).
     fn upstream_response_body_filter(
         &self,
         _session: &mut Session,
@@ -186,7 +220,8 @@ pub trait ProxyPolicy: Send + Sync {
         Ok(())
     }
 
-    /// Called after the inner proxy's `fail_to_connect`; may change the retry decision.
+    /// After the inner proxy's `fail_to_connect` (nothing reached the upstream); returns the
+    /// error with the retry decision this layer wants (`e.set_retry`).
     fn fail_to_connect(
         &self,
         _session: &mut Session,
@@ -197,7 +232,9 @@ pub trait ProxyPolicy: Send + Sync {
         e
     }
 
-    /// Called after the inner proxy's `error_while_proxy`; may change the retry decision.
+    /// After the inner proxy's `error_while_proxy` (the exchange failed); returns the error with
+    /// the retry decision this layer wants. A policy should only narrow the inner decision: the
+    /// inner proxy may know why a retry is unsafe.
     fn error_while_proxy(
         &self,
         _peer: &HttpPeer,
@@ -209,20 +246,20 @@ pub trait ProxyPolicy: Send + Sync {
         e
     }
 
-    /// Called first when the request failed for good, with the final error as the layers
-    /// outside this one left it (a timeout layer outside marks a client's deadline so), e.g. to
-    /// settle what an attempt's error left open.
+    /// First when the request failed for good, with the final error as the layers outside this
+    /// one left it (a timeout layer outside marks a client's deadline so), e.g. to settle what
+    /// an attempt's error left open.
     fn request_failed(&self, _e: &Error, _ctx: &mut Self::Ctx) {}
 
-    /// Called next when the request failed for good: a layer that answers itself (e.g. `503`
-    /// with `Retry-After` when every backend's breaker is open) returns the head to write (with
-    /// no body, the connection not reused), and neither inner layers nor the inner proxy write
+    /// Next when the request failed for good: a layer that answers itself (e.g. `503` with
+    /// `Retry-After` when every backend's breaker is open) returns the head to write (with no
+    /// body, the connection not reused), and neither inner layers nor the inner proxy write
     /// another.
     fn respond_to_failure(&self, _e: &Error, _ctx: &mut Self::Ctx) -> Option<Box<ResponseHeader>> {
         None
     }
 
-    /// Called before the inner proxy's `fail_to_proxy`: a returned error replaces the one the
+    /// Last before the inner proxy's `fail_to_proxy`: a returned error replaces the one the
     /// inner proxy answers for (e.g. a `504` once the deadline has passed).
     fn replace_final_error(
         &self,
@@ -232,4 +269,8 @@ pub trait ProxyPolicy: Send + Sync {
     ) -> Option<Box<Error>> {
         None
     }
+
+    /// Before the inner proxy's `logging`, once per request however it ended (`e` is the error
+    /// it failed with, if any).
+    fn logging(&self, _session: &mut Session, _e: Option<&Error>, _ctx: &mut Self::Ctx) {}
 }

@@ -146,42 +146,18 @@ pub use self::limiter::RateLimitStats;
 pub use self::proxy::RateLimitProxyCtx;
 
 use self::future::ResponseFuture;
-use crate::{request_time, RequestInfo};
+use crate::{request_time, Layered, RequestInfo};
 
 /// Service built by [`RateLimitLayer`]: admits, delays or rejects each request in `call`.
 ///
 /// `poll_ready` only forwards the inner readiness. Clones share the layer's limiter. The inner
 /// service must be `Clone` for queue mode (see the [module docs](self#modes)).
-#[derive(Debug, Clone)]
-pub struct RateLimit<S> {
-    inner: S,
-    layer: RateLimitLayer,
-}
+pub type RateLimit<S> = Layered<RateLimitLayer, S>;
 
 impl<S> RateLimit<S> {
     /// Wraps `inner`, counting against `layer`'s limiter.
-    pub fn new(inner: S, layer: RateLimitLayer) -> Self {
-        RateLimit { inner, layer }
-    }
-
-    /// The layer (and limiter) this service counts against.
-    pub fn layer(&self) -> &RateLimitLayer {
-        &self.layer
-    }
-
-    /// The wrapped service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The wrapped service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Unwraps the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
+    pub const fn new(inner: S, layer: RateLimitLayer) -> Self {
+        Layered::wrap(layer, inner)
     }
 }
 
@@ -201,18 +177,18 @@ where
 
     #[inline]
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        if !self.layer.is_global() {
+        if !self.policy.is_global() {
             return self.call_keyed(req);
         }
         // Fast path, one global bucket: no `RequestInfo`, no key lookup, and for an admitted
         // request no `Decision`.
-        if let Some(now) = self.layer.counter_nanos() {
+        if let Some(now) = self.policy.counter_nanos() {
             return self.call_global(req, now);
         }
         // On tokio's clock: the one read of this layer, shared with the layers around and
         // inside this one (see `request_time`); `time` lives until the inner service was called.
         let time = request_time::read();
-        let now = self.layer.nanos(time.now());
+        let now = self.policy.nanos(time.now());
         self.call_global(req, now)
     }
 }
@@ -228,7 +204,7 @@ impl<S> RateLimit<S> {
     where
         S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
     {
-        match self.layer.check_global(now) {
+        match self.policy.check_global(now) {
             None => ResponseFuture::called(self.inner.call(req), None),
             Some(decision) => self.decided(req, decision),
         }
@@ -245,16 +221,16 @@ impl<S> RateLimit<S> {
     where
         S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
     {
-        let Some(key) = self.layer.key_for(&RequestInfo::from_request(&req)) else {
+        let Some(key) = self.policy.key_for(&RequestInfo::from_request(&req)) else {
             // A custom key function exempted this request.
             return ResponseFuture::called(self.inner.call(req), None);
         };
-        if let Some(now) = self.layer.counter_nanos() {
-            let decision = self.layer.check_nanos(&key, now);
+        if let Some(now) = self.policy.counter_nanos() {
+            let decision = self.policy.check_nanos(&key, now);
             return self.decided(req, decision);
         }
         let time = request_time::read();
-        let decision = self.layer.check(&key, time.now());
+        let decision = self.policy.check(&key, time.now());
         self.decided(req, decision)
     }
 
@@ -269,8 +245,8 @@ impl<S> RateLimit<S> {
         S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
     {
         let headers = |quota| {
-            self.layer.exposes_headers().then(|| {
-                let [(_, policy), (_, value)] = self.layer.quota_headers(&quota);
+            self.policy.exposes_headers().then(|| {
+                let [(_, policy), (_, value)] = self.policy.quota_headers(&quota);
                 (policy, value)
             })
         };

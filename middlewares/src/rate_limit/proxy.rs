@@ -9,12 +9,9 @@ use pingora_error::Result;
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 
-use super::{Decision, KeyValue, Quota, RateLimit, RateLimitLayer, RateLimited};
-use crate::proxy_host::{Admission, Hooks, ProxyPolicy};
+use super::{Decision, KeyValue, Quota, RateLimitLayer, RateLimited};
+use crate::proxy_host::{Admission, ProxyPolicy};
 use crate::RequestInfo;
-
-impl_proxy_http!(RateLimit, RateLimitLayer, RateLimitProxyCtx, |this| &this
-    .layer);
 
 /// Per-request state of the rate limiter in a proxy: the admitted request's quota, for the
 /// `RateLimit` response headers when they are exposed.
@@ -38,13 +35,6 @@ impl ProxyPolicy for RateLimitLayer {
 
     fn new_ctx(&self) -> RateLimitProxyCtx {
         RateLimitProxyCtx::default()
-    }
-
-    fn hooks(&self) -> Hooks {
-        Hooks {
-            response_filter: self.exposes_headers(),
-            ..Hooks::default()
-        }
     }
 
     fn request_filter(

@@ -12,7 +12,7 @@ use super::budget::Budget;
 use super::error::ConfigError;
 use super::policy::RetryPolicy;
 use super::Retry;
-use crate::TimeSource;
+use crate::{Layered, TimeSource};
 
 /// Everything a [`Retry`] service and its futures read; one per layer, behind an `Arc`.
 #[derive(Debug, Clone)]
@@ -60,7 +60,7 @@ impl Shared {
 /// (backoff, budget, per-try timeout) go through [`RetryLayer::builder`].
 #[derive(Debug, Clone)]
 pub struct RetryLayer {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
 }
 
 impl RetryLayer {
@@ -148,7 +148,7 @@ impl<S> Layer<S> for RetryLayer {
     type Service = Retry<S>;
 
     fn layer(&self, inner: S) -> Retry<S> {
-        Retry::from_shared(inner, Arc::clone(&self.shared))
+        Layered::wrap(self.clone(), inner)
     }
 }
 

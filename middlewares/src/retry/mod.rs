@@ -129,52 +129,28 @@ pub use self::proxy::RetryProxyCtx;
 
 use self::body::Source;
 use self::future::Head;
-use self::layer::Shared;
-use crate::request_time;
+use crate::{request_time, Layered};
 
 /// Retries failed requests to the inner service `S`; made by [`RetryLayer`]. See the
 /// [module docs](self).
 ///
 /// Clones share the layer's [`Budget`].
-#[derive(Debug, Clone)]
-pub struct Retry<S> {
-    inner: S,
-    shared: Arc<Shared>,
-}
+pub type Retry<S> = Layered<RetryLayer, S>;
 
 impl<S> Retry<S> {
-    pub(crate) fn from_shared(inner: S, shared: Arc<Shared>) -> Self {
-        Retry { inner, shared }
-    }
-
     /// The retry rules.
     pub fn policy(&self) -> &RetryPolicy {
-        &self.shared.policy
+        &self.policy.shared.policy
     }
 
     /// The backoff schedule.
     pub fn backoff(&self) -> &Backoff {
-        &self.shared.backoff
+        &self.policy.shared.backoff
     }
 
     /// The retry budget shared with the layer and every clone.
     pub fn budget(&self) -> &Arc<Budget> {
-        &self.shared.budget
-    }
-
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Unwraps the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
+        &self.policy.shared.budget
     }
 }
 
@@ -194,7 +170,7 @@ where
 
     #[inline]
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        let policy = &self.shared.policy;
+        let policy = &self.policy.shared.policy;
         if policy.max_retries == 0 || !policy.is_retryable_request(req.method(), req.headers()) {
             let per_try_timeout = policy.per_try_timeout;
             let fut = self.inner.call(req.map(ReplayBody::passthrough));
@@ -224,7 +200,7 @@ impl<S> Retry<S> {
         S: Service<Request<ReplayBody<ReqBody>>, Response = Response<ResBody>> + Clone,
         ReqBody: Body,
     {
-        let limit = self.shared.policy.max_replay_body;
+        let limit = self.policy.shared.policy.max_replay_body;
         let mut source = None;
         let req = req.map(|body| match ReplayBody::capture(body, limit) {
             Ok((body, captured)) => {
@@ -240,7 +216,7 @@ impl<S> Retry<S> {
                     limit,
                     "request body larger than the replay limit; it will not be retried"
                 );
-                let per_try_timeout = self.shared.policy.per_try_timeout;
+                let per_try_timeout = self.policy.shared.policy.per_try_timeout;
                 ResponseFuture::once(self.inner.call(req), per_try_timeout)
             }
         }
@@ -259,7 +235,7 @@ impl<S> Retry<S> {
         // The request time on the budget's timeline: the instant the layers around this one
         // read (see `request_time`), else the budget's clock; a read of tokio's clock is shared
         // with the layers inside until `time` drops.
-        let budget = &self.shared.budget;
+        let budget = &self.policy.shared.budget;
         let mut time = None;
         let now = match request_time::published() {
             Some(now) => budget.nanos(now),
@@ -275,6 +251,12 @@ impl<S> Retry<S> {
         let fresh = self.inner.clone();
         let mut service = mem::replace(&mut self.inner, fresh);
         let fut = service.call(req);
-        ResponseFuture::retrying(fut, service, later_head, source, Arc::clone(&self.shared))
+        ResponseFuture::retrying(
+            fut,
+            service,
+            later_head,
+            source,
+            Arc::clone(&self.policy.shared),
+        )
     }
 }

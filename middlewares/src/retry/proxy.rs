@@ -24,10 +24,9 @@ use pingora_proxy::Session;
 use tokio::time::Instant;
 
 use super::layer::Shared;
-use super::{ResponseClass, Retry};
-use crate::proxy_host::{Admission, Hooks, ProxyPolicy};
-
-impl_proxy_http!(Retry, Shared, RetryProxyCtx, |this| &this.shared);
+use super::ResponseClass;
+use super::RetryLayer;
+use crate::proxy_host::{Admission, ProxyPolicy};
 
 /// Per-request state of the retry layer in a proxy.
 #[derive(Debug, Default)]
@@ -61,33 +60,26 @@ fn response_started(session: &Session) -> bool {
     session.response_written().is_some() || session.body_bytes_sent() > 0
 }
 
-impl ProxyPolicy for Shared {
+impl ProxyPolicy for RetryLayer {
     type Ctx = RetryProxyCtx;
 
     fn new_ctx(&self) -> RetryProxyCtx {
         RetryProxyCtx::default()
     }
 
-    fn hooks(&self) -> Hooks {
-        Hooks {
-            // Responses are inspected only when a retryable status could be retried.
-            upstream_response_filter: self.policy.has_retries_left(0),
-            ..Hooks::default()
-        }
-    }
-
     fn request_filter(&self, session: &mut Session, ctx: &mut RetryProxyCtx) -> Result<Admission> {
         // Like the tower host: no retries configured, no budget bookkeeping. (Unlike the tower
         // host, every request deposits otherwise: in a proxy any method may be retried after a
         // failed connect, so every request can spend from the budget.)
-        if !self.policy.has_retries_left(0) {
+        if !self.shared.policy.has_retries_left(0) {
             return Ok(Admission::Continue);
         }
         let head = session.req_header();
         ctx.retryable_request = self
+            .shared
             .policy
             .is_retryable_request(&head.method, &head.headers);
-        self.budget.deposit();
+        self.shared.budget.deposit();
         Ok(Admission::Continue)
     }
 
@@ -109,12 +101,13 @@ impl ProxyPolicy for Shared {
             return Ok(());
         }
         let ResponseClass::Retryable { retry_after } = self
+            .shared
             .policy
             .classify_response(response.status, &response.headers)
         else {
             return Ok(());
         };
-        if !self.grant_proxy_retry(ctx, retry_after) {
+        if !self.shared.grant_proxy_retry(ctx, retry_after) {
             return Ok(());
         }
         ctx.status_retry = true;
@@ -135,7 +128,7 @@ impl ProxyPolicy for Shared {
     ) -> Box<Error> {
         // Nothing reached the upstream: safe to retry whatever the method, and the one place
         // this layer may retry what the inner proxy would not (a single backend is retried).
-        let retry = self.grant_proxy_retry(ctx, None);
+        let retry = self.shared.grant_proxy_retry(ctx, None);
         e.set_retry(retry);
         e
     }
@@ -161,7 +154,7 @@ impl ProxyPolicy for Shared {
             && e.esource() != &ErrorSource::Downstream
             && !response_started(session)
             && !session.as_ref().retry_buffer_truncated()
-            && self.grant_proxy_retry(ctx, None);
+            && self.shared.grant_proxy_retry(ctx, None);
         e.set_retry(retry);
         e
     }

@@ -73,7 +73,7 @@ pub use self::layer::{BodyTimeoutLayer, TimeoutLayer};
 pub use self::proxy::TimeoutProxyCtx;
 
 use self::future::{BodyResponseFuture, ResponseFuture};
-use crate::request_time;
+use crate::{request_time, Layered};
 
 /// The request header a client may use to ask for a shorter deadline, in milliseconds
 /// (`x-request-timeout: 250`). Read only when [`TimeoutLayer::honor_client_header`] is on.
@@ -81,36 +81,12 @@ pub const REQUEST_TIMEOUT_HEADER: HeaderName = HeaderName::from_static("x-reques
 
 /// Service built by [`TimeoutLayer`]: answers with the configured status (`504`) when the inner
 /// service does not return its response head before the request's deadline.
-#[derive(Debug, Clone)]
-pub struct Timeout<S> {
-    inner: S,
-    layer: TimeoutLayer,
-}
+pub type Timeout<S> = Layered<TimeoutLayer, S>;
 
 impl<S> Timeout<S> {
     /// Wraps `inner` with the configuration of `layer`.
-    pub fn new(inner: S, layer: TimeoutLayer) -> Self {
-        Timeout { inner, layer }
-    }
-
-    /// The configuration this service applies.
-    pub fn layer(&self) -> &TimeoutLayer {
-        &self.layer
-    }
-
-    /// The wrapped service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The wrapped service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Unwraps the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
+    pub const fn new(inner: S, layer: TimeoutLayer) -> Self {
+        Layered::wrap(layer, inner)
     }
 
     #[inline]
@@ -121,7 +97,7 @@ impl<S> Timeout<S> {
         // The one clock read of this layer (shared with the layers inside, see `request_time`);
         // the timer is armed later, only if needed.
         let time = request_time::read();
-        let (deadline, elapsed) = self.layer.request_deadline(req.headers(), time.now());
+        let (deadline, elapsed) = self.policy.request_deadline(req.headers(), time.now());
         ResponseFuture::new(self.inner.call(req), deadline, elapsed)
     }
 }

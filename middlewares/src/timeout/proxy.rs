@@ -15,10 +15,8 @@ use pingora_error::{Error, ErrorType, Result};
 use pingora_proxy::Session;
 use tokio::time::Instant;
 
-use super::{Timeout, TimeoutLayer};
-use crate::proxy_host::{Admission, Hooks, PeerChoice, ProxyPolicy};
-
-impl_proxy_http!(Timeout, TimeoutLayer, TimeoutProxyCtx, |this| &this.layer);
+use super::TimeoutLayer;
+use crate::proxy_host::{Admission, PeerChoice, ProxyPolicy};
 
 /// Per-request state of the timeout layer in a proxy.
 #[derive(Debug, Default)]
@@ -81,13 +79,6 @@ impl ProxyPolicy for TimeoutLayer {
         TimeoutProxyCtx::default()
     }
 
-    fn hooks(&self) -> Hooks {
-        Hooks {
-            select_peer: true,
-            ..Hooks::default()
-        }
-    }
-
     fn request_filter(
         &self,
         session: &mut Session,
@@ -130,6 +121,19 @@ impl ProxyPolicy for TimeoutLayer {
         clamped |= clamp(&mut options.write_timeout, left);
         ctx.clamped = clamped;
         Ok(PeerChoice::Accept)
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        ctx: &mut TimeoutProxyCtx,
+    ) -> Result<()> {
+        // A body still streaming at the deadline is cut (the head went out already, so the
+        // client sees the connection close rather than a `504`).
+        match ctx.deadline {
+            Some(deadline) if Instant::now() >= deadline => Err(self.deadline_error(ctx)),
+            _ => Ok(()),
+        }
     }
 
     fn fail_to_connect(

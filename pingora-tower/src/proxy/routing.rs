@@ -64,10 +64,10 @@ impl Default for Timeouts {
 ///    says [`preserve_host(false)`](super::Upstream::preserve_host).
 /// 5. `fail_to_connect` (refused, connect timeout: nothing was sent) marks the error
 ///    retryable while an untried healthy backend is left and the deadline allows, so Pingora
-///    calls `upstream_peer` again. `error_while_proxy` keeps Pingora's default policy
-///    (idempotent methods only, body within the retry buffer, errors on a reused connection
-///    retried on a fresh one to the same backend) and narrows it: no retry once any part of
-///    the response went downstream, none for the client's own errors.
+///    calls `upstream_peer` again. `error_while_proxy` retries an idempotent request with its
+///    body within the retry buffer on an untried backend (a stale pooled connection on a fresh
+///    one to the same backend), never once any part of the response went downstream and never
+///    for the client's own errors.
 /// 6. `fail_to_proxy` answers `502`, `504` (deadline, upstream timeouts), `404` (no route) with a
 ///    short text body.
 ///
@@ -583,10 +583,11 @@ impl ProxyHttp for RoutingProxy {
         e
     }
 
-    /// Pingora's default policy (idempotent requests with a complete retry buffer; errors on a
-    /// reused connection), narrowed: never once any byte of the response went downstream, never
-    /// for the client's own errors; then a reused-connection retry goes to the same backend, any
-    /// other retry only while an untried backend is left, none past the deadline.
+    /// Retries only what is safe to send again: an idempotent request whose body Pingora still
+    /// holds in full, when no byte of the response went downstream (another answer would be
+    /// spliced onto it) and the error is not the client's; never past the deadline. A failure
+    /// on a reused pooled connection that Pingora judges stale goes to the same backend on a
+    /// fresh connection; any other goes to a backend not tried yet, while one is left.
     fn error_while_proxy(
         &self,
         peer: &HttpPeer,
@@ -597,28 +598,26 @@ impl ProxyHttp for RoutingProxy {
     ) -> Box<Error> {
         ctx.attempt_failed = true;
         let mut e = e.more_context(format!("Peer: {peer}"));
-        if !session.req_header().method.is_idempotent()
-            || session.as_ref().retry_buffer_truncated()
+        let safe = session.req_header().method.is_idempotent()
+            && !session.as_ref().retry_buffer_truncated()
             // Part of the response went downstream: another attempt would splice a second
             // upstream answer onto it.
-            || session.response_written().is_some()
-            || session.body_bytes_sent() > 0
+            && session.response_written().is_none()
+            && session.body_bytes_sent() == 0
             // The client went away or misbehaved: nothing to retry for.
-            || e.esource() == &ErrorSource::Downstream
-        {
-            e.set_retry(false);
+            && e.esource() != &ErrorSource::Downstream;
+        let retry = if !safe || ctx.deadline_passed() {
+            false
+        } else if client_reused && e.retry() {
+            // A stale pooled connection (Pingora's judgement): the same backend, fresh.
+            ctx.retry_same = true;
+            true
         } else {
-            e.retry.decide_reuse(client_reused);
-        }
-        if e.retry() {
-            if ctx.deadline_passed() {
-                e.set_retry(false);
-            } else if client_reused {
-                ctx.retry_same = true;
-            } else if !self.has_untried(ctx) {
-                e.set_retry(false);
-            }
-        }
+            // Failover: an idempotent request whose answer has not started goes to a backend
+            // this request has not tried, whether or not the upstream saw it.
+            self.has_untried(ctx)
+        };
+        e.set_retry(retry);
         e
     }
 
