@@ -756,7 +756,11 @@ async fn key_rotation_does_not_lock_out_new_clients() {
         send(&mut svc, from_ip(v6(net, 1))).await;
         tokio::time::advance(Duration::from_micros(500)).await;
     }
-    assert!(layer.stats().keys <= 160, "{} keys held", layer.stats().keys);
+    assert!(
+        layer.stats().keys <= 160,
+        "{} keys held",
+        layer.stats().keys
+    );
     // First-time clients are still admitted: each new key replaces the least recently used one
     // instead of sharing one drained bucket. (An unbounded table admits all 100 too.)
     let mut admitted = 0;
@@ -767,8 +771,15 @@ async fn key_rotation_does_not_lock_out_new_clients() {
         }
     }
     assert!(admitted >= 50, "{admitted} of 100 new clients admitted");
-    assert_eq!(admitted, 100, "every first request starts from a full bucket");
-    assert!(layer.stats().keys <= 160, "{} keys held", layer.stats().keys);
+    assert_eq!(
+        admitted, 100,
+        "every first request starts from a full bucket"
+    );
+    assert!(
+        layer.stats().keys <= 160,
+        "{} keys held",
+        layer.stats().keys
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -804,7 +815,11 @@ fn a_burst_beyond_the_timeline_is_refused_not_unlimited() {
     let err = built.expect_err("a tolerance past the timeline must be refused");
     assert_eq!(err.field(), "rate_limit.burst");
     assert_eq!(err.value(), "250000");
-    assert!(err.to_string().contains("got 250000"), "{err}");
+    assert_eq!(
+        err.to_string(),
+        "rate_limit.burst must be ≤ 53374 at 1 per 86400s \
+         (burst × period / limit at most ~146 years), got 250000"
+    );
     // One request per 600 years: the interval alone is past the timeline.
     let years_600 = Duration::from_secs(600 * 365 * 86_400);
     let err = RateLimitLayer::builder(1, years_600)
@@ -830,4 +845,70 @@ async fn the_longest_accepted_burst_still_limits() {
         layer.check(&KeyValue::Global, now),
         Decision::Reject(_)
     ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn prefix_lengths_are_configurable() {
+    let (_, inner) = counting();
+    // Per address for IPv6, per /24 for IPv4.
+    let mut svc = RateLimitLayer::builder(1, Duration::from_secs(60))
+        .key(Key::ClientIp)
+        .ipv6_prefix(128)
+        .ipv4_prefix(24)
+        .build()
+        .unwrap()
+        .layer(inner);
+    for host in [1, 2] {
+        let res = send(&mut svc, from_ip(v6(7, host))).await;
+        assert_eq!(res.status(), StatusCode::OK, "host {host}");
+    }
+    assert_eq!(
+        send(&mut svc, from_addr([192, 0, 2, 1])).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        send(&mut svc, from_addr([192, 0, 2, 200])).await.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    let err = RateLimitLayer::builder(1, Duration::from_secs(1))
+        .ipv6_prefix(129)
+        .build()
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "rate_limit.ipv6_prefix must be 0..=128, got 129"
+    );
+    let err = RateLimitLayer::builder(1, Duration::from_secs(1))
+        .ipv4_prefix(33)
+        .build()
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "rate_limit.ipv4_prefix must be 0..=32, got 33"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_key_gives_way_the_moment_its_bucket_is_full() {
+    let (_, inner) = counting();
+    let layer = RateLimitLayer::builder(1, Duration::from_secs(60))
+        .key(Key::Header(http::HeaderName::from_static("x-client")))
+        .max_keys(1)
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(inner);
+    let client = |name: &'static str| with_header("x-client", name);
+    assert_eq!(send(&mut svc, client("a")).await.status(), StatusCode::OK);
+    // Exactly one refill later "a" is idle: "b" takes its place without evicting a debt.
+    tokio::time::advance(Duration::from_secs(60)).await;
+    assert_eq!(send(&mut svc, client("b")).await.status(), StatusCode::OK);
+    assert_eq!(layer.stats().evicted_busy, 0);
+    assert_eq!(
+        send(&mut svc, client("b")).await.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // A busy key gives way too, and is counted.
+    assert_eq!(send(&mut svc, client("c")).await.status(), StatusCode::OK);
+    assert_eq!(layer.stats().evicted_busy, 1);
+    assert_eq!(layer.stats().keys, 1);
 }

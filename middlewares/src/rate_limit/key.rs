@@ -289,7 +289,10 @@ mod tests {
     fn addresses_are_cut_to_their_prefix() {
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         let default = IpPrefixes::default();
-        assert_eq!(default.mask(ip("2001:db8:1:2:3:4:5:6")), ip("2001:db8:1:2::"));
+        assert_eq!(
+            default.mask(ip("2001:db8:1:2:3:4:5:6")),
+            ip("2001:db8:1:2::")
+        );
         assert_eq!(default.mask(ip("192.0.2.77")), ip("192.0.2.77"));
         assert_eq!(default.mask(ip("::ffff:192.0.2.77")), ip("192.0.2.77"));
         let wide = IpPrefixes { v4: 24, v6: 48 };

@@ -287,10 +287,7 @@ fn span_checked(period: Duration, limit: u32, burst: u32) -> Result<u64, ConfigE
     if interval.saturating_mul(2) > max_span {
         return Err(ConfigError::new(
             "rate_limit.period",
-            format!(
-                "at most {limit} × {:?} (one request per at most ~73 years)",
-                Duration::from_nanos(MAX_SPAN / 2)
-            ),
+            format!("at most ~73 years × limit ({limit}), so that a burst of 1 fits in ~146"),
             period,
         ));
     }

@@ -576,10 +576,13 @@ mod tests {
         check_invariants(&l);
         for i in (0..20).step_by(2) {
             // Still in debt at 1.5 s: one token back of three.
-            assert!(matches!(
-                l.step(&KeyValue::from(format!("k{i}")), SECOND + SECOND / 2),
-                Verdict::Allow { slack, .. } if slack == SECOND / 2
-            ), "k{i}");
+            assert!(
+                matches!(
+                    l.step(&KeyValue::from(format!("k{i}")), SECOND + SECOND / 2),
+                    Verdict::Allow { slack, .. } if slack == SECOND / 2
+                ),
+                "k{i}"
+            );
         }
         check_invariants(&l);
     }
