@@ -1,7 +1,7 @@
 //! Behaviour tests for `middlewares::rate_limit` (paused tokio clock, no real sleeps).
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -508,9 +508,10 @@ async fn max_keys_bound_holds() {
     let stats = layer.stats();
     assert!(stats.keys <= 32, "{} keys held", stats.keys);
     assert!(stats.keys > 0);
-    // New keys beyond the bound share the overflow bucket (1 per minute), so most are rejected.
-    assert!(stats.overflowed >= 1_000 - 32);
-    assert!(rejected >= 1_000 - 32 - 1, "{rejected} rejected");
+    // New keys beyond the bound take the place of the least recently used key (each still in
+    // debt, so its debt is forgotten): every new client is counted in a bucket of its own.
+    assert!(stats.evicted_busy >= 1_000 - 32, "{stats:?}");
+    assert_eq!(rejected, 0, "a first request starts from a full bucket");
 
     // Once the held keys are idle they are evicted and new keys get their own buckets again.
     tokio::time::advance(Duration::from_secs(61)).await;
@@ -725,4 +726,189 @@ async fn per_key_limits_on_the_counter_clock() {
         StatusCode::OK
     );
     assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+fn from_ip(ip: IpAddr) -> Request<String> {
+    let mut req = get();
+    req.extensions_mut().insert(SocketAddr::from((ip, 4000)));
+    req
+}
+
+/// The address `2001:db8:0:<net>::<host>`: `net` picks the /64.
+fn v6(net: u16, host: u64) -> IpAddr {
+    IpAddr::V6(Ipv6Addr::from(
+        (0x2001_0db8_u128 << 96) | (u128::from(net) << 64) | u128::from(host),
+    ))
+}
+
+#[tokio::test(start_paused = true)]
+async fn key_rotation_does_not_lock_out_new_clients() {
+    let (_, inner) = counting();
+    let layer = RateLimitLayer::builder(1, Duration::from_secs(60))
+        .key(Key::ClientIp)
+        .max_keys(160)
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(inner);
+    // One client rotates through 2,000 networks within one second, filling the key table with
+    // busy keys (each owes the rest of its minute).
+    for net in 0..2_000u16 {
+        send(&mut svc, from_ip(v6(net, 1))).await;
+        tokio::time::advance(Duration::from_micros(500)).await;
+    }
+    assert!(
+        layer.stats().keys <= 160,
+        "{} keys held",
+        layer.stats().keys
+    );
+    // First-time clients are still admitted: each new key replaces the least recently used one
+    // instead of sharing one drained bucket. (An unbounded table admits all 100 too.)
+    let mut admitted = 0;
+    for host in 0..100u8 {
+        let res = send(&mut svc, from_addr([198, 51, 100, host])).await;
+        if res.status() == StatusCode::OK {
+            admitted += 1;
+        }
+    }
+    assert!(admitted >= 50, "{admitted} of 100 new clients admitted");
+    assert_eq!(
+        admitted, 100,
+        "every first request starts from a full bucket"
+    );
+    assert!(
+        layer.stats().keys <= 160,
+        "{} keys held",
+        layer.stats().keys
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn ipv6_clients_are_keyed_per_64_by_default() {
+    let (calls, inner) = counting();
+    let mut svc = RateLimitLayer::builder(2, Duration::from_secs(60))
+        .key(Key::ClientIp)
+        .build()
+        .unwrap()
+        .layer(inner);
+    // Three addresses of one /64: one bucket of 2.
+    for (host, expected) in [
+        (1, StatusCode::OK),
+        (0xffff_0000_0000_0009, StatusCode::OK),
+        (0xabcd_0000_0000_0000, StatusCode::TOO_MANY_REQUESTS),
+    ] {
+        let res = send(&mut svc, from_ip(v6(7, host))).await;
+        assert_eq!(res.status(), expected, "host {host:#x}");
+    }
+    // The next /64 is another client.
+    assert_eq!(
+        send(&mut svc, from_ip(v6(8, 1))).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+}
+
+#[test]
+fn a_burst_beyond_the_timeline_is_refused_not_unlimited() {
+    const DAY: Duration = Duration::from_secs(86_400);
+    // 250,000 days of burst: more than u64 nanoseconds hold.
+    let built = RateLimitLayer::builder(1, DAY).burst(250_000).build();
+    let err = built.expect_err("a tolerance past the timeline must be refused");
+    assert_eq!(err.field(), "rate_limit.burst");
+    assert_eq!(err.value(), "250000");
+    assert_eq!(
+        err.to_string(),
+        "rate_limit.burst must be ≤ 53374 at 1 per 86400s \
+         (burst × period / limit at most ~146 years), got 250000"
+    );
+    // One request per 600 years: the interval alone is past the timeline.
+    let years_600 = Duration::from_secs(600 * 365 * 86_400);
+    let err = RateLimitLayer::builder(1, years_600)
+        .build()
+        .expect_err("an interval past the timeline must be refused");
+    assert_eq!(err.field(), "rate_limit.period");
+    assert_eq!(err.value(), format!("{years_600:?}"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_longest_accepted_burst_still_limits() {
+    const DAY: Duration = Duration::from_secs(86_400);
+    let layer = RateLimitLayer::builder(1, DAY)
+        .burst(50_000)
+        .build()
+        .unwrap();
+    let now = Instant::now();
+    for i in 0..50_000 {
+        let decision = layer.check(&KeyValue::Global, now);
+        assert!(matches!(decision, Decision::Allow(_)), "request {i}");
+    }
+    assert!(matches!(
+        layer.check(&KeyValue::Global, now),
+        Decision::Reject(_)
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn prefix_lengths_are_configurable() {
+    let (_, inner) = counting();
+    // Per address for IPv6, per /24 for IPv4.
+    let mut svc = RateLimitLayer::builder(1, Duration::from_secs(60))
+        .key(Key::ClientIp)
+        .ipv6_prefix(128)
+        .ipv4_prefix(24)
+        .build()
+        .unwrap()
+        .layer(inner);
+    for host in [1, 2] {
+        let res = send(&mut svc, from_ip(v6(7, host))).await;
+        assert_eq!(res.status(), StatusCode::OK, "host {host}");
+    }
+    assert_eq!(
+        send(&mut svc, from_addr([192, 0, 2, 1])).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        send(&mut svc, from_addr([192, 0, 2, 200])).await.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    let err = RateLimitLayer::builder(1, Duration::from_secs(1))
+        .ipv6_prefix(129)
+        .build()
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "rate_limit.ipv6_prefix must be 0..=128, got 129"
+    );
+    let err = RateLimitLayer::builder(1, Duration::from_secs(1))
+        .ipv4_prefix(33)
+        .build()
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "rate_limit.ipv4_prefix must be 0..=32, got 33"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_key_gives_way_the_moment_its_bucket_is_full() {
+    let (_, inner) = counting();
+    let layer = RateLimitLayer::builder(1, Duration::from_secs(60))
+        .key(Key::Header(http::HeaderName::from_static("x-client")))
+        .max_keys(1)
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(inner);
+    let client = |name: &'static str| with_header("x-client", name);
+    assert_eq!(send(&mut svc, client("a")).await.status(), StatusCode::OK);
+    // Exactly one refill later "a" is idle: "b" takes its place without evicting a debt.
+    tokio::time::advance(Duration::from_secs(60)).await;
+    assert_eq!(send(&mut svc, client("b")).await.status(), StatusCode::OK);
+    assert_eq!(layer.stats().evicted_busy, 0);
+    assert_eq!(
+        send(&mut svc, client("b")).await.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // A busy key gives way too, and is counted.
+    assert_eq!(send(&mut svc, client("c")).await.status(), StatusCode::OK);
+    assert_eq!(layer.stats().evicted_busy, 1);
+    assert_eq!(layer.stats().keys, 1);
 }

@@ -8,6 +8,14 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// How far ahead of now a setting may push a TAT, in ns (u64::MAX / 4, about 146 years).
+///
+/// The timeline ends at u64::MAX / 2 (see `clock`), and a TAT runs at most `burst * T + T`
+/// plus the queue's max delay ahead of now. With both of those at most this span, no TAT
+/// saturates, so the arithmetic stays exact; past it, a saturated TAT would stop moving and the
+/// bucket would admit everything.
+pub(super) const MAX_SPAN: u64 = u64::MAX / 4;
+
 /// Outcome of one GCRA step. All durations in nanoseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Verdict {
@@ -34,6 +42,7 @@ pub(super) struct Gcra {
 }
 
 impl Gcra {
+    /// The builder keeps `(burst + 1) * interval` and `max_delay` within [`MAX_SPAN`].
     pub(super) fn new(interval: u64, burst: u32, max_delay: u64) -> Self {
         let interval = interval.max(1);
         Gcra {

@@ -2,7 +2,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
 use http::header::HeaderName;
@@ -21,10 +21,14 @@ pub type KeyFn = dyn Fn(&RequestInfo<'_>) -> Option<String> + Send + Sync;
 ///
 /// Every key gets a bucket of its own, except where noted:
 /// - [`Key::Global`] (default): one bucket for every request.
-/// - [`Key::ClientIp`]: the client's IP address, from the request extensions: axum's
+/// - [`Key::ClientIp`]: the client's IP network, from the request extensions: axum's
 ///   `ConnectInfo<SocketAddr>` (with the `axum` feature), else a plain `SocketAddr`, else an
 ///   `IpAddr` (what the Pingora adapter inserts). `X-Forwarded-For` is read only when
-///   [`trusted_hops`](super::RateLimitBuilder::trusted_hops) is set.
+///   [`trusted_hops`](super::RateLimitBuilder::trusted_hops) is set (read its warning). The
+///   address is cut to a prefix: an IPv6 client is keyed by its /64 by default, since one
+///   host or home is usually handed a whole /64 and can pick any address in it; an IPv4 client
+///   by its address (/32). See [`ipv6_prefix`](super::RateLimitBuilder::ipv6_prefix) and
+///   [`ipv4_prefix`](super::RateLimitBuilder::ipv4_prefix).
 /// - [`Key::Header`]: the raw bytes of a request header's value (the first one if repeated).
 /// - [`Key::Custom`]: a closure over [`RequestInfo`]; returning `None` means the request is **not
 ///   limited at all** (use it to exempt health checks, say).
@@ -36,7 +40,7 @@ pub enum Key {
     /// One bucket for every request.
     #[default]
     Global,
-    /// One bucket per client IP address.
+    /// One bucket per client IP network (/64 for IPv6, /32 for IPv4 by default).
     ClientIp,
     /// One bucket per value of this request header.
     Header(HeaderName),
@@ -77,7 +81,10 @@ pub enum KeyValue<'a> {
     Global,
     /// The shared bucket of requests whose key could not be found.
     Unknown,
-    /// A client IP address (IPv4-mapped IPv6 addresses are stored as IPv4).
+    /// A client IP address (IPv4-mapped IPv6 addresses are stored as IPv4). From
+    /// [`RateLimitLayer::key_for`](super::RateLimitLayer::key_for) it is the network address
+    /// of the configured prefix (host bits zero); [`check`](super::RateLimitLayer::check)
+    /// counts whatever address it is given.
     Ip(IpAddr),
     /// A header value or a custom key.
     Bytes(Cow<'a, [u8]>),
@@ -112,18 +119,52 @@ impl fmt::Display for KeyValue<'_> {
     }
 }
 
+/// How many leading bits of a client address make its key
+/// ([`RateLimitBuilder::ipv4_prefix`](super::RateLimitBuilder::ipv4_prefix),
+/// [`ipv6_prefix`](super::RateLimitBuilder::ipv6_prefix)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct IpPrefixes {
+    /// 0..=32.
+    pub(super) v4: u8,
+    /// 0..=128.
+    pub(super) v6: u8,
+}
+
+impl Default for IpPrefixes {
+    fn default() -> Self {
+        IpPrefixes { v4: 32, v6: 64 }
+    }
+}
+
+impl IpPrefixes {
+    /// `ip` (canonical: IPv4-mapped addresses as IPv4) with the bits past its prefix zeroed.
+    pub(super) fn mask(self, ip: IpAddr) -> IpAddr {
+        match ip.to_canonical() {
+            IpAddr::V4(v4) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.v4)).unwrap_or(0);
+                IpAddr::V4(Ipv4Addr::from(u32::from(v4) & mask))
+            }
+            IpAddr::V6(v6) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(self.v6)).unwrap_or(0);
+                IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask))
+            }
+        }
+    }
+}
+
 /// Finds the key of a request. `peer` overrides the extension lookup of the client address
 /// (the Pingora host knows it from the session).
 pub(super) fn key_for<'a>(
     key: &Key,
     trusted_hops: usize,
+    prefixes: IpPrefixes,
     info: &RequestInfo<'a>,
     peer: Option<IpAddr>,
 ) -> Option<KeyValue<'a>> {
     match key {
         Key::Global => Some(KeyValue::Global),
         Key::ClientIp => Some(match client_ip(info, trusted_hops, peer) {
-            Some(ip) => KeyValue::Ip(ip.to_canonical()),
+            Some(ip) => KeyValue::Ip(prefixes.mask(ip)),
             None => {
                 tracing::debug!("rate limit: no client address; counting in the unknown bucket");
                 KeyValue::Unknown
@@ -141,7 +182,8 @@ pub(super) fn key_for<'a>(
 }
 
 /// The client IP: from `X-Forwarded-For` when `trusted_hops > 0` and it has enough entries,
-/// else from the connection.
+/// else from the connection. The header is believed as it arrives: see the warning on
+/// [`trusted_hops`](super::RateLimitBuilder::trusted_hops).
 fn client_ip(info: &RequestInfo<'_>, trusted_hops: usize, peer: Option<IpAddr>) -> Option<IpAddr> {
     if trusted_hops > 0 {
         match forwarded_for(info.headers, trusted_hops) {
@@ -238,7 +280,28 @@ mod tests {
                 .insert("::ffff:192.0.2.1".parse::<IpAddr>().unwrap());
             r
         };
-        let key = key_for(&Key::ClientIp, 0, &RequestInfo::from_request(&req), None);
+        let info = RequestInfo::from_request(&req);
+        let key = key_for(&Key::ClientIp, 0, IpPrefixes::default(), &info, None);
         assert_eq!(key, Some(KeyValue::Ip("192.0.2.1".parse().unwrap())));
+    }
+
+    #[test]
+    fn addresses_are_cut_to_their_prefix() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let default = IpPrefixes::default();
+        assert_eq!(
+            default.mask(ip("2001:db8:1:2:3:4:5:6")),
+            ip("2001:db8:1:2::")
+        );
+        assert_eq!(default.mask(ip("192.0.2.77")), ip("192.0.2.77"));
+        assert_eq!(default.mask(ip("::ffff:192.0.2.77")), ip("192.0.2.77"));
+        let wide = IpPrefixes { v4: 24, v6: 48 };
+        assert_eq!(wide.mask(ip("2001:db8:1:2:3:4:5:6")), ip("2001:db8:1::"));
+        assert_eq!(wide.mask(ip("192.0.2.77")), ip("192.0.2.0"));
+        let ends = IpPrefixes { v4: 0, v6: 128 };
+        assert_eq!(ends.mask(ip("192.0.2.77")), ip("0.0.0.0"));
+        assert_eq!(ends.mask(ip("2001:db8::6")), ip("2001:db8::6"));
+        let none = IpPrefixes { v4: 32, v6: 0 };
+        assert_eq!(none.mask(ip("2001:db8::6")), ip("::"));
     }
 }

@@ -11,8 +11,8 @@ use tokio::time::Instant;
 use tower_layer::Layer;
 
 use super::error::{ceil_secs, policy_value, quota_value, RATELIMIT, RATELIMIT_POLICY};
-use super::gcra::{Gcra, Verdict};
-use super::key::{self, Key, KeyValue};
+use super::gcra::{Gcra, Verdict, MAX_SPAN};
+use super::key::{self, IpPrefixes, Key, KeyValue};
 use super::limiter::{Limiter, RateLimitStats};
 use super::{ConfigError, RateLimit, RateLimited};
 use crate::clock::{Clock, TimeSource};
@@ -71,6 +71,7 @@ pub struct RateLimitBuilder {
     max_queue: Option<u32>,
     key: Key,
     trusted_hops: usize,
+    prefixes: IpPrefixes,
     max_keys: usize,
     expose_headers: bool,
     dry_run: bool,
@@ -79,23 +80,34 @@ pub struct RateLimitBuilder {
 
 impl RateLimitBuilder {
     /// Bucket capacity: how many requests a key may send at once after being idle. Default: the
-    /// `limit`. Must be > 0.
+    /// `limit`. Must be > 0, and `(burst + 1) × period / limit` at most about 146 years (the
+    /// span the limiter's nanosecond arithmetic holds exactly; [`build`](Self::build) refuses
+    /// more rather than stop limiting).
     pub fn burst(mut self, burst: u32) -> Self {
         self.burst = Some(burst);
         self
     }
 
     /// Queue mode: instead of rejecting a request that finds the bucket empty, hold it until its
-    /// slot comes up, if that is at most `max_delay` away (nginx `limit_req ... delay`
-    /// semantics). Requests that would wait longer are rejected with `429`.
+    /// slot comes up, if that is at most `max_delay` away. Requests that would wait longer are
+    /// rejected with `429`. A wait of more than about 146 years is taken as that long.
+    ///
+    /// nginx `limit_req zone=… rate=R burst=B delay=D` (D < B) is
+    /// `builder(R, 1 s).burst(D + 1).queue((B − D) / R s)`, or with
+    /// [`max_queue(B − D)`](Self::max_queue): the first D + 1 requests pass at once, the next
+    /// B − D wait. See the [module docs](super#nginx-limit_req).
     pub fn queue(mut self, max_delay: Duration) -> Self {
         self.max_delay = Some(max_delay);
         self
     }
 
-    /// Queue mode: hold at most `n` requests per key waiting for their slot (the `burst=` of
-    /// nginx `limit_req`); the next one is rejected. Combined with [`queue`](Self::queue), the
-    /// tighter bound wins.
+    /// Queue mode: hold at most `n` requests per key waiting for their slot; the next one is
+    /// rejected. Combined with [`queue`](Self::queue), the tighter bound wins.
+    ///
+    /// This is nginx's `burst=` only with [`burst(1)`](Self::burst): nginx
+    /// `rate=R burst=B delay=D` is `builder(R, 1 s).burst(D + 1).max_queue(B − D)` (without
+    /// `delay=`, D = 0: `burst(1).max_queue(B)`). See the
+    /// [module docs](super#nginx-limit_req).
     pub fn max_queue(mut self, n: u32) -> Self {
         self.max_queue = Some(n);
         self
@@ -118,19 +130,49 @@ impl RateLimitBuilder {
 
     /// With [`Key::ClientIp`], trust `n` reverse proxies in front of this server: the client
     /// is the `n`-th address from the right of the `X-Forwarded-For` list (several headers
-    /// count as one list, in order). `0` (the default) ignores `X-Forwarded-For`. When the list
-    /// has fewer than `n` entries or that entry is not an address, the connection address is
-    /// used.
+    /// count as one list, in order). `0` (the default) ignores `X-Forwarded-For`.
+    ///
+    /// This trusts the `X-Forwarded-For` the request arrives with: the `n` rightmost entries
+    /// are taken to have been appended by your own proxies, one each. A client can send any
+    /// `X-Forwarded-For` it likes, and a proxy that appends keeps it in front of its own entry,
+    /// so the count from the right is what makes this safe, and only when each of the `n`
+    /// proxies *appends* the address it received the request from (nginx
+    /// `$proxy_add_x_forwarded_for`, Pingora's default) and every request comes through them.
+    /// A proxy that passes the header on untouched, or replaces it with the client's own, or a
+    /// path that bypasses the proxies, lets a client choose its key, and so its bucket.
+    ///
+    /// When the list has fewer than `n` entries (the request did not pass through all the
+    /// proxies, or a proxy did not append), or the `n`-th entry is not an address, the
+    /// connection's address is used (logged at debug level): then every such request counts
+    /// against the address of the proxy it came from.
     pub fn trusted_hops(mut self, n: usize) -> Self {
         self.trusted_hops = n;
         self
     }
 
-    /// Bound on the keys held in memory (default [`DEFAULT_MAX_KEYS`]). A key whose bucket is
-    /// full again is idle and may be evicted; when the table is full and nothing is idle, new
-    /// keys share one overflow bucket (with the same rate) until room frees up. Must be > 0.
+    /// Bound on the keys held in memory (default [`DEFAULT_MAX_KEYS`]). When the table is full,
+    /// a new key takes the place of an idle key (bucket full again) if one is among the least
+    /// recently used, else of the least recently used key, whose debt is then forgotten: a new
+    /// client is always counted in a bucket of its own. Size it above the number of clients
+    /// active within one refill of a bucket. See the [module docs](super#bounded-key-memory). Must be > 0.
     pub fn max_keys(mut self, n: usize) -> Self {
         self.max_keys = n;
+        self
+    }
+
+    /// With [`Key::ClientIp`], key IPv6 clients by the first `bits` of their address (default
+    /// 64: one bucket per /64, the block one host or home is usually given, so a client cannot
+    /// get a new bucket by picking another address of its own block). 128 keys each address;
+    /// a shorter prefix (56, 48) groups whole sites. Must be ≤ 128.
+    pub fn ipv6_prefix(mut self, bits: u8) -> Self {
+        self.prefixes.v6 = bits;
+        self
+    }
+
+    /// With [`Key::ClientIp`], key IPv4 clients by the first `bits` of their address (default
+    /// 32: one bucket per address). IPv4-mapped IPv6 addresses count as IPv4. Must be ≤ 32.
+    pub fn ipv4_prefix(mut self, bits: u8) -> Self {
+        self.prefixes.v4 = bits;
         self
     }
 
@@ -159,7 +201,10 @@ impl RateLimitBuilder {
     /// Checks the settings and builds the layer.
     ///
     /// # Errors
-    /// When `limit`, `period`, `burst` or `max_keys` is zero; the error names the field and the
+    /// When `limit`, `period`, `burst` or `max_keys` is zero; when one token's interval
+    /// (`period / limit`) or the burst's span (`(burst + 1)` intervals) is longer than about
+    /// 146 years (`rate_limit.period`, `rate_limit.burst`), which the limiter could not count
+    /// exactly; when a prefix is longer than its address. The error names the field and the
     /// value.
     pub fn build(self) -> Result<RateLimitLayer, ConfigError> {
         if self.limit == 0 {
@@ -179,17 +224,32 @@ impl RateLimitBuilder {
                 self.max_keys,
             ));
         }
-        let interval =
-            u64::try_from(self.period.as_nanos() / u128::from(self.limit)).unwrap_or(u64::MAX);
+        if self.prefixes.v4 > 32 {
+            return Err(ConfigError::new(
+                "rate_limit.ipv4_prefix",
+                "0..=32",
+                self.prefixes.v4,
+            ));
+        }
+        if self.prefixes.v6 > 128 {
+            return Err(ConfigError::new(
+                "rate_limit.ipv6_prefix",
+                "0..=128",
+                self.prefixes.v6,
+            ));
+        }
+        let interval = span_checked(self.period, self.limit, burst)?;
         let by_delay = self.max_delay.map(nanos);
         let by_queue = self
             .max_queue
-            .map(|n| u64::from(n).saturating_mul(interval.max(1)));
+            .map(|n| u64::from(n).saturating_mul(interval));
         let max_delay = match (by_delay, by_queue) {
             (Some(a), Some(b)) => a.min(b),
             (Some(a), None) | (None, Some(a)) => a,
             (None, None) => 0,
-        };
+        }
+        // No request waits a century; beyond that the TAT could saturate (see `MAX_SPAN`).
+        .min(MAX_SPAN);
         let window_secs = ceil_secs(self.period).max(1);
         let limiter = Limiter::new(Gcra::new(interval, burst, max_delay), self.max_keys);
         Ok(RateLimitLayer {
@@ -199,6 +259,7 @@ impl RateLimitBuilder {
                 policy: policy_value(self.limit, window_secs),
                 key: self.key,
                 trusted_hops: self.trusted_hops,
+                prefixes: self.prefixes,
                 expose_headers: self.expose_headers,
                 dry_run: self.dry_run,
                 limit: self.limit,
@@ -215,6 +276,35 @@ fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
+/// The emission interval `period / limit` in ns, once the interval and the burst's span
+/// `(burst + 1) × interval` are known to fit in [`MAX_SPAN`]. Past it the tolerance would
+/// saturate and the limiter would admit everything, so such a setting is refused, naming the
+/// period when no burst could fit and the burst otherwise.
+fn span_checked(period: Duration, limit: u32, burst: u32) -> Result<u64, ConfigError> {
+    let interval = period.as_nanos() / u128::from(limit);
+    let max_span = u128::from(MAX_SPAN);
+    // The smallest burst (1) spans two intervals.
+    if interval.saturating_mul(2) > max_span {
+        return Err(ConfigError::new(
+            "rate_limit.period",
+            format!("at most ~73 years × limit ({limit}), so that a burst of 1 fits in ~146"),
+            period,
+        ));
+    }
+    if (u128::from(burst) + 1) * interval > max_span {
+        let max_burst = max_span / interval.max(1) - 1;
+        return Err(ConfigError::new(
+            "rate_limit.burst",
+            format!(
+                "≤ {max_burst} at {limit} per {period:?} (burst × period / limit at most ~146 years)"
+            ),
+            burst,
+        ));
+    }
+    // interval ≤ MAX_SPAN / 2 fits, and is at least 1 so a token always costs time.
+    Ok((interval as u64).max(1))
+}
+
 #[derive(Debug)]
 pub(super) struct Shared {
     limiter: Limiter,
@@ -222,6 +312,7 @@ pub(super) struct Shared {
     policy: HeaderValue,
     key: Key,
     trusted_hops: usize,
+    prefixes: IpPrefixes,
     expose_headers: bool,
     dry_run: bool,
     limit: u32,
@@ -253,6 +344,7 @@ impl RateLimitLayer {
             max_queue: None,
             key: Key::Global,
             trusted_hops: 0,
+            prefixes: IpPrefixes::default(),
             max_keys: DEFAULT_MAX_KEYS,
             expose_headers: false,
             dry_run: false,
@@ -279,7 +371,7 @@ impl RateLimitLayer {
         peer: Option<IpAddr>,
     ) -> Option<KeyValue<'a>> {
         let s = &*self.shared;
-        key::key_for(&s.key, s.trusted_hops, info, peer)
+        key::key_for(&s.key, s.trusted_hops, s.prefixes, info, peer)
     }
 
     /// Counts one request of `key` now, on the limiter's [clock](RateLimitBuilder::clock), and
@@ -411,8 +503,9 @@ impl RateLimitLayer {
         self.shared.limiter.stats()
     }
 
-    /// Drops every key whose bucket is full again at `now`; returns how many. Optional: full
-    /// shards also sweep themselves when a new key needs room.
+    /// Drops every key whose bucket is full again at `now`; returns how many. Optional: a new key
+    /// in a full shard takes an idle key's place by itself; this only returns the memory of
+    /// keys that went idle (see the [module docs](super#bounded-key-memory)).
     pub fn evict_idle(&self, now: Instant) -> usize {
         let s = &*self.shared;
         s.limiter.evict_idle(s.clock.nanos(now))

@@ -10,7 +10,8 @@
 //! - **Rejecting** (default): a request that finds its bucket empty is answered at once with
 //!   `429 Too Many Requests` (see [Headers](#headers)); the inner service never sees it.
 //! - **Queue** ([`queue(max_delay)`](RateLimitBuilder::queue) and/or
-//!   [`max_queue(n)`](RateLimitBuilder::max_queue)): like nginx `limit_req burst=… delay=…`, a
+//!   [`max_queue(n)`](RateLimitBuilder::max_queue)): like nginx `limit_req burst=… delay=…`
+//!   (see [the mapping](#nginx-limit_req)), a
 //!   request that finds its bucket empty reserves the next free slot and is held until then,
 //!   inside the response future (a tokio sleep; `poll_ready` never waits). Requests whose slot
 //!   is more than `max_delay` away, or that would be the `n+1`-th waiting on their key, get the
@@ -23,20 +24,69 @@
 //!   [`RateLimitLayer::stats`]) and logs at warn level what would be delayed or rejected, and
 //!   serves everything at once.
 //!
+//! ## nginx `limit_req`
+//! nginx's `burst=` counts the requests beyond the first that may be in excess, and `delay=`
+//! how many of those pass without waiting, so the mapping (checked against nginx 1.22) is:
+//!
+//! | nginx | here |
+//! |---|---|
+//! | `rate=Rr/s burst=B delay=D` | `builder(R, 1 s).burst(D + 1).max_queue(B − D)`, or `.queue((B − D) / R s)` instead of `max_queue` |
+//! | `rate=Rr/s burst=B` (no `delay=`: D = 0) | `builder(R, 1 s).burst(1).max_queue(B)` |
+//! | `rate=Rr/s burst=B nodelay` | `builder(R, 1 s).burst(B + 1)`, rejecting mode |
+//! | `rate=Rr/s` (no `burst=`) | `builder(R, 1 s).burst(1)` |
+//!
+//! So `max_queue(n)` alone is nginx's `burst=n` only with `burst(1)`: the default burst here is
+//! the `limit`, which nginx would write as `delay=limit − 1`. nginx answers `503` by default
+//! (`limit_req_status`); this layer answers `429`.
+//!
 //! # Keys
-//! One global bucket by default. [`Key::ClientIp`] keys by client address (from axum's
+//! One global bucket by default. [`Key::ClientIp`] keys by client network (from axum's
 //! `ConnectInfo<SocketAddr>`, else a `SocketAddr` or `IpAddr` in the request extensions; from
 //! `X-Forwarded-For` only with [`trusted_hops(n)`](RateLimitBuilder::trusted_hops), taking the
-//! `n`-th entry from the right), [`Key::Header`] by a header's value, [`Key::Custom`] by a
-//! closure over [`RequestInfo`], whose `None` exempts the request. A
-//! request whose IP or header cannot be found counts in one shared "unknown" bucket.
+//! `n`-th entry from the right, which is safe only behind proxies that append to it); an IPv6
+//! client is keyed by its /64 ([`ipv6_prefix`](RateLimitBuilder::ipv6_prefix)), an IPv4 client
+//! by its address ([`ipv4_prefix`](RateLimitBuilder::ipv4_prefix)). [`Key::Header`] keys by a
+//! header's value, [`Key::Custom`] by a closure over [`RequestInfo`], whose `None` exempts the
+//! request. A request whose IP or header cannot be found counts in one shared "unknown" bucket.
 //!
-//! Per-key memory is bounded by [`max_keys`](RateLimitBuilder::max_keys) (default
-//! 100 000, split over 16 shards): a key whose bucket is full again is idle and is evicted when
-//! room is needed (or by [`RateLimitLayer::evict_idle`]); when a shard is full and nothing in it
-//! is idle, new keys share one overflow bucket until room frees up. The table never grows past
-//! the bound, and a key takes about a hundred bytes at most (byte keys longer than 64 bytes are
-//! stored as a 128-bit digest).
+//! ## Bounded key memory
+//! Per-key memory is bounded by [`max_keys`](RateLimitBuilder::max_keys) (default 100 000,
+//! split over 16 shards by hash, each with its own lock and its own recency list). The table
+//! never grows past the bound, and a key takes about a hundred bytes at most (byte keys longer
+//! than 64 bytes are stored as a 128-bit digest). A key missing from the table is a full
+//! bucket, so a key whose bucket is full again (idle) can go without losing anything.
+//!
+//! When a new key arrives at a full shard, it takes the place of the least recently used idle
+//! key among the shard's 8 least recently used, else of the least recently used key even if
+//! that key is still in debt (counted in [`RateLimitStats::evicted_busy`]). Every request,
+//! rejected ones too, counts as use. There is no background sweep and no gap between sweeps: an
+//! idle key is replaceable the moment its bucket is full again.
+//! [`RateLimitLayer::evict_idle`] drops every idle key at once, to give their memory back;
+//! nothing needs it to enforce the limit.
+//!
+//! Evicting a key in debt forgets the debt: that key's next request starts from a full bucket.
+//! The alternative, counting new keys of a full table in one shared overflow bucket, keeps every
+//! debt, and is what this layer did before. Compare what a client that can rotate keys gains:
+//! - *Shared overflow bucket*: a client rotating through more keys than the table holds fills
+//!   it with keys in debt, then drains the overflow bucket, and from then on **no first-time
+//!   client is admitted** until the held keys go idle (a whole refill; at 1 per minute, 2 000
+//!   rotated keys in one second leave 0 of the next 100 new clients admitted). Key rotation
+//!   becomes a denial of service against everyone new.
+//! - *Least recently used out* (this layer): the rotating client gets one bucket per key it
+//!   presents, as it would from an unbounded table, plus a fresh burst for a key it comes back
+//!   to after cycling through more keys than the table holds: with more than `max_keys` keys
+//!   in rotation it is, in effect, not limited per key. It can also push other busy keys out,
+//!   which forgives *their* debts (a gift to them, not harm to them). Every first-time client
+//!   is still admitted (all 100 in the scenario above), and a client that keeps sending on one
+//!   key stays in the table and stays limited.
+//!
+//! A per-key limit never stopped a client that mints keys freely: each new key is a fresh
+//! bucket in an unbounded table too. What stops it is making keys costly to mint (the /64
+//! default for IPv6, a shorter [`ipv6_prefix`](RateLimitBuilder::ipv6_prefix), keys from
+//! authenticated identities) and a global limit stacked outside the keyed one. Given that,
+//! the trade that bounds memory must not turn rotation into a lockout of new clients: a
+//! rotating client gaining about what it would gain from unlimited memory is the better failure
+//! than every new client being refused.
 //!
 //! # Headers
 //! `429` answers carry `Retry-After` (whole seconds until a request would be admitted without
@@ -74,9 +124,13 @@
 //!
 //! # Implementation: hand-written GCRA rather than `governor`
 //! Each bucket is one `u64` "theoretical arrival time" (TAT): an atomic updated with one
-//! compare-exchange for the global, unknown and overflow buckets, a plain value under a shard
-//! lock for keyed buckets (16 shards of a `hashbrown::HashTable`, one foldhash per lookup that
-//! picks both the shard and the slot). `governor` was evaluated and not used because:
+//! compare-exchange for the global and unknown buckets, a plain value under a shard lock for
+//! keyed buckets (16 shards of a `hashbrown::HashTable` of indices into a node vector that also
+//! threads the recency list; one foldhash per lookup picks both the shard and the slot; a hit
+//! moves its node to the front of the list with a few index writes, no allocation). Times are
+//! `u64` nanoseconds; a setting whose burst would span more than about 146 years is refused at
+//! [`build`](RateLimitBuilder::build) rather than left to saturate (which would admit
+//! everything). `governor` was evaluated and not used because:
 //! - its `check` reads its own clock; the host-agnostic [`check`](RateLimitLayer::check) can
 //!   take `now` from the caller, and the limiter follows a paused tokio clock in tests;
 //! - it cannot reserve a future slot, which queue mode needs (`until_ready` polls and retries,
