@@ -80,31 +80,75 @@ impl<'a> Authority<'a> {
 
 /// Parses a `Host` value or a request-target authority (see the module docs).
 pub(crate) fn authority(raw: &[u8]) -> Result<Authority<'_>, Rejected> {
+    if raw.first() == Some(&b'[') {
+        return bracketed(raw);
+    }
+    // One pass over the name: classify each byte, stop at the port separator.
+    let mut upper = false;
+    let mut previous = b'.';
+    let mut name_end = raw.len();
+    for (i, &b) in raw.iter().enumerate() {
+        match b {
+            b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' => {}
+            b'A'..=b'Z' => upper = true,
+            b'.' if previous == b'.' => return Err(Rejected("empty label in host")),
+            b'.' => {}
+            b':' => {
+                name_end = i;
+                break;
+            }
+            _ => return Err(Rejected("host has a character not allowed in a host name")),
+        }
+        previous = b;
+    }
+    if name_end == 0 {
+        return Err(Rejected("empty host"));
+    }
+    // `..` was refused above, so a final dot follows a label.
+    let trailing_dot = previous == b'.';
+    // Every byte up to here is ASCII; the port is checked below.
+    let Ok(text) = std::str::from_utf8(raw) else {
+        return Err(Rejected("host is not ASCII"));
+    };
+    let name = &text[..name_end - usize::from(trailing_dot)];
+    let port = match text[name_end..].strip_prefix(':') {
+        None => None,
+        Some("") => Some(PortText::Dropped),
+        Some(port) => Some(parse_port(port)?),
+    };
+    let port_changed = !matches!(port, None | Some(PortText::Canonical(_)));
+    if !upper && !trailing_dot && !port_changed {
+        return Ok(Authority {
+            text: Cow::Borrowed(text),
+            name_len: name.len(),
+        });
+    }
+    Ok(assemble(Cow::Owned(name.to_ascii_lowercase()), port))
+}
+
+/// `[IPv6]` with an optional port.
+fn bracketed(raw: &[u8]) -> Result<Authority<'_>, Rejected> {
     let Ok(raw) = std::str::from_utf8(raw) else {
         return Err(Rejected("host is not ASCII"));
     };
-    if raw.is_empty() {
-        return Err(Rejected("empty host"));
-    }
     let (host, port) = split_port(raw)?;
     let port = match port {
         None => None,
         Some("") => Some(PortText::Dropped),
         Some(port) => Some(parse_port(port)?),
     };
-    let (name, name_changed) = if host.starts_with('[') {
-        ipv6_literal(host)?
-    } else {
-        reg_name(host)?
-    };
+    let (name, name_changed) = ipv6_literal(host)?;
     let port_changed = !matches!(port, None | Some(PortText::Canonical(_)));
     if !name_changed && !port_changed {
-        let name_len = name.len();
         return Ok(Authority {
             text: Cow::Borrowed(raw),
-            name_len,
+            name_len: name.len(),
         });
     }
+    Ok(assemble(name, port))
+}
+
+fn assemble(name: Cow<'_, str>, port: Option<PortText<'_>>) -> Authority<'static> {
     let mut text = name.into_owned();
     let name_len = text.len();
     match port {
@@ -118,10 +162,10 @@ pub(crate) fn authority(raw: &[u8]) -> Result<Authority<'_>, Rejected> {
         }
         Some(PortText::Dropped) | None => {}
     }
-    Ok(Authority {
+    Authority {
         text: Cow::Owned(text),
         name_len,
-    })
+    }
 }
 
 enum PortText<'a> {
@@ -133,65 +177,36 @@ enum PortText<'a> {
     Dropped,
 }
 
-/// Splits `host[:port]`, leaving the brackets of an IPv6 literal on the host.
+/// Splits `[v6][:port]`, leaving the brackets on the host.
 fn split_port(raw: &str) -> Result<(&str, Option<&str>), Rejected> {
-    if raw.starts_with('[') {
-        let Some(close) = raw.find(']') else {
-            return Err(Rejected("unclosed IPv6 literal in host"));
-        };
-        let (host, rest) = raw.split_at(close + 1);
-        return match rest.strip_prefix(':') {
-            Some(port) => Ok((host, Some(port))),
-            None if rest.is_empty() => Ok((host, None)),
-            None => Err(Rejected("text after the IPv6 literal in host")),
-        };
+    let Some(close) = raw.find(']') else {
+        return Err(Rejected("unclosed IPv6 literal in host"));
+    };
+    let (host, rest) = raw.split_at(close + 1);
+    match rest.strip_prefix(':') {
+        Some(port) => Ok((host, Some(port))),
+        None if rest.is_empty() => Ok((host, None)),
+        None => Err(Rejected("text after the IPv6 literal in host")),
     }
-    Ok(match raw.split_once(':') {
-        Some((host, port)) => (host, Some(port)),
-        None => (raw, None),
-    })
 }
 
 fn parse_port(port: &str) -> Result<PortText<'_>, Rejected> {
-    if port.len() > 5 || !port.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(Rejected("host port is not a number from 1 to 65535"));
+    const BAD: Rejected = Rejected("host port is not a number from 1 to 65535");
+    if port.len() > 5 {
+        return Err(BAD);
     }
-    match port.parse::<u16>() {
-        Ok(0) | Err(_) => Err(Rejected("host port is not a number from 1 to 65535")),
+    let mut n: u32 = 0;
+    for b in port.bytes() {
+        if !b.is_ascii_digit() {
+            return Err(BAD);
+        }
+        n = n * 10 + u32::from(b - b'0');
+    }
+    match u16::try_from(n) {
+        Ok(0) | Err(_) => Err(BAD),
         Ok(n) if port.starts_with('0') => Ok(PortText::Renumbered(n)),
         Ok(_) => Ok(PortText::Canonical(port)),
     }
-}
-
-/// A host name: letters, digits, `-`, `_`, `.`, no empty label; lowercased, one trailing dot
-/// dropped. Returns the name and whether it changed.
-fn reg_name(host: &str) -> Result<(Cow<'_, str>, bool), Rejected> {
-    let trimmed = host.strip_suffix('.').unwrap_or(host);
-    if trimmed.is_empty() {
-        return Err(Rejected("empty host"));
-    }
-    let mut upper = false;
-    let mut previous = b'.';
-    for b in trimmed.bytes() {
-        match b {
-            b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' => {}
-            b'A'..=b'Z' => upper = true,
-            b'.' if previous == b'.' => return Err(Rejected("empty label in host")),
-            b'.' => {}
-            _ => return Err(Rejected("host has a character not allowed in a host name")),
-        }
-        previous = b;
-    }
-    if previous == b'.' {
-        return Err(Rejected("empty label in host"));
-    }
-    let changed = upper || trimmed.len() != host.len();
-    let name = if upper {
-        Cow::Owned(trimmed.to_ascii_lowercase())
-    } else {
-        Cow::Borrowed(trimmed)
-    };
-    Ok((name, changed))
 }
 
 /// `[v6]`: parsed, then written in the standard form. Returns the text and whether it changed.
@@ -235,37 +250,52 @@ pub(crate) fn path(path: &str, options: PathOptions) -> Result<Cow<'_, str>, Rej
     Ok(Cow::Owned(out))
 }
 
+/// Bytes the path scan stops at: `/` (a segment may start with a dot or be empty), `%`, `\\`.
+const PATH_STOP: [bool; 256] = {
+    let mut table = [false; 256];
+    table[b'/' as usize] = true;
+    table[b'%' as usize] = true;
+    table[b'\\' as usize] = true;
+    table
+};
+
 /// One scan: `Ok(true)` when nothing would change, an error for what is refused anyway.
 fn is_canonical(path: &[u8], options: PathOptions) -> Result<bool, Rejected> {
     let mut canonical = true;
-    // Index of the first byte of the current segment (just after its '/').
-    let mut segment = 1;
-    let mut i = 1;
-    while i <= path.len() {
-        let b = path.get(i).copied();
+    let mut i = 0;
+    while i < path.len() {
+        let b = path[i];
+        i += 1;
+        if !PATH_STOP[usize::from(b)] {
+            continue;
+        }
         match b {
-            None | Some(b'/') => {
-                let seg = &path[segment..i];
-                if seg == b"."
-                    || seg == b".."
-                    || (options.merge_slashes && seg.is_empty() && b.is_some())
-                {
+            b'/' => {
+                // The segment starting at `i`: `.`, `..`, or empty when merging.
+                let rest = &path[i..];
+                let dots = match rest {
+                    [b'.', b'.', ..] => 2,
+                    [b'.', ..] => 1,
+                    [b'/', ..] if options.merge_slashes => {
+                        canonical = false;
+                        0
+                    }
+                    _ => 0,
+                };
+                if dots > 0 && matches!(rest.get(dots), None | Some(b'/')) {
                     canonical = false;
                 }
-                segment = i + 1;
             }
-            Some(b'%') => {
-                let byte = escaped_byte(path, i)?;
+            b'%' => {
+                let byte = escaped_byte(path, i - 1)?;
                 check_escape(byte)?;
-                if is_unreserved(byte) || path[i + 1..i + 3].iter().any(u8::is_ascii_lowercase) {
+                if is_unreserved(byte) || path[i..i + 2].iter().any(u8::is_ascii_lowercase) {
                     canonical = false;
                 }
                 i += 2;
             }
-            Some(b'\\') => return Err(Rejected("backslash in path")),
-            Some(_) => {}
+            _ => return Err(Rejected("backslash in path")),
         }
-        i += 1;
     }
     Ok(canonical)
 }
