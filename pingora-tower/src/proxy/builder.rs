@@ -15,7 +15,7 @@ use tower_layer::Layer;
 
 use super::error::{ProxyConfigError, ProxyError};
 use super::route::{Route, RouteTable};
-use super::routing::{BackendStatus, RoutingProxy, Timeouts};
+use super::routing::{BackendStatus, Hygiene, RoutingProxy, Timeouts};
 use super::upstream::UpstreamGroup;
 use crate::server::{self, RunningServer};
 
@@ -38,6 +38,7 @@ pub struct ProxyBuilder<L = Identity> {
     max_header_bytes: usize,
     forwarded_headers: bool,
     threads: Option<usize>,
+    hygiene: Hygiene,
 }
 
 impl ProxyBuilder<Identity> {
@@ -57,6 +58,7 @@ impl ProxyBuilder<Identity> {
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             forwarded_headers: true,
             threads: None,
+            hygiene: Hygiene::default(),
         }
     }
 }
@@ -100,6 +102,7 @@ impl<L> ProxyBuilder<L> {
             max_header_bytes: self.max_header_bytes,
             forwarded_headers: self.forwarded_headers,
             threads: self.threads,
+            hygiene: self.hygiene,
         }
     }
 
@@ -134,6 +137,24 @@ impl<L> ProxyBuilder<L> {
     /// Health checks still run on the calling runtime.
     pub fn threads(mut self, threads: usize) -> Self {
         self.threads = Some(threads);
+        self
+    }
+
+    /// Whether runs of `/` in request paths collapse into one before routing (`//a///b` →
+    /// `/a/b`; the upstream then receives the merged path). Off by default: most servers treat
+    /// `//` as a distinct path. The rest of path normalisation is always on (see
+    /// [`Route`](super::Route)).
+    pub fn merge_slashes(mut self, enabled: bool) -> Self {
+        self.hygiene.path.merge_slashes = enabled;
+        self
+    }
+
+    /// Whether client-sent `Forwarded` and `X-Real-IP` headers reach the upstream. Off by
+    /// default: the proxy cannot vouch for them, so it removes them. Turn this on only behind
+    /// another proxy that sets them itself. (`X-Forwarded-For` is always appended to, see
+    /// [`forwarded_headers`](Self::forwarded_headers).)
+    pub fn keep_client_forwarded(mut self, keep: bool) -> Self {
+        self.hygiene.keep_client_forwarded = keep;
         self
     }
 
@@ -188,6 +209,7 @@ impl<L> ProxyBuilder<L> {
             timeouts,
             self.max_header_bytes,
             self.forwarded_headers,
+            self.hygiene,
         );
         Ok(ProxyServer {
             service: self.layers.service(base.clone()),

@@ -11,6 +11,15 @@
 //! - [`RoutingProxy`] is the base `ProxyHttp` the layers wrap; its docs state the
 //!   `upstream_peer` contract layers can rely on, and [`ProxyCtx`] its per-request state.
 //!
+//! # One canonical request target
+//! Routes match the request's canonical host and path, and the upstream receives them: the
+//! host case-folded and checked as an authority, the path with unreserved escapes decoded and
+//! dot segments removed; encoded `/`, `\` and NUL, raw `\`, and malformed hosts are answered
+//! `400` (rules in [`Route`](Route#canonical-request-target)). An absolute-form request
+//! (`GET http://host/ HTTP/1.1`) routes by its own authority and is forwarded in origin-form.
+//! Client-sent `Forwarded` and `X-Real-IP` are removed unless
+//! [`ProxyBuilder::keep_client_forwarded`]; `X-Forwarded-For` is appended to, never replaced.
+//!
 //! The proxy runs on the caller's tokio runtime through [`server::spawn`](crate::server::spawn)
 //! (Pingora's `HttpProxy` built by `pingora_proxy::http_proxy`), with Pingora's upstream
 //! connection pool ([`DEFAULT_UPSTREAM_KEEPALIVE_POOL`] idle connections, each kept
@@ -64,6 +73,7 @@
 //! needs. Its `CTX` holds the inner `CTX`.
 
 mod builder;
+mod canonical;
 mod error;
 mod health;
 mod route;

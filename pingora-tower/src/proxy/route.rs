@@ -1,26 +1,45 @@
 //! [`Route`]: which requests go to which [`Upstream`], by host and path prefix; compiled at
 //! `build()` into a [`RouteTable`] that matches without allocating.
 
+use super::canonical::{self, PathOptions};
 use super::error::{ProxyConfigError, RouteName};
 use super::upstream::Upstream;
 
 /// Sends the requests that match a host and/or a path prefix to an [`Upstream`].
 ///
-/// Matching, precomputed at `build()`:
-/// - **Host** (from the `Host` header, or the URI authority for HTTP/2) is compared
-///   case-insensitively with the port ignored. `"api.example.com"` matches that name exactly;
+/// Requests are matched by their canonical host and path (see "Canonical request target"
+/// below); matching, precomputed at `build()`:
+/// - **Host** (an absolute-form target's authority, else the `Host` header, else the URI
+///   authority for HTTP/2) is compared case-insensitively with the port ignored.
+///   `"api.example.com"` matches that name exactly;
 ///   `"*.example.com"` matches any name that ends in `.example.com` with at least one label in
 ///   front (`a.example.com`, `a.b.example.com`, not `example.com`). A route without a host
 ///   matches every host.
 /// - **Prefix** matches whole path segments: `"/api"` matches `/api`, `/api/` and `/api/x`, not
 ///   `/apix`. A trailing `/` in the prefix is ignored (`"/api/"` is `"/api"`); `"/"` (the
-///   default) matches every path. The query string is not part of the path.
+///   default) matches every path. The query string is not part of the path. Prefixes are
+///   **case-sensitive**, like nginx `location` and Envoy `prefix` (`"/api"` does not match
+///   `/API`): paths are case-sensitive on most servers. A prefix must itself be canonical
+///   (no `.`/`..` segments, no escapes of unreserved characters, other escapes in
+///   upper case: `%3F`, not `%3f`); `build()` names any other.
 /// - **Precedence**: hosts are tried from the most specific (exact names, then wildcards with the
 ///   longest suffix first, then routes without a host); within the first host that has a
 ///   matching prefix, the longest prefix wins. So `Route::host("api.example.com", a)
 ///   .with_prefix("/v2")` plus `Route::prefix("/", b)` sends `api.example.com/v2/x` to `a` and
 ///   `api.example.com/other` to `b`.
 /// - No match: the proxy answers `404` itself and contacts no upstream.
+///
+/// # Canonical request target
+/// Before matching, the proxy brings the host and path to one spelling, refusing with `400`
+/// what it cannot read unambiguously, and the upstream receives what was matched:
+/// - host: an authority (`name[:port]`, or `[IPv6][:port]`) of letters, digits, `-`, `_`,
+///   `.`; lowercased, one trailing dot dropped (`API.Example.COM.` routes and is forwarded as
+///   `api.example.com`). `Host: attacker.net/.example.com` or `a.example.com:junk` is a `400`,
+///   as is an HTTP/1.1 request with no host at all;
+/// - path: escapes of unreserved characters decoded (`%41` → `A`), dot segments removed
+///   (`/api/../admin` and `/api/%2e%2e/admin` route, and reach the upstream, as `/admin`),
+///   `%2F`, `%5C`, `%00` and a raw `\` refused; `//` kept unless
+///   [`merge_slashes`](super::ProxyBuilder::merge_slashes) is on.
 ///
 /// # Example
 /// ```
@@ -147,6 +166,17 @@ fn normalize_prefix(prefix: &str) -> Result<String, String> {
     if prefix.contains(['?', '#']) {
         return Err(format!("prefix {prefix:?} must not contain '?' or '#'"));
     }
+    // Requests are matched by their canonical path: a prefix in any other spelling would
+    // never match.
+    match canonical::path(prefix, PathOptions::default()) {
+        Ok(p) if p == prefix => {}
+        Ok(p) => {
+            return Err(format!(
+                "prefix {prefix:?} is not in canonical form (write it as {p:?})"
+            ))
+        }
+        Err(why) => return Err(format!("prefix {prefix:?} is refused: {why}")),
+    }
     let trimmed = prefix.trim_end_matches('/');
     Ok(if trimmed.is_empty() {
         "/".to_owned()
@@ -210,7 +240,7 @@ impl RouteTable {
         Ok(RouteTable { hosts })
     }
 
-    /// The index of the route for this host (port already stripped) and path.
+    /// The index of the route for this canonical host (name only, no port) and canonical path.
     pub(crate) fn find(&self, host: Option<&str>, path: &str) -> Option<usize> {
         self.hosts
             .iter()
@@ -222,17 +252,6 @@ impl RouteTable {
                     .map(|(_, index)| *index)
             })
     }
-}
-
-/// The host part of a `Host` header value or URI authority: port and IPv6 brackets removed,
-/// a trailing dot ignored.
-pub(crate) fn strip_port(authority: &str) -> &str {
-    let host = if let Some(rest) = authority.strip_prefix('[') {
-        rest.split(']').next().unwrap_or(rest)
-    } else {
-        authority.split(':').next().unwrap_or(authority)
-    };
-    host.strip_suffix('.').unwrap_or(host)
 }
 
 #[cfg(test)]
@@ -296,13 +315,5 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("same host and prefix"));
-    }
-
-    #[test]
-    fn strips_ports() {
-        assert_eq!(strip_port("a.test:8080"), "a.test");
-        assert_eq!(strip_port("a.test."), "a.test");
-        assert_eq!(strip_port("[::1]:80"), "::1");
-        assert_eq!(strip_port("a.test"), "a.test");
     }
 }

@@ -8,14 +8,17 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::header::{HeaderValue, HOST};
+use http::header::{HeaderName, HeaderValue, FORWARDED, HOST};
+use http::Version;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
+use pingora_http::authority::{is_http_family_scheme, raw_target_authority, RawTargetAuthority};
 use pingora_http::RequestHeader;
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use tokio::time::Instant;
 
-use super::route::{strip_port, RouteTable};
+use super::canonical::{self, PathOptions, Rejected};
+use super::route::RouteTable;
 use super::upstream::{CompiledHashKey, UpstreamGroup};
 
 /// Default limit on one upstream connection attempt (TCP connect plus TLS handshake).
@@ -31,6 +34,24 @@ pub const DEFAULT_UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const NO_BACKEND_LEFT: ErrorType = ErrorType::new("NoBackendLeft");
 /// The request deadline set by `with_timeouts(_, request_ms)` passed (answered `504`).
 pub const DEADLINE_EXCEEDED: ErrorType = ErrorType::new("RequestDeadlineExceeded");
+
+// Lookups use the `HeaderName`s. Pingora's `insert_header` parses whatever name it is given
+// again, and takes a `&'static str` without copying it (a custom `HeaderName` is copied
+// first), so inserts use the text the `HeaderName` is made from.
+const XFF: &str = "x-forwarded-for";
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static(XFF);
+const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
+const X_FORWARDED_HOST: &str = "x-forwarded-host";
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
+/// How requests are cleaned up before routing and forwarding (set on the builder).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Hygiene {
+    /// Path normalisation switches.
+    pub(crate) path: PathOptions,
+    /// Pass client-sent `Forwarded` and `X-Real-IP` on instead of removing them.
+    pub(crate) keep_client_forwarded: bool,
+}
 
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Timeouts {
@@ -55,13 +76,19 @@ impl Default for Timeouts {
 ///
 /// Per request, in Pingora's phase order:
 /// 1. `early_request_filter` stamps the request deadline (when `request_ms` is set).
-/// 2. `request_filter` picks the [`Route`](super::Route); no match → `404` from the proxy.
+/// 2. `request_filter` brings the host and path to their canonical form (see
+///    [`Route`](super::Route#canonical-request-target)) and picks the route by them; a host or
+///    path that cannot be read unambiguously → `400`, no match → `404`, both from the proxy.
 /// 3. `upstream_peer` picks a backend (see the contract below) and sets its timeouts: connect
 ///    = `connect_ms`, read/write = 60 s, each clamped to what is left of the deadline; `504`
 ///    once the deadline has passed.
-/// 4. `upstream_request_filter` appends the client IP to `X-Forwarded-For` and sets
-///    `X-Forwarded-Proto` and `X-Forwarded-Host`; `Host` is the client's unless the upstream
-///    says [`preserve_host(false)`](super::Upstream::preserve_host).
+/// 4. `upstream_request_filter` sends the canonical path (origin-form, query unchanged) and
+///    the canonical `Host` (the backend's when the upstream says
+///    [`preserve_host(false)`](super::Upstream::preserve_host)), removes client-sent
+///    `Forwarded` and `X-Real-IP`, appends the client IP to `X-Forwarded-For` and sets
+///    `X-Forwarded-Proto` and `X-Forwarded-Host` (canonical). `X-Forwarded-For` keeps what the
+///    client sent in front of the entry this proxy adds, so an upstream that trusts it must
+///    trust this proxy's own clients too, or read only the last entry.
 /// 5. `fail_to_connect` (refused, connect timeout: nothing was sent) marks the error
 ///    retryable while an untried healthy backend is left and the deadline allows, so Pingora
 ///    calls `upstream_peer` again. `error_while_proxy` retries an idempotent request with its
@@ -100,6 +127,7 @@ struct Shared {
     max_header_bytes: usize,
     /// Whether `X-Forwarded-For/-Proto/-Host` are set on upstream requests.
     forwarded_headers: bool,
+    hygiene: Hygiene,
 }
 
 impl std::fmt::Debug for RoutingProxy {
@@ -135,6 +163,7 @@ impl RoutingProxy {
         timeouts: Timeouts,
         max_header_bytes: usize,
         forwarded_headers: bool,
+        hygiene: Hygiene,
     ) -> Self {
         RoutingProxy {
             shared: Arc::new(Shared {
@@ -143,6 +172,7 @@ impl RoutingProxy {
                 timeouts,
                 max_header_bytes,
                 forwarded_headers,
+                hygiene,
             }),
         }
     }
@@ -168,17 +198,34 @@ impl RoutingProxy {
         &self.shared.groups
     }
 
-    /// Resolves (once) the route of this request.
-    fn route(&self, session: &Session, ctx: &mut ProxyCtx) -> Option<usize> {
+    /// Resolves (once) the route of this request from its canonical host and path, keeping
+    /// in `ctx` whichever of the two differs from what the client sent.
+    fn route(&self, session: &Session, ctx: &mut ProxyCtx) -> RouteState {
         if let RouteState::Unresolved = ctx.route {
-            let req = session.req_header();
-            let found = self.shared.table.find(request_host(req), req.uri.path());
-            ctx.route = found.map_or(RouteState::NoMatch, RouteState::Matched);
+            ctx.route = match self.resolve(session.req_header(), ctx) {
+                Ok(Some(i)) => RouteState::Matched(i),
+                Ok(None) => RouteState::NoMatch,
+                Err(rejected) => RouteState::BadRequest(rejected),
+            };
         }
-        match ctx.route {
-            RouteState::Matched(i) => Some(i),
-            _ => None,
+        ctx.route
+    }
+
+    fn resolve(&self, req: &RequestHeader, ctx: &mut ProxyCtx) -> Result<Option<usize>, Rejected> {
+        let host = request_host(req)?.map(canonical::authority).transpose()?;
+        if !req.raw_path_is_utf8() {
+            return Err(Rejected("request target is not ASCII"));
         }
+        let path = canonical::path(req.uri.path(), self.shared.hygiene.path)?;
+        let found = self
+            .shared
+            .table
+            .find(host.as_ref().map(canonical::Authority::name), &path);
+        ctx.host = host.filter(|h| h.changed()).map(|h| h.as_str().into());
+        if let std::borrow::Cow::Owned(path) = path {
+            ctx.path = Some(path.into_boxed_str());
+        }
+        Ok(found)
     }
 
     fn stamp_deadline(&self, ctx: &mut ProxyCtx) {
@@ -205,6 +252,10 @@ impl RoutingProxy {
 #[derive(Debug, Default)]
 pub struct ProxyCtx {
     route: RouteState,
+    /// The canonical host (with port) when it differs from the client's text.
+    host: Option<Box<str>>,
+    /// The canonical path when it differs from the client's.
+    path: Option<Box<str>>,
     deadline: Option<Instant>,
     tried: Tried,
     /// Backends offered in the current attempt.
@@ -223,6 +274,8 @@ enum RouteState {
     Unresolved,
     NoMatch,
     Matched(usize),
+    /// The host or path cannot be read unambiguously (answered `400`).
+    BadRequest(Rejected),
 }
 
 impl ProxyCtx {
@@ -301,24 +354,68 @@ impl Tried {
     }
 }
 
-/// The client's host: `Host` header, else the URI authority (HTTP/2), without port.
-fn request_host(req: &RequestHeader) -> Option<&str> {
-    req.headers
+/// The client's authority as sent (not yet canonical):
+/// - an absolute-form target's authority (`GET http://a.example.com/ HTTP/1.1`): RFC 9112
+///   §3.2.2 lets it win over `Host`; Pingora already refuses a `Host` that differs from it;
+/// - else the `Host` header;
+/// - else the URI authority (HTTP/2 `:authority`).
+///
+/// An HTTP/1.1 request with none of them (or an empty `Host`) is refused, as RFC 9112 §3.2
+/// requires; HTTP/1.0 and HTTP/2 requests without one route as having no host.
+fn request_host(req: &RequestHeader) -> Result<Option<&[u8]>, Rejected> {
+    match raw_target_authority(req.raw_path()) {
+        RawTargetAuthority::None => {}
+        RawTargetAuthority::Absolute {
+            scheme, authority, ..
+        } if is_http_family_scheme(scheme) => return Ok(Some(authority)),
+        RawTargetAuthority::Absolute { .. } => {
+            return Err(Rejected(
+                "absolute-form target with a scheme other than http",
+            ))
+        }
+        RawTargetAuthority::AmbiguousAuthority => {
+            return Err(Rejected("ambiguous absolute-form target"))
+        }
+    }
+    let host = req
+        .headers
         .get(HOST)
-        .and_then(|v| v.to_str().ok())
-        .or_else(|| req.uri.authority().map(|a| a.as_str()))
-        .map(strip_port)
+        .map(HeaderValue::as_bytes)
+        .filter(|h| !h.is_empty())
+        .or_else(|| req.uri.authority().map(|a| a.as_str().as_bytes()));
+    if host.is_none() && req.version == Version::HTTP_11 {
+        return Err(Rejected("HTTP/1.1 request without Host"));
+    }
+    Ok(host)
 }
 
-/// The bytes consistent hashing hashes; `ip` is scratch space for the client address.
+/// The canonical host with its port, as the upstream's `Host` and `X-Forwarded-Host` carry it.
+fn canonical_host(req: &RequestHeader, ctx: &ProxyCtx) -> Option<HeaderValue> {
+    if let Some(host) = &ctx.host {
+        return HeaderValue::from_str(host).ok();
+    }
+    // Unchanged: the client's own value (an absolute-form target's authority equals it when
+    // both are present).
+    match req.headers.get(HOST).filter(|h| !h.is_empty()) {
+        Some(host) => Some(host.clone()),
+        None => request_host(req)
+            .ok()
+            .flatten()
+            .and_then(|h| HeaderValue::from_bytes(h).ok()),
+    }
+}
+
+/// The bytes consistent hashing hashes; `path` is the canonical path, `ip` scratch space for
+/// the client address.
 fn hash_input<'a>(
     key: Option<&CompiledHashKey>,
     session: &'a Session,
+    path: &'a str,
     ip: &'a mut [u8; 16],
 ) -> &'a [u8] {
     match key {
         None => b"",
-        Some(CompiledHashKey::Path) => session.req_header().uri.path().as_bytes(),
+        Some(CompiledHashKey::Path) => path.as_bytes(),
         Some(CompiledHashKey::Header(name)) => session
             .req_header()
             .headers
@@ -391,7 +488,8 @@ impl ProxyHttp for RoutingProxy {
         Ok(())
     }
 
-    /// Resolves the route; `Ok(true)` (done) after answering `404` when none matches.
+    /// Resolves the route from the canonical host and path; `Ok(true)` (done) after answering
+    /// `400` when they cannot be read unambiguously, `404` when no route matches.
     async fn request_filter(&self, session: &mut Session, ctx: &mut ProxyCtx) -> Result<bool> {
         if head_size(session.req_header()) > self.shared.max_header_bytes {
             tracing::debug!(
@@ -401,13 +499,24 @@ impl ProxyHttp for RoutingProxy {
             session.respond_error(431).await?;
             return Ok(true);
         }
-        if self.route(session, ctx).is_some() {
-            return Ok(false);
+        match self.route(session, ctx) {
+            RouteState::Matched(_) => return Ok(false),
+            RouteState::BadRequest(why) => {
+                tracing::debug!(reason = why.0, "request target refused");
+                session
+                    .respond_error_with_body(
+                        400,
+                        Bytes::from_static(b"400 Bad Request: malformed host or path\n"),
+                    )
+                    .await?;
+            }
+            RouteState::NoMatch | RouteState::Unresolved => {
+                tracing::debug!(path = session.req_header().uri.path(), "no route");
+                session
+                    .respond_error_with_body(404, Bytes::from_static(b"404 Not Found: no route\n"))
+                    .await?;
+            }
         }
-        tracing::debug!(path = session.req_header().uri.path(), "no route");
-        session
-            .respond_error_with_body(404, Bytes::from_static(b"404 Not Found: no route\n"))
-            .await?;
         Ok(true)
     }
 
@@ -432,8 +541,14 @@ impl ProxyHttp for RoutingProxy {
         session: &mut Session,
         ctx: &mut ProxyCtx,
     ) -> Result<Box<HttpPeer>> {
-        let Some(route) = self.route(session, ctx) else {
-            return Err(Error::explain(ErrorType::HTTPStatus(404), "no route"));
+        let route = match self.route(session, ctx) {
+            RouteState::Matched(route) => route,
+            RouteState::BadRequest(why) => {
+                return Err(Error::explain(ErrorType::HTTPStatus(400), why.0))
+            }
+            RouteState::NoMatch | RouteState::Unresolved => {
+                return Err(Error::explain(ErrorType::HTTPStatus(404), "no route"))
+            }
         };
         // A wrapping layer may have answered early_request_filter itself.
         self.stamp_deadline(ctx);
@@ -461,7 +576,9 @@ impl ProxyHttp for RoutingProxy {
             Some(i) => i,
             None => {
                 let mut ip = [0u8; 16];
-                let key = hash_input(group.hash_key.as_ref(), session, &mut ip);
+                let path = ctx.path.as_deref();
+                let path = path.unwrap_or_else(|| session.req_header().uri.path());
+                let key = hash_input(group.hash_key.as_ref(), session, path, &mut ip);
                 let (tried, offered) = (&ctx.tried, &ctx.offered);
                 let fresh = group.select(key, |i| !tried.contains(i) && !offered.contains(i));
                 match fresh.or_else(|| group.select(key, |i| !offered.contains(i))) {
@@ -498,13 +615,45 @@ impl ProxyHttp for RoutingProxy {
         Ok(Box::new(peer))
     }
 
-    /// Adds the `X-Forwarded-*` headers and, for `preserve_host(false)`, the backend's `Host`.
+    /// Sends the upstream what was routed and says who asked:
+    /// - the canonical path (when it differs from the client's, or the client used
+    ///   absolute-form: the upstream gets origin-form), the query string unchanged;
+    /// - the canonical `Host` (the client's own text when already canonical), or the
+    ///   backend's for [`preserve_host(false)`](super::Upstream::preserve_host);
+    /// - client-sent `Forwarded` and `X-Real-IP` removed (the proxy cannot vouch for them)
+    ///   unless [`keep_client_forwarded`](super::ProxyBuilder::keep_client_forwarded) is set;
+    /// - with [`forwarded_headers`](super::ProxyBuilder::forwarded_headers): the client IP
+    ///   appended to `X-Forwarded-For`, `X-Forwarded-Proto` and the canonical
+    ///   `X-Forwarded-Host` set.
     async fn upstream_request_filter(
         &self,
         session: &mut Session,
         upstream_request: &mut RequestHeader,
         ctx: &mut ProxyCtx,
     ) -> Result<()> {
+        let req = session.req_header();
+        let absolute = matches!(
+            raw_target_authority(req.raw_path()),
+            RawTargetAuthority::Absolute { .. }
+        );
+        if ctx.path.is_some() || absolute {
+            let path = ctx.path.as_deref().unwrap_or_else(|| req.uri.path());
+            let target = match req.uri.query() {
+                Some(query) => format!("{path}?{query}"),
+                None => path.to_owned(),
+            };
+            upstream_request.set_raw_path(target.as_bytes())?;
+        }
+        if !self.shared.hygiene.keep_client_forwarded {
+            // Looked up first: removing costs more than finding nothing.
+            if upstream_request.headers.contains_key(FORWARDED) {
+                upstream_request.remove_header(&FORWARDED);
+            }
+            if upstream_request.headers.contains_key(X_REAL_IP) {
+                upstream_request.remove_header(&X_REAL_IP);
+            }
+        }
+
         let forwarded = self.shared.forwarded_headers;
         if let Some(ip) = session
             .client_addr()
@@ -512,31 +661,27 @@ impl ProxyHttp for RoutingProxy {
             .map(|a| a.ip())
             .filter(|_| forwarded)
         {
+            // Appended to, not replaced: an upstream that trusts this header must trust
+            // whoever connects to this proxy to have written the earlier entries.
             let mut forwarded = String::new();
-            for earlier in upstream_request.headers.get_all("x-forwarded-for") {
+            for earlier in upstream_request.headers.get_all(X_FORWARDED_FOR) {
                 if let Ok(earlier) = earlier.to_str() {
                     forwarded.push_str(earlier);
                     forwarded.push_str(", ");
                 }
             }
             forwarded.push_str(&ip.to_string());
-            upstream_request.insert_header("x-forwarded-for", forwarded)?;
+            upstream_request.insert_header(XFF, forwarded)?;
         }
         if forwarded {
             let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
             upstream_request
-                .insert_header("x-forwarded-proto", if tls { "https" } else { "http" })?;
+                .insert_header(X_FORWARDED_PROTO, if tls { "https" } else { "http" })?;
         }
 
-        let client_host = session.req_header().headers.get(HOST).cloned().or_else(|| {
-            session
-                .req_header()
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        });
+        let client_host = canonical_host(session.req_header(), ctx);
         if let Some(host) = client_host.as_ref().filter(|_| forwarded) {
-            upstream_request.insert_header("x-forwarded-host", host.clone())?;
+            upstream_request.insert_header(X_FORWARDED_HOST, host.clone())?;
         }
         let group = ctx.route().map(|r| &self.shared.groups[r]);
         let backend = ctx
@@ -545,8 +690,11 @@ impl ProxyHttp for RoutingProxy {
             .map(|((i, _), g)| (&g.backends[i], g.preserve_host));
         match (backend, client_host) {
             (Some((b, false)), _) => upstream_request.insert_header(HOST, b.authority.clone())?,
-            // An HTTP/2 client sends no Host header; an HTTP/1.1 upstream needs one.
-            (_, Some(host)) if upstream_request.headers.get(HOST).is_none() => {
+            // A rewritten Host replaces the client's; an HTTP/2 or absolute-form client may
+            // send no Host header, and an HTTP/1.1 upstream needs one.
+            (_, Some(host))
+                if ctx.host.is_some() || upstream_request.headers.get(HOST).is_none() =>
+            {
                 upstream_request.insert_header(HOST, host)?
             }
             _ => {}
