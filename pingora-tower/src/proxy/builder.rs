@@ -17,7 +17,7 @@ use super::error::{ProxyConfigError, ProxyError};
 use super::route::{Route, RouteTable};
 use super::routing::{BackendStatus, RoutingProxy, Timeouts};
 use super::upstream::UpstreamGroup;
-use crate::server::{self, RunningServer};
+use crate::server::{self, ClientLimits, RunningServer};
 
 /// Size of the upstream keep-alive connection pool (idle connections kept across all
 /// backends), the `ServerConf::upstream_keepalive_pool_size` the proxy uses by default.
@@ -38,6 +38,7 @@ pub struct ProxyBuilder<L = Identity> {
     max_header_bytes: usize,
     forwarded_headers: bool,
     threads: Option<usize>,
+    limits: ClientLimits,
 }
 
 impl ProxyBuilder<Identity> {
@@ -57,6 +58,7 @@ impl ProxyBuilder<Identity> {
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             forwarded_headers: true,
             threads: None,
+            limits: ClientLimits::default(),
         }
     }
 }
@@ -100,6 +102,7 @@ impl<L> ProxyBuilder<L> {
             max_header_bytes: self.max_header_bytes,
             forwarded_headers: self.forwarded_headers,
             threads: self.threads,
+            limits: self.limits,
         }
     }
 
@@ -143,6 +146,52 @@ impl<L> ProxyBuilder<L> {
         self
     }
 
+    /// Total time a client has to send a request head: from the accept for a connection's
+    /// first request, from the first byte for each later one on a keep-alive connection.
+    /// An incomplete head is answered `408` and the connection closed; a connection that sent
+    /// nothing is closed quietly. Default
+    /// [`DEFAULT_HEADER_TIMEOUT`](crate::server::DEFAULT_HEADER_TIMEOUT), 60 s (nginx
+    /// `client_header_timeout`).
+    pub fn header_timeout(mut self, timeout: Duration) -> Self {
+        self.limits = self.limits.header_timeout(timeout);
+        self
+    }
+
+    /// How long a client connection may stay idle between requests before it is closed.
+    /// Default [`DEFAULT_KEEPALIVE_TIMEOUT`](crate::server::DEFAULT_KEEPALIVE_TIMEOUT), 75 s
+    /// (nginx `keepalive_timeout`); Pingora alone keeps it open forever.
+    pub fn keepalive_timeout(mut self, timeout: Duration) -> Self {
+        self.limits = self.limits.keepalive_timeout(timeout);
+        self
+    }
+
+    /// Longest wait for the next bytes of a request body; the connection is closed when it
+    /// passes (the upstream request is aborted). Default
+    /// [`DEFAULT_BODY_TIMEOUT`](crate::server::DEFAULT_BODY_TIMEOUT), 60 s (nginx
+    /// `client_body_timeout`).
+    pub fn body_timeout(mut self, timeout: Duration) -> Self {
+        self.limits = self.limits.body_timeout(timeout);
+        self
+    }
+
+    /// Longest a write to the client may make no progress (a client that stopped reading);
+    /// the connection is closed when it passes. Default
+    /// [`DEFAULT_SEND_TIMEOUT`](crate::server::DEFAULT_SEND_TIMEOUT), 60 s (nginx
+    /// `send_timeout`).
+    pub fn send_timeout(mut self, timeout: Duration) -> Self {
+        self.limits = self.limits.send_timeout(timeout);
+        self
+    }
+
+    /// Most client connections served at once (across every thread); a connection beyond it
+    /// is closed as soon as it is accepted, like Envoy's listener limit. Default
+    /// [`DEFAULT_MAX_CONNECTIONS`](crate::server::DEFAULT_MAX_CONNECTIONS). Each client
+    /// connection may hold an upstream one too: keep it under half of `ulimit -n`.
+    pub fn max_connections(mut self, connections: usize) -> Self {
+        self.limits = self.limits.max_connections(connections);
+        self
+    }
+
     /// Validates the routes, upstreams and timeouts, resolves upstream host names, builds the
     /// load balancers and applies the layers.
     ///
@@ -169,6 +218,12 @@ impl<L> ProxyBuilder<L> {
             }
             timeouts.request = Some(Duration::from_millis(ms));
         }
+        self.limits
+            .validate()
+            .map_err(|e| ProxyConfigError::InvalidClientLimit {
+                field: e.field,
+                value: e.value,
+            })?;
         if self.threads == Some(0) {
             return Err(ProxyConfigError::InvalidThreads { threads: 0 });
         }
@@ -196,6 +251,7 @@ impl<L> ProxyBuilder<L> {
             conf: Arc::new(self.conf),
             h2c: self.h2c,
             threads: self.threads,
+            limits: self.limits,
         })
     }
 
@@ -237,6 +293,7 @@ pub struct ProxyServer<S> {
     conf: Arc<ServerConf>,
     h2c: bool,
     threads: Option<usize>,
+    limits: ClientLimits,
 }
 
 impl<S> ProxyServer<S>
@@ -282,8 +339,10 @@ where
         }
         // On a bind error, dropping `stop` ends the health checks again.
         let server = match self.threads {
-            Some(threads) => server::spawn_threads(&self.addr, app, threads).await?,
-            None => server::spawn(&self.addr, app).await?,
+            Some(threads) => {
+                server::spawn_threads_with(&self.addr, app, threads, self.limits).await?
+            }
+            None => server::spawn_with(&self.addr, app, self.limits).await?,
         };
         Ok(RunningProxy {
             local_addr: server.local_addr(),
@@ -322,6 +381,13 @@ impl RunningProxy {
     /// The address actually bound.
     pub fn local_addr(&self) -> std::net::SocketAddr {
         self.local_addr
+    }
+
+    /// Client connections being served right now.
+    pub fn active_connections(&self) -> usize {
+        self.server
+            .as_ref()
+            .map_or(0, RunningServer::active_connections)
     }
 
     /// Every backend with its current health (see [`RoutingProxy::backends`]).

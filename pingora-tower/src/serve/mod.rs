@@ -14,8 +14,11 @@
 //! # Ok(()) }
 //! ```
 
+mod drain;
 mod driver;
 pub(crate) mod framing;
+
+pub use drain::MAX_DRAIN_BYTES;
 
 use std::sync::Arc;
 
@@ -148,6 +151,9 @@ where
         }
 
         if !driver::serve_request(&self.service, &mut session).await {
+            return None;
+        }
+        if !drain::drain_or_close(&mut session).await {
             return None;
         }
 
