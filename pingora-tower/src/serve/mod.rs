@@ -139,6 +139,10 @@ where
         if *shutdown.borrow() {
             session.set_keepalive(None);
         }
+        // Pingora turns keep-alive off whenever the response starts before the request body
+        // is read; the drain budget decides instead, so a small unread body (a 401 or 405 to a
+        // form post) keeps the connection (see `drain`).
+        session.set_close_on_response_before_downstream_finish(false);
         if framing::head_size(session.req_header()) > self.max_header_bytes {
             tracing::debug!(
                 limit = self.max_header_bytes,
