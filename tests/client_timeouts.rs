@@ -108,7 +108,7 @@ impl Host {
         let proxy = PingoraProxy::builder("127.0.0.1:0")
             .route(Route::prefix(
                 "/",
-                Upstream::new(&format!("http://{}", upstream.local_addr())),
+                Upstream::new(format!("http://{}", upstream.local_addr())),
             ))
             .header_timeout(short.pick(Short::Header))
             .keepalive_timeout(short.pick(Short::Keepalive))
@@ -220,7 +220,10 @@ async fn dribbled_head_gets_408_after_header_timeout() {
         })
         .await;
         dribble.abort();
-        assert!(read.is_ok(), "{name}: a dribbled head kept the connection open");
+        assert!(
+            read.is_ok(),
+            "{name}: a dribbled head kept the connection open"
+        );
         let answer = String::from_utf8_lossy(&out);
         assert!(
             answer.starts_with("HTTP/1.1 408"),
@@ -252,7 +255,9 @@ async fn stalled_request_body_is_cut_after_body_timeout() {
         let name = host.name();
         let mut client = TcpStream::connect(host.addr()).await.expect("connect");
         client
-            .write_all(b"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\n0123456789")
+            .write_all(
+                b"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\n0123456789",
+            )
             .await
             .expect("write");
         let answer = read_until_closed(&mut client, CLOSED_WITHIN)

@@ -487,7 +487,10 @@ async fn upload_until_refused(
     let head = if chunked {
         "POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n".to_owned()
     } else {
-        format!("POST / HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n", 2usize << 30)
+        format!(
+            "POST / HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
+            2usize << 30
+        )
     };
     if writer.write_all(head.as_bytes()).await.is_err() {
         return 0;
@@ -537,9 +540,16 @@ async fn method_not_allowed_to_a_large_upload_closes_without_reading_it() {
             }
         })
         .await;
-        assert!(read.is_ok(), "chunked={chunked}: the connection stayed open");
+        assert!(
+            read.is_ok(),
+            "chunked={chunked}: the connection stayed open"
+        );
         let answer = String::from_utf8_lossy(&answer);
-        assert_eq!(raw_status(&answer), Some(405), "chunked={chunked}: {answer:?}");
+        assert_eq!(
+            raw_status(&answer),
+            Some(405),
+            "chunked={chunked}: {answer:?}"
+        );
         let written = tokio::time::timeout(HANG_GUARD, upload)
             .await
             .expect("the upload ends")
@@ -609,7 +619,9 @@ async fn handler_transfer_encoding_on_a_known_size_body_gives_one_framing_header
         .collect();
     assert_eq!(framing.len(), 1, "framing headers {framing:?} in {head:?}");
     assert!(
-        framing[0].to_ascii_lowercase().starts_with("content-length: 5"),
+        framing[0]
+            .to_ascii_lowercase()
+            .starts_with("content-length: 5"),
         "{framing:?}"
     );
     assert_eq!(body, "hello");

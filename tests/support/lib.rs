@@ -245,7 +245,11 @@ pub async fn read_response(stream: &mut TcpStream) -> String {
             .await
             .expect("response in time")
             .expect("read");
-        assert!(n > 0, "closed mid-response after {:?}", String::from_utf8_lossy(&out));
+        assert!(
+            n > 0,
+            "closed mid-response after {:?}",
+            String::from_utf8_lossy(&out)
+        );
         out.extend_from_slice(&buf[..n]);
     }
     String::from_utf8_lossy(&out).into_owned()

@@ -166,7 +166,10 @@ impl<L> ProxyBuilder<L> {
     }
 
     /// Longest wait for the next bytes of a request body; the connection is closed when it
-    /// passes (the upstream request is aborted). Default
+    /// passes (the upstream request is aborted). Pingora keeps a read open on the client while
+    /// it waits for the upstream (to notice a client that leaves), so this also bounds how long
+    /// a silent client waits for a slow upstream: keep it at least as long as the upstream read
+    /// timeout (60 s both, by default). Default
     /// [`DEFAULT_BODY_TIMEOUT`](crate::server::DEFAULT_BODY_TIMEOUT), 60 s (nginx
     /// `client_body_timeout`).
     pub fn body_timeout(mut self, timeout: Duration) -> Self {

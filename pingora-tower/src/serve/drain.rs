@@ -31,7 +31,8 @@ pub(crate) fn unread_body_exceeds_drain(session: &mut ServerSession) -> bool {
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    declared.is_some_and(|len| len.saturating_sub(session.body_bytes_read() as u64) > MAX_DRAIN_BYTES)
+    declared
+        .is_some_and(|len| len.saturating_sub(session.body_bytes_read() as u64) > MAX_DRAIN_BYTES)
 }
 
 /// Reads the rest of the request body within the drain budget. Returns whether the body

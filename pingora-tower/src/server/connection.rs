@@ -143,7 +143,8 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Tracked<A> {
         let mut stream = Box::new(TimedStream::new(stream, &self.limits));
         let options = self.app.server_options();
         let alpn = stream.selected_alpn_proto();
-        let custom = options.is_some_and(|o| o.force_custom) || matches!(alpn, Some(ALPN::Custom(_)));
+        let custom =
+            options.is_some_and(|o| o.force_custom) || matches!(alpn, Some(ALPN::Custom(_)));
         let mut h2 = matches!(alpn, Some(ALPN::H2));
         if !h2 && !custom && options.is_some_and(|o| o.h2c) && stream.get_ssl_digest().is_none() {
             let mut preface = [0u8; H2_PREFACE.len()];

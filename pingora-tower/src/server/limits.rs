@@ -110,6 +110,8 @@ impl ClientLimits {
 
     /// Longest wait for the next bytes of a request body (or of anything read after the head,
     /// such as an upgraded connection's data). The connection is closed when it passes.
+    /// Pingora's proxy keeps a read open on the client while it waits for the upstream, so
+    /// there this also bounds a silent client's wait for a slow upstream.
     pub fn body_timeout(mut self, timeout: Duration) -> Self {
         self.body_timeout = timeout;
         self
@@ -187,9 +189,18 @@ mod tests {
             .body_timeout(Duration::ZERO)
             .validate()
             .unwrap_err();
-        assert_eq!(err.to_string(), "body_timeout must be greater than 0, got 0ns");
-        let err = ClientLimits::new().max_connections(0).validate().unwrap_err();
-        assert_eq!(err.to_string(), "max_connections must be greater than 0, got 0");
+        assert_eq!(
+            err.to_string(),
+            "body_timeout must be greater than 0, got 0ns"
+        );
+        let err = ClientLimits::new()
+            .max_connections(0)
+            .validate()
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "max_connections must be greater than 0, got 0"
+        );
         assert!(ClientLimits::new().validate().is_ok());
     }
 }

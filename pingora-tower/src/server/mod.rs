@@ -49,8 +49,8 @@ mod connection;
 mod limits;
 mod timed_stream;
 
-use connection::{ConnectionCount, Tracked};
 pub use connection::MAX_DRAIN_TIME;
+use connection::{ConnectionCount, Tracked};
 pub use limits::{
     ClientLimits, InvalidClientLimit, DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT,
     DEFAULT_KEEPALIVE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_SEND_TIMEOUT,

@@ -311,7 +311,8 @@ impl AsyncWrite for TimedStream {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.get_mut().poll_timed_write(cx, |s, cx| s.poll_flush(cx))
+        self.get_mut()
+            .poll_timed_write(cx, |s, cx| s.poll_flush(cx))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
