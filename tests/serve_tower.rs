@@ -475,3 +475,155 @@ async fn spawn_threads_refuses_zero_threads_naming_the_value() {
     assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
     assert_eq!(err.to_string(), "threads must be > 0, got 0");
 }
+
+/// Writes a `POST /` head with `framing`, then the body in 64 KiB pieces (chunk-encoded when
+/// `chunked`) until a write fails or `cap` bytes are out. Returns the body bytes written.
+async fn upload_until_refused(
+    mut writer: tokio::net::tcp::OwnedWriteHalf,
+    chunked: bool,
+    cap: usize,
+) -> usize {
+    use tokio::io::AsyncWriteExt;
+    let head = if chunked {
+        "POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n".to_owned()
+    } else {
+        format!(
+            "POST / HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
+            2usize << 30
+        )
+    };
+    if writer.write_all(head.as_bytes()).await.is_err() {
+        return 0;
+    }
+    let piece = vec![b'u'; 64 * 1024];
+    let mut written = 0;
+    while written < cap {
+        let result = if chunked {
+            let mut framed = format!("{:x}\r\n", piece.len()).into_bytes();
+            framed.extend_from_slice(&piece);
+            framed.extend_from_slice(b"\r\n");
+            writer.write_all(&framed).await
+        } else {
+            writer.write_all(&piece).await
+        };
+        if result.is_err() {
+            break;
+        }
+        written += piece.len();
+    }
+    written
+}
+
+/// A `405` to a 2 GiB upload (announced by `Content-Length`, or chunked) must not read the
+/// upload at the client's pace: the server answers, closes, and the client's writes fail
+/// long before the end.
+#[tokio::test]
+async fn method_not_allowed_to_a_large_upload_closes_without_reading_it() {
+    // Far more than the socket buffers on both sides hold, far less than the upload.
+    const CAP: usize = 256 * MIB;
+    let running = start(basic_app()).await;
+    for chunked in [false, true] {
+        let client = tokio::net::TcpStream::connect(running.local_addr())
+            .await
+            .expect("connect");
+        let (mut reader, writer) = client.into_split();
+        let upload = tokio::spawn(upload_until_refused(writer, chunked, CAP));
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(HANG_GUARD, async {
+            use tokio::io::AsyncReadExt;
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = reader.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                answer.extend_from_slice(&buf[..n]);
+            }
+        })
+        .await;
+        assert!(
+            read.is_ok(),
+            "chunked={chunked}: the connection stayed open"
+        );
+        let answer = String::from_utf8_lossy(&answer);
+        assert_eq!(
+            raw_status(&answer),
+            Some(405),
+            "chunked={chunked}: {answer:?}"
+        );
+        let written = tokio::time::timeout(HANG_GUARD, upload)
+            .await
+            .expect("the upload ends")
+            .expect("upload task");
+        assert!(
+            written < CAP,
+            "chunked={chunked}: the server read {written} bytes of an unwanted body"
+        );
+    }
+    assert!(eventually_zero(|| running.active_connections()).await);
+    running.shutdown().await;
+}
+
+/// A small unread body is drained, so the connection stays usable for the next request.
+#[tokio::test]
+async fn small_unread_body_is_drained_and_the_connection_reused() {
+    use tokio::io::AsyncWriteExt;
+    let running = start(basic_app()).await;
+    let mut client = tokio::net::TcpStream::connect(running.local_addr())
+        .await
+        .expect("connect");
+    let body = "b".repeat(10_000);
+    let raw = format!(
+        "POST / HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    client.write_all(raw.as_bytes()).await.expect("write");
+    let answer = read_response(&mut client).await;
+    assert_eq!(raw_status(&answer), Some(405), "{answer:?}");
+    client
+        .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .expect("write");
+    let answer = read_response(&mut client).await;
+    assert_eq!(raw_status(&answer), Some(200), "{answer:?}");
+    assert!(answer.ends_with("hello"), "{answer:?}");
+    drop(client);
+    running.shutdown().await;
+}
+
+/// RFC 9112 §6.2: a response never carries both `Content-Length` and `Transfer-Encoding`,
+/// even when a service sets `Transfer-Encoding` on a body of known size. (axum's router sets
+/// `Content-Length` itself, which hid this; a plain tower service does not.)
+#[tokio::test]
+async fn handler_transfer_encoding_on_a_known_size_body_gives_one_framing_header() {
+    init_tracing();
+    let svc = tower::service_fn(|_req: Request<pingora_tower::PingoraBody>| async {
+        http::Response::builder()
+            .header(http::header::TRANSFER_ENCODING, "chunked")
+            .body(String::from("hello"))
+    });
+    let running = server::spawn("127.0.0.1:0", ServeTower::new(svc))
+        .await
+        .expect("spawn");
+    let answer = raw_exchange(
+        running.local_addr(),
+        b"GET /te HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let (head, body) = answer.split_once("\r\n\r\n").expect("a response head");
+    let framing: Vec<&str> = head
+        .lines()
+        .filter(|l| {
+            let name = l.split(':').next().unwrap_or("").to_ascii_lowercase();
+            name == "content-length" || name == "transfer-encoding"
+        })
+        .collect();
+    assert_eq!(framing.len(), 1, "framing headers {framing:?} in {head:?}");
+    assert!(
+        framing[0]
+            .to_ascii_lowercase()
+            .starts_with("content-length: 5"),
+        "{framing:?}"
+    );
+    assert_eq!(body, "hello");
+    running.shutdown().await;
+}

@@ -38,4 +38,4 @@ pub use serve::ServeTower;
 #[doc = include_str!("../../README.md")]
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
-pub use server::{spawn, RunningServer};
+pub use server::{spawn, ClientLimits, RunningServer};

@@ -218,3 +218,50 @@ pub async fn upload_streaming(
     let status = res.status();
     (status, body_text(res).await)
 }
+
+/// Reads from `stream` until the server closes it (end of stream or reset), for at most
+/// `within`. Returns what was read, or `None` when the connection was still open then.
+pub async fn read_until_closed(stream: &mut TcpStream, within: Duration) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    let read_all = async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(within, read_all).await.ok()?;
+    Some(out)
+}
+
+/// Reads one complete response (head and `Content-Length` body) from a kept-open `stream`.
+pub async fn read_response(stream: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !response_complete(&out) {
+        let n = tokio::time::timeout(HANG_GUARD, stream.read(&mut buf))
+            .await
+            .expect("response in time")
+            .expect("read");
+        assert!(
+            n > 0,
+            "closed mid-response after {:?}",
+            String::from_utf8_lossy(&out)
+        );
+        out.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Waits until `count()` reads 0 (polling every 10 ms), for at most the hang guard. Returns
+/// whether it did.
+pub async fn eventually_zero(count: impl Fn() -> usize) -> bool {
+    let wait = async {
+        while count() != 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(HANG_GUARD, wait).await.is_ok()
+}

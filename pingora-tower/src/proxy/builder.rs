@@ -17,7 +17,7 @@ use super::error::{ProxyConfigError, ProxyError};
 use super::route::{Route, RouteTable};
 use super::routing::{BackendStatus, Hygiene, RoutingProxy, Timeouts};
 use super::upstream::UpstreamGroup;
-use crate::server::{self, RunningServer};
+use crate::server::{self, ClientLimits, RunningServer};
 
 /// Size of the upstream keep-alive connection pool (idle connections kept across all
 /// backends), the `ServerConf::upstream_keepalive_pool_size` the proxy uses by default.
@@ -39,6 +39,7 @@ pub struct ProxyBuilder<L = Identity> {
     forwarded_headers: bool,
     threads: Option<usize>,
     hygiene: Hygiene,
+    limits: ClientLimits,
 }
 
 impl ProxyBuilder<Identity> {
@@ -59,6 +60,7 @@ impl ProxyBuilder<Identity> {
             forwarded_headers: true,
             threads: None,
             hygiene: Hygiene::default(),
+            limits: ClientLimits::default(),
         }
     }
 }
@@ -103,6 +105,7 @@ impl<L> ProxyBuilder<L> {
             forwarded_headers: self.forwarded_headers,
             threads: self.threads,
             hygiene: self.hygiene,
+            limits: self.limits,
         }
     }
 
@@ -164,6 +167,55 @@ impl<L> ProxyBuilder<L> {
         self
     }
 
+    /// Total time a client has to send a request head: from the accept for a connection's
+    /// first request, from the first byte for each later one on a keep-alive connection.
+    /// An incomplete head is answered `408` and the connection closed; a connection that sent
+    /// nothing is closed quietly. Default
+    /// [`DEFAULT_HEADER_TIMEOUT`](crate::server::DEFAULT_HEADER_TIMEOUT), 60 s (nginx
+    /// `client_header_timeout`).
+    pub fn header_timeout(mut self, timeout: Duration) -> Self {
+        self.limits = self.limits.header_timeout(timeout);
+        self
+    }
+
+    /// How long a client connection may stay idle between requests before it is closed.
+    /// Default [`DEFAULT_KEEPALIVE_TIMEOUT`](crate::server::DEFAULT_KEEPALIVE_TIMEOUT), 75 s
+    /// (nginx `keepalive_timeout`); Pingora alone keeps it open forever.
+    pub fn keepalive_timeout(mut self, timeout: Duration) -> Self {
+        self.limits = self.limits.keepalive_timeout(timeout);
+        self
+    }
+
+    /// Longest wait for the next bytes of a request body; the connection is closed when it
+    /// passes (the upstream request is aborted). Pingora keeps a read open on the client while
+    /// it waits for the upstream (to notice a client that leaves), so this also bounds how long
+    /// a silent client waits for a slow upstream: keep it at least as long as the upstream read
+    /// timeout (60 s both, by default). Default
+    /// [`DEFAULT_BODY_TIMEOUT`](crate::server::DEFAULT_BODY_TIMEOUT), 60 s (nginx
+    /// `client_body_timeout`).
+    pub fn body_timeout(mut self, timeout: Duration) -> Self {
+        self.limits = self.limits.body_timeout(timeout);
+        self
+    }
+
+    /// Longest a write to the client may make no progress (a client that stopped reading);
+    /// the connection is closed when it passes. Default
+    /// [`DEFAULT_SEND_TIMEOUT`](crate::server::DEFAULT_SEND_TIMEOUT), 60 s (nginx
+    /// `send_timeout`).
+    pub fn send_timeout(mut self, timeout: Duration) -> Self {
+        self.limits = self.limits.send_timeout(timeout);
+        self
+    }
+
+    /// Most client connections served at once (across every thread); a connection beyond it
+    /// is closed as soon as it is accepted, like Envoy's listener limit. Default
+    /// [`DEFAULT_MAX_CONNECTIONS`](crate::server::DEFAULT_MAX_CONNECTIONS). Each client
+    /// connection may hold an upstream one too: keep it under half of `ulimit -n`.
+    pub fn max_connections(mut self, connections: usize) -> Self {
+        self.limits = self.limits.max_connections(connections);
+        self
+    }
+
     /// Validates the routes, upstreams and timeouts, resolves upstream host names, builds the
     /// load balancers and applies the layers.
     ///
@@ -190,6 +242,12 @@ impl<L> ProxyBuilder<L> {
             }
             timeouts.request = Some(Duration::from_millis(ms));
         }
+        self.limits
+            .validate()
+            .map_err(|e| ProxyConfigError::InvalidClientLimit {
+                field: e.field,
+                value: e.value,
+            })?;
         if self.threads == Some(0) {
             return Err(ProxyConfigError::InvalidThreads { threads: 0 });
         }
@@ -218,6 +276,7 @@ impl<L> ProxyBuilder<L> {
             conf: Arc::new(self.conf),
             h2c: self.h2c,
             threads: self.threads,
+            limits: self.limits,
         })
     }
 
@@ -259,6 +318,7 @@ pub struct ProxyServer<S> {
     conf: Arc<ServerConf>,
     h2c: bool,
     threads: Option<usize>,
+    limits: ClientLimits,
 }
 
 impl<S> ProxyServer<S>
@@ -304,8 +364,10 @@ where
         }
         // On a bind error, dropping `stop` ends the health checks again.
         let server = match self.threads {
-            Some(threads) => server::spawn_threads(&self.addr, app, threads).await?,
-            None => server::spawn(&self.addr, app).await?,
+            Some(threads) => {
+                server::spawn_threads_with(&self.addr, app, threads, self.limits).await?
+            }
+            None => server::spawn_with(&self.addr, app, self.limits).await?,
         };
         Ok(RunningProxy {
             local_addr: server.local_addr(),
@@ -346,16 +408,16 @@ impl RunningProxy {
         self.local_addr
     }
 
-    /// Every backend with its current health (see [`RoutingProxy::backends`]).
-    pub fn backends(&self) -> Vec<BackendStatus> {
-        self.base.backends()
-    }
-
     /// Client connections being served right now.
     pub fn active_connections(&self) -> usize {
         self.server
             .as_ref()
             .map_or(0, RunningServer::active_connections)
+    }
+
+    /// Every backend with its current health (see [`RoutingProxy::backends`]).
+    pub fn backends(&self) -> Vec<BackendStatus> {
+        self.base.backends()
     }
 
     /// Stops accepting, lets in-flight requests finish (bounded by the server's grace

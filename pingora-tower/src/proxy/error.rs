@@ -66,6 +66,15 @@ pub enum ProxyConfigError {
         /// `connect_ms` or `request_ms`.
         field: &'static str,
     },
+    /// A zero client timeout or connection cap (`header_timeout`, `keepalive_timeout`,
+    /// `body_timeout`, `send_timeout`, `max_connections`).
+    #[error("client limits: {field} must be greater than 0, got {value}")]
+    InvalidClientLimit {
+        /// The setting, e.g. `header_timeout`.
+        field: &'static str,
+        /// The value as given, e.g. `0ns`.
+        value: String,
+    },
     /// `threads(0)`.
     #[error("threads must be greater than 0, got {threads}")]
     InvalidThreads {

@@ -69,7 +69,11 @@ where
     let (parts, body) = response.into_parts();
     let mut header = ResponseHeader::from(parts);
     let framing = frame_response(&mut header, &body, &method, version, session.is_http2());
-    if framing == Framing::CloseDelimited {
+    if framing == Framing::CloseDelimited
+        || (feeder.abandoned() && super::drain::unread_body_exceeds_drain(session))
+    {
+        // Close-delimited, or the service dropped a body too long to drain: say
+        // `Connection: close` up front.
         session.set_keepalive(None);
     }
     if let Err(e) = session.write_response_header(Box::new(header)).await {
@@ -228,6 +232,11 @@ impl BodyFeeder {
         !matches!(self.state, FeedState::Done { .. })
     }
 
+    /// Whether the service dropped the request body (or it ended): nothing more will be fed.
+    fn abandoned(&self) -> bool {
+        self.tx.as_ref().is_none_or(|tx| tx.is_closed())
+    }
+
     /// Whether the request body was read to its end without error (so the connection's framing
     /// is intact; Pingora drains any unread rest before reusing it).
     fn finished_cleanly(&self) -> bool {
@@ -236,7 +245,8 @@ impl BodyFeeder {
             // The client is still waiting for `100 Continue` and may never send the body it
             // announced: draining it could hang, so this connection is not reused.
             FeedState::AwaitingDemand(_) => false,
-            // Unread body left: Pingora's `finish` drains it before reuse.
+            // Unread body left: drained within a small budget before reuse, or the
+            // connection closes (see `drain`).
             FeedState::Reading | FeedState::Holding(_) => true,
         }
     }
@@ -268,7 +278,8 @@ impl BodyFeeder {
                     None => None,
                 };
                 let Some(permit) = permit else {
-                    // The service dropped the body: stop reading; Pingora drains the rest.
+                    // The service dropped the body: stop reading; the rest is drained within a
+                    // small budget or the connection closes (see `drain`).
                     self.tx = None;
                     self.state = FeedState::Done { clean: true };
                     return;

@@ -60,7 +60,12 @@ pub(crate) fn frame_response<B: Body>(
     let user_length = header.headers.contains_key(CONTENT_LENGTH);
     if !user_length {
         match body.size_hint().exact() {
-            Some(len) => set_length(header, len),
+            Some(len) => {
+                // RFC 9112 §6.2: never both framing headers; a known length wins over a
+                // handler's own `Transfer-Encoding`.
+                header.remove_header(&TRANSFER_ENCODING);
+                set_length(header, len);
+            }
             None if version == Version::HTTP_10 => {
                 header.remove_header(&TRANSFER_ENCODING);
                 return if method == Method::HEAD {

@@ -14,8 +14,11 @@
 //! # Ok(()) }
 //! ```
 
+mod drain;
 mod driver;
 pub(crate) mod framing;
+
+pub use drain::MAX_DRAIN_BYTES;
 
 use std::sync::Arc;
 
@@ -56,6 +59,19 @@ pub const DEFAULT_MAX_HEADER_BYTES: usize = 32 * 1024;
 /// A service error or a panic in a handler becomes a `500` for that request only (logged through
 /// `tracing`); the server keeps serving. Hand it to [`server::spawn`](crate::server::spawn) to
 /// run it in-process, or to a Pingora `Service` of your own.
+///
+/// Client timeouts and the connection cap are the harness's job
+/// ([`ClientLimits`](crate::server::ClientLimits), on by default with
+/// [`server::spawn`](crate::server::spawn)); under a Pingora `Service` of your own, Pingora's
+/// behaviour applies instead (each read bounded to 60 s, keep-alive connections kept forever).
+///
+/// A request body the service leaves unread is drained, up to [`MAX_DRAIN_BYTES`] within
+/// [`MAX_DRAIN_TIME`](crate::server::MAX_DRAIN_TIME), so the connection can serve the next
+/// request; a longer rest closes the connection instead (with `Connection: close` on the
+/// response when its `Content-Length` already says so), lingering briefly so the client reads
+/// the response before the close. A response never carries both `Content-Length` and
+/// `Transfer-Encoding` (RFC 9112 §6.2): when the body's length is known, a `Transfer-Encoding`
+/// set by the service is dropped.
 #[derive(Debug, Clone)]
 pub struct ServeTower<S> {
     service: S,
@@ -136,6 +152,10 @@ where
         if *shutdown.borrow() {
             session.set_keepalive(None);
         }
+        // Pingora turns keep-alive off whenever the response starts before the request body
+        // is read; the drain budget decides instead, so a small unread body (a 401 or 405 to a
+        // form post) keeps the connection (see `drain`).
+        session.set_close_on_response_before_downstream_finish(false);
         if framing::head_size(session.req_header()) > self.max_header_bytes {
             tracing::debug!(
                 limit = self.max_header_bytes,
@@ -148,6 +168,9 @@ where
         }
 
         if !driver::serve_request(&self.service, &mut session).await {
+            return None;
+        }
+        if !drain::drain_or_close(&mut session).await {
             return None;
         }
 

@@ -11,6 +11,13 @@
 //! the thread that accepted it. On one core this is the cheaper runtime for a proxy
 //! (BENCHMARKS.md measured ~8 % less CPU per request than a multi-thread runtime).
 //!
+//! Every connection is held to [`ClientLimits`]: a total deadline for each request head, an
+//! idle limit between keep-alive requests, idle limits on reading a body and on writing to
+//! the client, and a cap on connections served at once. The defaults (nginx's timeouts, a
+//! 1024-connection cap) apply to [`spawn`] and [`spawn_threads`]; [`spawn_with`] and
+//! [`spawn_threads_with`] take other limits. See [`ClientLimits`] for the table and for which
+//! peer each default follows.
+//!
 //! # Example
 //! ```no_run
 //! use axum::{routing::get, Router};
@@ -27,19 +34,27 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::IntoRawFd;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use parking_lot::Mutex;
-use pingora_core::apps::ServerApp;
-use pingora_core::protocols::Stream;
-use pingora_core::server::{Fds, ShutdownWatch};
+use pingora_core::apps::HttpServerApp;
+use pingora_core::server::Fds;
 use pingora_core::services::listening::Service as ListeningService;
 use pingora_core::services::Service as _;
-use tokio::sync::{oneshot, watch, Notify};
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
+
+mod connection;
+mod limits;
+mod timed_stream;
+
+pub use connection::MAX_DRAIN_TIME;
+use connection::{ConnectionCount, Tracked};
+pub use limits::{
+    ClientLimits, InvalidClientLimit, DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT,
+    DEFAULT_KEEPALIVE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_SEND_TIMEOUT,
+};
 
 /// How long [`RunningServer::shutdown`] waits for in-flight connections by default.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -74,22 +89,41 @@ struct ServerThreads {
     exit: watch::Sender<bool>,
 }
 
-/// Binds `addr` (e.g. `"127.0.0.1:0"`) and serves `app` on it from the current tokio runtime.
+/// Binds `addr` (e.g. `"127.0.0.1:0"`) and serves `app` on it from the current tokio runtime,
+/// with the default [`ClientLimits`].
 ///
-/// `app` is any Pingora [`ServerApp`]: a [`ServeTower`](crate::ServeTower), or the
+/// `app` is any Pingora [`HttpServerApp`]: a [`ServeTower`](crate::ServeTower), or the
 /// `HttpProxy` that `pingora_proxy::http_proxy` builds around a `ProxyHttp`.
 ///
 /// # Errors
 /// When `addr` does not parse or cannot be bound.
 pub async fn spawn<A>(addr: &str, app: A) -> std::io::Result<RunningServer>
 where
-    A: ServerApp + Send + Sync + 'static,
+    A: HttpServerApp + Send + Sync + 'static,
 {
+    spawn_with(addr, app, ClientLimits::default()).await
+}
+
+/// [`spawn`] with these client timeouts and connection cap.
+///
+/// # Errors
+/// When a limit is zero (an [`InvalidClientLimit`] inside an `InvalidInput` error), or when
+/// `addr` does not parse or cannot be bound.
+pub async fn spawn_with<A>(
+    addr: &str,
+    app: A,
+    limits: ClientLimits,
+) -> std::io::Result<RunningServer>
+where
+    A: HttpServerApp + Send + Sync + 'static,
+{
+    limits.validate()?;
     let (listener, local_addr) = bind(addr)?;
     let connections = Arc::new(ConnectionCount::default());
     let tracked = Tracked {
         app: Arc::new(app),
         connections: connections.clone(),
+        limits,
     };
     let (shutdown, shutdown_rx) = watch::channel(false);
     let accept = accept_loop(tracked, listener, local_addr, shutdown_rx);
@@ -112,8 +146,26 @@ where
 /// thread cannot be created.
 pub async fn spawn_threads<A>(addr: &str, app: A, threads: usize) -> std::io::Result<RunningServer>
 where
-    A: ServerApp + Send + Sync + 'static,
+    A: HttpServerApp + Send + Sync + 'static,
 {
+    spawn_threads_with(addr, app, threads, ClientLimits::default()).await
+}
+
+/// [`spawn_threads`] with these client timeouts and connection cap (the cap counts the
+/// connections of every thread together).
+///
+/// # Errors
+/// As [`spawn_threads`], and when a limit is zero.
+pub async fn spawn_threads_with<A>(
+    addr: &str,
+    app: A,
+    threads: usize,
+    limits: ClientLimits,
+) -> std::io::Result<RunningServer>
+where
+    A: HttpServerApp + Send + Sync + 'static,
+{
+    limits.validate()?;
     if threads == 0 {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
@@ -125,6 +177,7 @@ where
     let tracked = Tracked {
         app: Arc::new(app),
         connections: connections.clone(),
+        limits,
     };
     let (shutdown, shutdown_rx) = watch::channel(false);
     let (exit, exit_rx) = watch::channel(false);
@@ -182,7 +235,7 @@ fn accept_loop<A>(
     shutdown: watch::Receiver<bool>,
 ) -> impl std::future::Future<Output = ()> + Send + 'static
 where
-    A: ServerApp + Send + Sync + 'static,
+    A: HttpServerApp + Send + Sync + 'static,
 {
     let bind_key = local_addr.to_string();
     let mut fds = Fds::new();
@@ -212,7 +265,7 @@ impl RunningServer {
 
     /// Connections being served right now.
     pub fn active_connections(&self) -> usize {
-        self.connections.active.load(Ordering::Acquire)
+        self.connections.active()
     }
 
     /// Closes the listening socket (new connections are refused from when this returns) and
@@ -272,66 +325,5 @@ impl Drop for RunningServer {
             // Not drained: whatever still runs on the threads ends with them.
             let _ = threads.exit.send(true);
         }
-    }
-}
-
-#[derive(Debug, Default)]
-struct ConnectionCount {
-    active: AtomicUsize,
-    changed: Notify,
-}
-
-impl ConnectionCount {
-    async fn idle(&self) {
-        loop {
-            let notified = self.changed.notified();
-            if self.active.load(Ordering::Acquire) == 0 {
-                return;
-            }
-            notified.await;
-        }
-    }
-}
-
-/// Decrements the connection count when a connection ends, however it ends.
-struct ConnectionGuard(Arc<ConnectionCount>);
-
-impl Drop for ConnectionGuard {
-    fn drop(&mut self) {
-        if self.0.active.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.changed.notify_waiters();
-        }
-    }
-}
-
-/// Wraps an app to count its live connections, so shutdown can wait for them.
-struct Tracked<A> {
-    app: Arc<A>,
-    connections: Arc<ConnectionCount>,
-}
-
-impl<A> Clone for Tracked<A> {
-    fn clone(&self) -> Self {
-        Tracked {
-            app: self.app.clone(),
-            connections: self.connections.clone(),
-        }
-    }
-}
-
-#[async_trait]
-impl<A: ServerApp + Send + Sync + 'static> ServerApp for Tracked<A> {
-    async fn process_new(
-        self: &Arc<Self>,
-        stream: Stream,
-        shutdown: &ShutdownWatch,
-    ) -> Option<Stream> {
-        self.connections.active.fetch_add(1, Ordering::AcqRel);
-        let _guard = ConnectionGuard(self.connections.clone());
-        self.app.process_new(stream, shutdown).await
-    }
-
-    async fn cleanup(&self) {
-        self.app.cleanup().await;
     }
 }
