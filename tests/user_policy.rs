@@ -8,6 +8,9 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::get;
 use axum::Router;
+use pingora_http::ResponseHeader;
+use pingora_proxy::Session;
+use pingora_tower::middleware::proxy_host::{Admission, ProxyPolicy};
 use pingora_tower::middleware::{self, Layered};
 use pingora_tower::proxy::{PingoraProxy, Route, Upstream};
 use pingora_tower::{server, ServeTower};
@@ -79,6 +82,65 @@ async fn a_users_policy_stacks_with_the_four_layers() {
         6,
         "every request retried once"
     );
+    proxy.shutdown().await;
+    upstream.shutdown().await;
+}
+
+/// Admission that waits on I/O first (here a timer standing in for a store round trip): denies
+/// `/deny` with `403`, lets the rest through.
+#[derive(Clone)]
+struct AwaitingGate;
+
+impl ProxyPolicy for AwaitingGate {
+    type Ctx = ();
+    fn new_ctx(&self) {}
+    fn request_filter(
+        &self,
+        session: &mut Session,
+        _: &mut (),
+    ) -> pingora_error::Result<Admission> {
+        let deny = session.req_header().uri.path() == "/deny";
+        Ok(Admission::Pending(Box::pin(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            if !deny {
+                return Ok(Admission::Continue);
+            }
+            let mut head = ResponseHeader::build(403, None)?;
+            head.insert_header("content-length", "0")?;
+            Ok(Admission::Respond(Box::new(head)))
+        })))
+    }
+}
+
+#[tokio::test]
+async fn an_admission_that_awaits_io_decides_before_the_upstream() {
+    init_tracing();
+    let seen = Arc::new(Seen::default());
+    let app = Router::new()
+        .route("/flaky", get(record))
+        .route("/deny", get(record))
+        .with_state(seen.clone());
+    let upstream = server::spawn("127.0.0.1:0", ServeTower::new(app))
+        .await
+        .unwrap();
+    let proxy = PingoraProxy::builder("127.0.0.1:0")
+        .routes([Route::prefix(
+            "/",
+            Upstream::new(format!("http://{}", upstream.local_addr())),
+        )])
+        .middleware(layer_fn(|i| Layered::wrap(AwaitingGate, i)))
+        .middleware(middleware::retry(2))
+        .spawn()
+        .await
+        .unwrap();
+    let addr = proxy.local_addr();
+    assert_eq!(http_get(addr, "/deny").await.0, StatusCode::FORBIDDEN);
+    assert!(
+        seen.0.lock().unwrap().is_empty(),
+        "denied before any upstream work"
+    );
+    assert_eq!(http_get(addr, "/flaky").await.0, StatusCode::OK);
+    assert_eq!(seen.0.lock().unwrap().len(), 2);
     proxy.shutdown().await;
     upstream.shutdown().await;
 }
