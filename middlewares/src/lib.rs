@@ -48,27 +48,48 @@
 #[macro_use]
 pub mod proxy_host;
 
+#[cfg(feature = "circuit-breaker")]
 pub mod circuit_breaker;
+#[cfg(feature = "rate-limit")]
 pub mod rate_limit;
+#[cfg(feature = "retry")]
 pub mod retry;
+#[cfg(feature = "timeout")]
 pub mod timeout;
 
+#[cfg(any(feature = "rate-limit", feature = "retry"))]
 mod clock;
 mod config_error;
+#[cfg(any(feature = "timeout", feature = "retry", feature = "circuit-breaker"))]
 mod cut_off;
 mod layered;
+mod rejection;
 mod request_info;
+#[cfg(any(
+    feature = "timeout",
+    feature = "rate-limit",
+    feature = "retry",
+    feature = "circuit-breaker"
+))]
 mod request_time;
 
+#[cfg(any(feature = "rate-limit", feature = "retry"))]
 pub use clock::TimeSource;
 pub use config_error::ConfigError;
 pub use layered::Layered;
+pub use rejection::Rejection;
 pub use request_info::RequestInfo;
 
+#[cfg(any(
+    feature = "timeout",
+    feature = "rate-limit",
+    feature = "circuit-breaker"
+))]
 use std::time::Duration;
 
 /// A [`timeout::TimeoutLayer`] that answers `504` when the inner service takes longer than `ms`
 /// milliseconds.
+#[cfg(feature = "timeout")]
 pub fn timeout(ms: u64) -> timeout::TimeoutLayer {
     timeout::TimeoutLayer::new(Duration::from_millis(ms))
 }
@@ -80,6 +101,7 @@ pub fn timeout(ms: u64) -> timeout::TimeoutLayer {
 /// When `limit` or `period_ms` is zero. This short form is meant for literals; use
 /// [`rate_limit::RateLimitLayer::builder`] for values read at run time, which returns an error
 /// instead.
+#[cfg(feature = "rate-limit")]
 pub fn rate_limit(limit: u32, period_ms: u64) -> rate_limit::RateLimitLayer {
     match rate_limit::RateLimitLayer::builder(limit, Duration::from_millis(period_ms)).build() {
         Ok(layer) => layer,
@@ -89,6 +111,7 @@ pub fn rate_limit(limit: u32, period_ms: u64) -> rate_limit::RateLimitLayer {
 
 /// A [`retry::RetryLayer`] allowing up to `max_retries` extra attempts for idempotent requests
 /// that fail with an error or a `502`/`503`/`504`.
+#[cfg(feature = "retry")]
 pub fn retry(max_retries: u32) -> retry::RetryLayer {
     retry::RetryLayer::new(max_retries)
 }
@@ -100,6 +123,7 @@ pub fn retry(max_retries: u32) -> retry::RetryLayer {
 /// # Panics
 /// When `failure_rate_percent` is 0 or above 100. Use
 /// [`circuit_breaker::CircuitBreakerLayer::builder`] for values read at run time.
+#[cfg(feature = "circuit-breaker")]
 pub fn circuit_breaker(
     failure_rate_percent: u8,
     open_ms: u64,

@@ -62,7 +62,7 @@
 //! [`CircuitOpen`], `Permit::record(outcome, now)` settles the call, and
 //! `is_call_permitted(now)` checks without taking a permit (peer selection). The proxy host
 //! keeps one breaker per upstream address in [`CircuitBreakerLayer::breakers`] and renders
-//! rejections with [`CircuitOpen::to_response`], so both hosts answer alike.
+//! rejections with [`CircuitOpen`]'s [`Rejection::to_response`](crate::Rejection::to_response), so both hosts answer alike.
 //!
 //! # Example
 //! ```

@@ -28,6 +28,7 @@ use super::breaker::WeakBreaker;
 use super::layer::Shared;
 use super::{Breaker, Breakers, CircuitBreakerLayer, CircuitOpen, Outcome, Permit};
 use crate::proxy_host::{PeerChoice, ProxyPolicy};
+use crate::Rejection;
 
 /// Per-request state of the circuit breaker in a proxy.
 #[derive(Debug, Default)]
@@ -270,16 +271,7 @@ impl ProxyPolicy for CircuitBreakerLayer {
         if !ctx.all_open || e.etype() != &ErrorType::HTTPStatus(503) {
             return None;
         }
-        let open = ctx.skipped.as_ref()?;
-        let headers = open.headers();
-        let mut response = ResponseHeader::build(open.status(), Some(headers.len() + 1)).ok()?;
-        for (name, value) in &headers {
-            response.insert_header(name.clone(), value.clone()).ok()?;
-        }
-        response
-            .insert_header(http::header::CONTENT_LENGTH, 0)
-            .ok()?;
-        Some(Box::new(response))
+        ctx.skipped.as_ref()?.to_response_head().ok()
     }
 }
 

@@ -120,7 +120,7 @@
 //! stack order. It calls the same two methods as the tower service:
 //! [`RateLimitLayer::key_for`] (or [`key_for_peer`](RateLimitLayer::key_for_peer)), then
 //! [`RateLimitLayer::check_now`], and renders a [`Decision::Reject`] with
-//! [`RateLimited::into_response`] or [`RateLimited::headers`], so both hosts answer alike.
+//! [`RateLimited`]'s [`Rejection`](crate::Rejection) rendering, so both hosts answer alike.
 //!
 //! # Implementation: hand-written GCRA rather than `governor`
 //! Each bucket is one `u64` "theoretical arrival time" (TAT): an atomic updated with one

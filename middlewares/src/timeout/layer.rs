@@ -76,7 +76,7 @@ impl TimeoutLayer {
         self.honor_client_header
     }
 
-    /// The error (and renderer, see [`Elapsed::into_response`]) for a request whose deadline
+    /// The error (and renderer, see [`Rejection::to_response`](crate::Rejection::to_response)) for a request whose deadline
     /// passed.
     pub const fn elapsed(&self) -> Elapsed {
         Elapsed::new(self.status)

@@ -30,7 +30,7 @@
 //! limiting) in `request_filter` first, whatever the stack order, and stamps the deadline there
 //! with [`TimeoutLayer::deadline_for`]; it clamps the upstream connect/read/write timeouts to
 //! what is left and fails with [`TimeoutLayer::response_status`] (the status
-//! [`Elapsed::into_response`] renders), so both hosts compute the same deadline and answer with
+//! [`Rejection::to_response`](crate::Rejection::to_response) renders), so both hosts compute the same deadline and answer with
 //! the same status.
 //!
 //! # Example
