@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 /// The clock a rate limiter or a retry budget reads
 /// ([`RateLimitBuilder::clock`](crate::rate_limit::RateLimitBuilder::clock),
-/// [`RetryLayerBuilder::clock`](crate::retry::RetryLayerBuilder::clock)).
+/// [`RetryBuilder::clock`](crate::retry::RetryBuilder::clock)).
 ///
 /// Reading the clock is a large part of what these layers cost per request: on the machine of
 /// the crate's benchmarks `tokio::time::Instant::now()` takes ~30 ns, the counter ~10 ns.

@@ -20,6 +20,16 @@
 //! every request, read the CPU's cheaper time-stamp counter instead unless tokio's clock is
 //! paused where they are built (see [`TimeSource`]).
 //!
+//! Configuration: each layer has a short form for literals (table above) and one builder for
+//! everything, `XLayer::builder(..)` returning an `XBuilder` whose `build()` checks the settings
+//! and returns a [`ConfigError`] naming the field and value ([`rate_limit::RateLimitBuilder`],
+//! [`retry::RetryBuilder`], [`circuit_breaker::CircuitBreakerBuilder`]). The timeout has no
+//! builder: nothing about it can be invalid, so [`timeout::TimeoutLayer::new`] takes chained
+//! setters. A refusal renders through [`Rejection`], the same way in both hosts.
+//!
+//! Features: one per layer (`timeout`, `rate-limit`, `retry`, `circuit-breaker`), `full` for
+//! all four (on by default with `axum`), and `pingora` for the proxy host. Any subset builds.
+//!
 //! With the `pingora` feature the same services also implement Pingora's `ProxyHttp`, so a
 //! `ServiceBuilder` stack wraps a reverse proxy too (see the `pingora-tower` crate).
 //!
@@ -110,10 +120,13 @@ pub fn rate_limit(limit: u32, period_ms: u64) -> rate_limit::RateLimitLayer {
 }
 
 /// A [`retry::RetryLayer`] allowing up to `max_retries` extra attempts for idempotent requests
-/// that fail with an error or a `502`/`503`/`504`.
+/// that fail with an error or a `502`/`503`/`504`: statuses 502/503/504, idempotent methods
+/// only, backoff 25 ms doubling to 1 s with full jitter, `Retry-After` honoured up to 5 s,
+/// budget 20 % of requests plus 10 retries/s over 10 s, 64 KiB body replay, no per-try timeout.
+/// [`retry::RetryLayer::builder`] changes any of these.
 #[cfg(feature = "retry")]
 pub fn retry(max_retries: u32) -> retry::RetryLayer {
-    retry::RetryLayer::new(max_retries)
+    retry::RetryLayer::with_defaults(max_retries)
 }
 
 /// A [`circuit_breaker::CircuitBreakerLayer`] over a count-based window of the last 20 calls that

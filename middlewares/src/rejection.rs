@@ -76,7 +76,12 @@ pub(crate) fn ceil_secs(d: std::time::Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
-#[cfg(all(test, feature = "pingora", feature = "circuit-breaker", feature = "timeout"))]
+#[cfg(all(
+    test,
+    feature = "pingora",
+    feature = "circuit-breaker",
+    feature = "timeout"
+))]
 mod tests {
     use std::time::Duration;
 
