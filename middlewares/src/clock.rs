@@ -8,6 +8,8 @@
 //! monotonic clock (`quanta` calibrates the counter against it), so the two agree to the
 //! counter's drift.
 
+// Only to tell a paused tokio clock from a running one (see `tokio_clock_paused`).
+#[allow(clippy::disallowed_types)]
 use std::time::Instant as StdInstant;
 
 use tokio::time::Instant;
@@ -103,6 +105,7 @@ impl Clock {
 /// A paused clock moves only when the test advances it, never while this runs; a running one
 /// is the OS monotonic clock, which moves between two reads with a `std` read in between
 /// (nanosecond resolution on Linux; where it is coarser, a few more reads).
+#[allow(clippy::disallowed_types)] // a `std` read between two tokio reads: see above
 fn tokio_clock_paused() -> bool {
     let start = Instant::now();
     (0..16).all(|_| {
