@@ -13,11 +13,11 @@ use axum::http::{Method, StatusCode};
 use axum::routing::any;
 use axum::Router;
 use http::Request;
+use pingora_tower::middleware;
 use pingora_tower::middleware::circuit_breaker::{
     CircuitBreakerLayer, State as BreakerState, Window,
 };
 use pingora_tower::middleware::rate_limit::RateLimitLayer;
-use pingora_tower::middleware;
 use pingora_tower::proxy::{PingoraProxy, Route, RunningProxy, Upstream};
 use pingora_tower::{server, RunningServer, ServeTower};
 use pingora_tower_test_support::*;
