@@ -39,6 +39,8 @@
 //! use http::{Request, Response};
 //! use tower::{ServiceBuilder, ServiceExt};
 //!
+//! # #[cfg(not(feature = "full"))] fn main() {}
+//! # #[cfg(feature = "full")]
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
 //! let svc = ServiceBuilder::new()
 //!     .layer(middlewares::timeout(5_000))

@@ -56,7 +56,7 @@ impl Shared {
 /// Applies [`Retry`] to a service. See the [module docs](super) for the semantics.
 ///
 /// Every service made by one layer value (and every clone of them) shares one retry
-/// [`Budget`]. Configured in one place, [`RetryLayer::builder`]; [`crate::retry`] is the short
+/// [`Budget`]. Configured in one place, [`RetryLayer::builder`]; [`crate::retry()`] is the short
 /// form with the defaults.
 #[derive(Debug, Clone)]
 pub struct RetryLayer {
@@ -67,7 +67,7 @@ impl RetryLayer {
     /// Up to `max_retries` retries (so `max_retries + 1` attempts) with the defaults: statuses
     /// 502/503/504, idempotent methods only, backoff 25 ms doubling to 1 s with full jitter,
     /// `Retry-After` honoured up to 5 s, budget 20 % of requests plus 10 retries/s over 10 s,
-    /// 64 KiB body replay, no per-try timeout. What [`crate::retry`] returns; the defaults
+    /// 64 KiB body replay, no per-try timeout. What [`crate::retry()`] returns; the defaults
     /// need no checking.
     pub(crate) fn with_defaults(max_retries: u32) -> Self {
         RetryLayer {
@@ -80,7 +80,7 @@ impl RetryLayer {
     }
 
     /// Starts a builder with up to `max_retries` retries and the defaults listed at
-    /// [`crate::retry`]; every knob is set there and checked by [`RetryBuilder::build`].
+    /// [`crate::retry()`]; every knob is set there and checked by [`RetryBuilder::build`].
     pub fn builder(max_retries: u32) -> RetryBuilder {
         RetryBuilder {
             policy: RetryPolicy::new(max_retries),
