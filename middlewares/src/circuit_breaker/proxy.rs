@@ -46,8 +46,9 @@ pub struct CircuitBreakerProxyCtx {
 
 /// The breakers of inet backends by socket address, in front of the registry's text keys:
 /// formatting an address and hashing it as text on every request was the breaker host's largest
-/// cost (see `BENCHMARKS.md`); a lookup here costs a small fraction of that. Entries are weak, so the registry's bound and
-/// eviction still decide which breakers exist; a dropped one is looked up again by text.
+/// cost (see `BENCHMARKS.md`); a lookup here costs a small fraction of that. Entries are weak,
+/// so the registry's bound and eviction still decide which breakers exist; a dropped one is
+/// looked up again by text.
 #[derive(Default)]
 pub(crate) struct PeerBreakers {
     map: RwLock<HashMap<std::net::SocketAddr, WeakBreaker, ahash::RandomState>>,

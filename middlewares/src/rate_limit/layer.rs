@@ -34,7 +34,7 @@ pub enum Decision {
         /// The key's quota after this request (`remaining` is 0).
         quota: Quota,
     },
-    /// Refuse the request; answer with its [`Rejection::to_response`](crate::Rejection::to_response).
+    /// Refuse the request; answer as [`Rejection`](crate::Rejection) renders it.
     Reject(RateLimited),
 }
 

@@ -79,8 +79,8 @@ impl TimeoutLayer {
         self.honor_client_header
     }
 
-    /// The error (and renderer, see [`Rejection::to_response`](crate::Rejection::to_response)) for a request whose deadline
-    /// passed.
+    /// The error for a request whose deadline passed; it renders the answer through
+    /// [`Rejection`](crate::Rejection).
     pub const fn elapsed(&self) -> Elapsed {
         Elapsed::new(self.status)
     }

@@ -30,9 +30,9 @@
 //! counts the queueing time, one inside it does not. The Pingora host runs admission (rate
 //! limiting) in `request_filter` first, whatever the stack order, and stamps the deadline there
 //! with [`TimeoutLayer::deadline_for`]; it clamps the upstream connect/read/write timeouts to
-//! what is left and fails with [`TimeoutLayer::response_status`] (the status
-//! [`Rejection::to_response`](crate::Rejection::to_response) renders), so both hosts compute the same deadline and answer with
-//! the same status.
+//! what is left and fails with [`TimeoutLayer::response_status`] (the status [`Elapsed`]
+//! renders through [`Rejection`](crate::Rejection)), so both hosts compute the same deadline
+//! and answer with the same status.
 //!
 //! # Example
 //! ```
