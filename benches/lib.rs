@@ -6,6 +6,9 @@
 //! Nothing here depends on Pingora; see `README.md` beside this file for what each bench
 //! measures and how to run it.
 
+// Benches time real runs and drive governor's clock: wall-clock `std::time::Instant` is the point.
+#![allow(clippy::disallowed_types)]
+
 pub mod configs;
 
 use std::fmt::Debug;

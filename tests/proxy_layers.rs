@@ -13,11 +13,11 @@ use axum::http::{Method, StatusCode};
 use axum::routing::any;
 use axum::Router;
 use http::Request;
+use pingora_tower::middleware;
 use pingora_tower::middleware::circuit_breaker::{
     CircuitBreakerLayer, State as BreakerState, Window,
 };
 use pingora_tower::middleware::rate_limit::RateLimitLayer;
-use pingora_tower::middleware::{self, retry::RetryLayer};
 use pingora_tower::proxy::{PingoraProxy, Route, RunningProxy, Upstream};
 use pingora_tower::{server, RunningServer, ServeTower};
 use pingora_tower_test_support::*;
@@ -385,7 +385,7 @@ async fn four_layer_stack_proxies_bodies_unchanged() {
         .routes([Route::prefix("/", Upstream::new(up.url()))])
         .middleware(middleware::timeout(5_000))
         .middleware(middleware::rate_limit(10_000, 1_000))
-        .middleware(RetryLayer::new(2))
+        .middleware(middleware::retry(2))
         .middleware(middleware::circuit_breaker(50, 10_000))
         .spawn()
         .await

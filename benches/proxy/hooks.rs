@@ -13,6 +13,9 @@
 //! together (timeout, rate limit, retry, circuit breaker, as `pingora-tower-proxy --layers
 //! four`), and the same over `PingoraProxy`'s `RoutingProxy` (one prefix route).
 
+// Times real runs of the proxy hooks: wall-clock `std::time::Instant` is the point.
+#![allow(clippy::disallowed_types)]
+
 use std::hint::black_box;
 use std::io::Cursor;
 use std::time::{Duration, Instant};

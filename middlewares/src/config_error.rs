@@ -1,5 +1,8 @@
 //! [`ConfigError`]: an invalid layer setting, shared by every layer's builder.
 
+// Parts of this module serve layers a build without `full` may leave out.
+#![cfg_attr(not(feature = "full"), allow(dead_code))]
+
 use std::borrow::Cow;
 use std::fmt;
 

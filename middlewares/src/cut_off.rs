@@ -11,6 +11,9 @@
 //! closure belongs to the call that timed out. Nothing is read or written on the path of a call
 //! that completes.
 
+// Parts of this module serve layers a build without `full` may leave out.
+#![cfg_attr(not(feature = "full"), allow(dead_code))]
+
 use std::cell::Cell;
 
 thread_local! {

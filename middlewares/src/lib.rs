@@ -20,6 +20,16 @@
 //! every request, read the CPU's cheaper time-stamp counter instead unless tokio's clock is
 //! paused where they are built (see [`TimeSource`]).
 //!
+//! Configuration: each layer has a short form for literals (table above) and one builder for
+//! everything, `XLayer::builder(..)` returning an `XBuilder` whose `build()` checks the settings
+//! and returns a [`ConfigError`] naming the field and value ([`rate_limit::RateLimitBuilder`],
+//! [`retry::RetryBuilder`], [`circuit_breaker::CircuitBreakerBuilder`]). The timeout has no
+//! builder: nothing about it can be invalid, so [`timeout::TimeoutLayer::new`] takes chained
+//! setters. A refusal renders through [`Rejection`], the same way in both hosts.
+//!
+//! Features: one per layer (`timeout`, `rate-limit`, `retry`, `circuit-breaker`), `full` for
+//! all four (on by default with `axum`), and `pingora` for the proxy host. Any subset builds.
+//!
 //! With the `pingora` feature the same services also implement Pingora's `ProxyHttp`, so a
 //! `ServiceBuilder` stack wraps a reverse proxy too (see the `pingora-tower` crate).
 //!
@@ -29,6 +39,8 @@
 //! use http::{Request, Response};
 //! use tower::{ServiceBuilder, ServiceExt};
 //!
+//! # #[cfg(not(feature = "full"))] fn main() {}
+//! # #[cfg(feature = "full")]
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
 //! let svc = ServiceBuilder::new()
 //!     .layer(middlewares::timeout(5_000))
@@ -48,27 +60,48 @@
 #[macro_use]
 pub mod proxy_host;
 
+#[cfg(feature = "circuit-breaker")]
 pub mod circuit_breaker;
+#[cfg(feature = "rate-limit")]
 pub mod rate_limit;
+#[cfg(feature = "retry")]
 pub mod retry;
+#[cfg(feature = "timeout")]
 pub mod timeout;
 
+#[cfg(any(feature = "rate-limit", feature = "retry"))]
 mod clock;
 mod config_error;
+#[cfg(any(feature = "timeout", feature = "retry", feature = "circuit-breaker"))]
 mod cut_off;
 mod layered;
+mod rejection;
 mod request_info;
+#[cfg(any(
+    feature = "timeout",
+    feature = "rate-limit",
+    feature = "retry",
+    feature = "circuit-breaker"
+))]
 mod request_time;
 
+#[cfg(any(feature = "rate-limit", feature = "retry"))]
 pub use clock::TimeSource;
 pub use config_error::ConfigError;
 pub use layered::Layered;
+pub use rejection::Rejection;
 pub use request_info::RequestInfo;
 
+#[cfg(any(
+    feature = "timeout",
+    feature = "rate-limit",
+    feature = "circuit-breaker"
+))]
 use std::time::Duration;
 
 /// A [`timeout::TimeoutLayer`] that answers `504` when the inner service takes longer than `ms`
 /// milliseconds.
+#[cfg(feature = "timeout")]
 pub fn timeout(ms: u64) -> timeout::TimeoutLayer {
     timeout::TimeoutLayer::new(Duration::from_millis(ms))
 }
@@ -80,6 +113,7 @@ pub fn timeout(ms: u64) -> timeout::TimeoutLayer {
 /// When `limit` or `period_ms` is zero. This short form is meant for literals; use
 /// [`rate_limit::RateLimitLayer::builder`] for values read at run time, which returns an error
 /// instead.
+#[cfg(feature = "rate-limit")]
 pub fn rate_limit(limit: u32, period_ms: u64) -> rate_limit::RateLimitLayer {
     match rate_limit::RateLimitLayer::builder(limit, Duration::from_millis(period_ms)).build() {
         Ok(layer) => layer,
@@ -88,9 +122,13 @@ pub fn rate_limit(limit: u32, period_ms: u64) -> rate_limit::RateLimitLayer {
 }
 
 /// A [`retry::RetryLayer`] allowing up to `max_retries` extra attempts for idempotent requests
-/// that fail with an error or a `502`/`503`/`504`.
+/// that fail with an error or a `502`/`503`/`504`: statuses 502/503/504, idempotent methods
+/// only, backoff 25 ms doubling to 1 s with full jitter, `Retry-After` honoured up to 5 s,
+/// budget 20 % of requests plus 10 retries/s over 10 s, 64 KiB body replay, no per-try timeout.
+/// [`retry::RetryLayer::builder`] changes any of these.
+#[cfg(feature = "retry")]
 pub fn retry(max_retries: u32) -> retry::RetryLayer {
-    retry::RetryLayer::new(max_retries)
+    retry::RetryLayer::with_defaults(max_retries)
 }
 
 /// A [`circuit_breaker::CircuitBreakerLayer`] over a count-based window of the last 20 calls that
@@ -100,6 +138,7 @@ pub fn retry(max_retries: u32) -> retry::RetryLayer {
 /// # Panics
 /// When `failure_rate_percent` is 0 or above 100. Use
 /// [`circuit_breaker::CircuitBreakerLayer::builder`] for values read at run time.
+#[cfg(feature = "circuit-breaker")]
 pub fn circuit_breaker(
     failure_rate_percent: u8,
     open_ms: u64,

@@ -1,5 +1,8 @@
 //! One clock read per request, shared by the layers of this crate stacked on one service.
 
+// Parts of this module serve layers a build without `full` may leave out.
+#![cfg_attr(not(feature = "full"), allow(dead_code))]
+
 use std::cell::Cell;
 
 use tokio::time::Instant;
@@ -16,7 +19,7 @@ thread_local! {
 /// entered it, or the clock read now when there is no such layer.
 ///
 /// `Service::call` of a stack is one synchronous chain, so the layers inside see the instant the
-/// outermost one read a few hundred instructions earlier (and exactly the same one on a paused
+/// outermost one read just before, in the same chain (and exactly the same one on a paused
 /// tokio clock, which cannot move during a synchronous call). Only `call` chains may use this:
 /// futures read the clock themselves, as they run later.
 pub(crate) fn now() -> Instant {

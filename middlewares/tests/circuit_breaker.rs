@@ -12,6 +12,7 @@ use http::{Request, Response, StatusCode};
 use middlewares::circuit_breaker::{
     CircuitBreaker, CircuitBreakerHandle, CircuitBreakerLayer, Outcome, State, Window, DEFAULT_KEY,
 };
+use middlewares::Rejection;
 use tokio::sync::Semaphore;
 use tokio::time::{advance, Instant};
 use tower::{Layer, Service, ServiceExt};

@@ -9,8 +9,8 @@ use std::time::Duration;
 use axum::body::Body;
 use http::{HeaderValue, Request, Response, StatusCode};
 use middlewares::rate_limit::{Decision, Key, KeyValue, RateLimitLayer, RateLimited};
-use middlewares::RequestInfo;
 use middlewares::TimeSource;
+use middlewares::{Rejection, RequestInfo};
 use tokio::time::Instant;
 use tower::{service_fn, Layer, Service, ServiceExt};
 
@@ -565,7 +565,7 @@ async fn host_agnostic_core() {
     let Decision::Reject(err) = layer.check(&key, now) else {
         panic!("expected a rejection")
     };
-    let res: Response<()> = err.into_response();
+    let res: Response<()> = err.to_response();
     assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(res.headers()["retry-after"], "1");
     assert_eq!(err.to_string(), "rate limited, retry after 1s");

@@ -13,7 +13,7 @@ use futures_util::future::join_all;
 use http::{Method, Request, Response, StatusCode};
 use http_body::Frame;
 use http_body_util::{BodyExt, Full, StreamBody};
-use middlewares::retry::{ReplayBody, Retry, RetryLayer};
+use middlewares::retry::{ReplayBody, Retry, RetryBuilder, RetryLayer};
 use tokio::time::{sleep, Instant};
 use tower::{Layer, Service, ServiceExt};
 
@@ -135,12 +135,15 @@ fn get() -> Request<Full<Bytes>> {
 /// A layer with a deterministic schedule (10 ms doubling, no jitter) and a budget large
 /// enough not to interfere.
 fn layer(max_retries: u32) -> RetryLayer {
+    tuned(max_retries).build().unwrap()
+}
+
+/// The builder of [`layer`], for tests that change one more setting.
+fn tuned(max_retries: u32) -> RetryBuilder {
     RetryLayer::builder(max_retries)
         .backoff_base(Duration::from_millis(10))
         .budget(1.0, 1_000)
         .jitter(false)
-        .build()
-        .unwrap()
 }
 
 async fn send<B>(svc: &mut Retry<Scripted>, req: Request<B>) -> Result<Response<String>, BoxError>
@@ -207,8 +210,10 @@ async fn post_with_idempotency_key_is_retried_only_when_enabled() {
 
     // Option on, no key: sent once.
     let inner = Scripted::new(vec![Step::Status(503), Step::Status(201)]);
-    let mut svc = layer(2)
+    let mut svc = tuned(2)
         .retry_with_idempotency_key(true)
+        .build()
+        .unwrap()
         .layer(inner.clone());
     let res = send(&mut svc, req(Method::POST, "order")).await.unwrap();
     assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
@@ -216,8 +221,10 @@ async fn post_with_idempotency_key_is_retried_only_when_enabled() {
 
     // Option on and key present: retried with the same body.
     let inner = Scripted::new(vec![Step::Status(503), Step::Status(201)]);
-    let mut svc = layer(2)
+    let mut svc = tuned(2)
         .retry_with_idempotency_key(true)
+        .build()
+        .unwrap()
         .layer(inner.clone());
     let res = send(&mut svc, keyed_post("order")).await.unwrap();
     assert_eq!(res.status(), StatusCode::CREATED);
@@ -270,8 +277,10 @@ async fn non_retryable_status_passes_through() {
 
     // ... unless configured.
     let inner = Scripted::new(vec![Step::Status(500), Step::Status(200)]);
-    let mut svc = layer(2)
+    let mut svc = tuned(2)
         .retry_on_statuses([StatusCode::INTERNAL_SERVER_ERROR])
+        .build()
+        .unwrap()
         .layer(inner.clone());
     let res = send(&mut svc, get()).await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
@@ -281,7 +290,7 @@ async fn non_retryable_status_passes_through() {
 #[tokio::test(start_paused = true)]
 async fn zero_max_retries_never_retries() {
     let inner = Scripted::new(vec![Step::Status(503), Step::Status(200)]);
-    let mut svc = RetryLayer::new(0).layer(inner.clone());
+    let mut svc = middlewares::retry(0).layer(inner.clone());
     let res = send(&mut svc, get()).await.unwrap();
     assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(inner.calls(), 1);
@@ -293,9 +302,9 @@ async fn backoff_without_jitter_follows_the_exact_schedule() {
         .backoff_base(Duration::from_millis(100))
         .backoff_cap(Duration::from_millis(300))
         .budget(1.0, 1_000)
+        .jitter(false)
         .build()
-        .unwrap()
-        .jitter(false);
+        .unwrap();
     let inner = Scripted::new(vec![Step::Status(503)]);
     let mut svc = layer.layer(inner.clone());
     let start = Instant::now();
@@ -359,11 +368,13 @@ async fn retry_after_replaces_the_backoff() {
         Step::StatusWith(429, "retry-after", "1"),
         Step::Status(200),
     ]);
-    let mut svc = layer(2)
+    let mut svc = tuned(2)
         .retry_on_statuses([
             StatusCode::TOO_MANY_REQUESTS,
             StatusCode::SERVICE_UNAVAILABLE,
         ])
+        .build()
+        .unwrap()
         .layer(inner.clone());
     let res = send(&mut svc, get()).await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
@@ -379,8 +390,10 @@ async fn retry_after_above_the_cap_returns_the_response() {
         Step::StatusWith(503, "retry-after", "6"),
         Step::Status(200),
     ]);
-    let mut svc = layer(2)
+    let mut svc = tuned(2)
         .max_retry_after(Duration::from_secs(5))
+        .build()
+        .unwrap()
         .layer(inner.clone());
     let start = Instant::now();
     let res = send(&mut svc, get()).await.unwrap();
@@ -489,8 +502,10 @@ async fn bodies_are_replayed_identically() {
 
     // POST with an Idempotency-Key and a 10 KiB body in one frame.
     let inner = Scripted::new(vec![Step::Status(502), Step::Status(200)]);
-    let mut svc = layer(2)
+    let mut svc = tuned(2)
         .retry_with_idempotency_key(true)
+        .build()
+        .unwrap()
         .layer(inner.clone());
     let post = Request::post("/")
         .header("idempotency-key", "k1")
@@ -508,7 +523,11 @@ async fn body_over_the_limit_is_not_retried() {
 
     // Streamed (no exact size hint): captured until it overflows, then passed through.
     let inner = Scripted::new(vec![Step::Status(503), Step::Status(200)]);
-    let mut svc = layer(2).max_replay_body(4 * 1024).layer(inner.clone());
+    let mut svc = tuned(2)
+        .max_replay_body(4 * 1024)
+        .build()
+        .unwrap()
+        .layer(inner.clone());
     let put = Request::put("/").body(streamed(data.clone())).unwrap();
     let res = send(&mut svc, put).await.unwrap();
     assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
@@ -522,7 +541,11 @@ async fn body_over_the_limit_is_not_retried() {
 
     // Exact size hint above the limit: capture is skipped.
     let inner = Scripted::new(vec![Step::Status(503), Step::Status(200)]);
-    let mut svc = layer(2).max_replay_body(4 * 1024).layer(inner.clone());
+    let mut svc = tuned(2)
+        .max_replay_body(4 * 1024)
+        .build()
+        .unwrap()
+        .layer(inner.clone());
     let put = Request::put("/").body(Full::new(data.clone())).unwrap();
     let res = send(&mut svc, put).await.unwrap();
     assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
@@ -531,7 +554,11 @@ async fn body_over_the_limit_is_not_retried() {
 
     // Exactly at the limit is replayed.
     let inner = Scripted::new(vec![Step::Status(503), Step::Status(200)]);
-    let mut svc = layer(2).max_replay_body(10 * 1024).layer(inner.clone());
+    let mut svc = tuned(2)
+        .max_replay_body(10 * 1024)
+        .build()
+        .unwrap()
+        .layer(inner.clone());
     let put = Request::put("/").body(streamed(data.clone())).unwrap();
     assert_eq!(send(&mut svc, put).await.unwrap().status(), StatusCode::OK);
     assert_eq!(inner.calls(), 2);
@@ -733,7 +760,7 @@ async fn a_local_breakers_503_is_not_retried() {
         .handle()
         .force_open(middlewares::circuit_breaker::DEFAULT_KEY);
     let svc = ServiceBuilder::new()
-        .layer(RetryLayer::new(2))
+        .layer(middlewares::retry(2))
         .layer(breaker)
         .service_fn({
             let calls = calls.clone();
@@ -827,7 +854,11 @@ async fn a_retry_after_past_the_clock_range_is_no_retry_not_a_panic() {
         Step::StatusWith(503, "retry-after", "18446744073709551615"),
         Step::Status(200),
     ]);
-    let mut svc = layer(2).max_retry_after(Duration::MAX).layer(inner.clone());
+    let mut svc = tuned(2)
+        .max_retry_after(Duration::MAX)
+        .build()
+        .unwrap()
+        .layer(inner.clone());
     let res = send(&mut svc, get()).await.unwrap();
     assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(inner.calls(), 1);

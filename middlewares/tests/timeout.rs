@@ -10,6 +10,7 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use middlewares::timeout::{Elapsed, TimeoutLayer, REQUEST_TIMEOUT_HEADER};
+use middlewares::Rejection;
 use tokio::time::Instant;
 use tower::{service_fn, Layer, ServiceExt};
 
@@ -291,7 +292,7 @@ async fn axum_router_with_body_deadline() {
 #[test]
 fn elapsed_renders_the_configured_status() {
     let layer = TimeoutLayer::new(Duration::from_secs(1)).status(StatusCode::REQUEST_TIMEOUT);
-    let res: Response<String> = layer.elapsed().into_response();
+    let res: Response<String> = layer.elapsed().to_response();
     assert_eq!(res.status(), StatusCode::REQUEST_TIMEOUT);
     assert!(res.body().is_empty());
     assert_eq!(Elapsed::default().status(), StatusCode::GATEWAY_TIMEOUT);

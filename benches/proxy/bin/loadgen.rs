@@ -21,6 +21,9 @@
 //! from when each request was due (`due_p50_us`, `due_p99_us`: includes queueing and the
 //! runtime's 1 ms timer granularity).
 
+// A load generator schedules and times real requests: wall-clock `std::time::Instant` is the point.
+#![allow(clippy::disallowed_types)]
+
 #[path = "../common.rs"]
 mod common;
 

@@ -216,7 +216,7 @@ struct Inner {
 ///
 /// Why a mutex and not atomics: recording must evict the oldest slot, add the new outcome,
 /// update the totals and maybe transition, all as one step; a lock-free ring would need a CAS loop
-/// over several words for the same effect. The critical section is a few dozen instructions and
+/// over several words for the same effect. The critical section is a few counter updates and
 /// is not taken on the admission fast path, so an uncontended lock (one CAS in, one store out) is
 /// the cheap choice.
 struct Core {

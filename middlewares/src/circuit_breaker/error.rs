@@ -4,9 +4,11 @@ use std::fmt;
 use std::time::Duration;
 
 use http::header::RETRY_AFTER;
-use http::{HeaderMap, HeaderValue, Response, StatusCode};
+use http::{HeaderMap, HeaderValue, StatusCode};
 
 use super::breaker::State;
+use crate::rejection::ceil_secs;
+use crate::Rejection;
 
 /// A call was not permitted: the breaker is open, forced open, or half-open with every trial
 /// slot taken.
@@ -39,34 +41,22 @@ impl CircuitOpen {
     /// [`retry_after`](Self::retry_after) in whole seconds, rounded up, at least 1: the value of
     /// the `Retry-After` header.
     pub fn retry_after_secs(&self) -> u64 {
-        let d = self.retry_after;
-        (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
+        ceil_secs(self.retry_after).max(1)
     }
+}
 
-    /// The status to answer with: `503 Service Unavailable`.
-    pub fn status(&self) -> StatusCode {
+/// Both hosts render the answer through this, so they answer alike. The tower answer carries
+/// this `CircuitOpen` in its extensions, so layers outside the breaker can tell a local
+/// fast-fail from an upstream's `503`: the retry layer never retries it.
+impl Rejection for CircuitOpen {
+    /// `503 Service Unavailable`.
+    fn status(&self) -> StatusCode {
         StatusCode::SERVICE_UNAVAILABLE
     }
 
-    /// The headers to answer with: `Retry-After`.
-    pub fn headers(&self) -> HeaderMap {
-        let mut headers = HeaderMap::with_capacity(1);
+    /// `Retry-After`.
+    fn write_headers(&self, headers: &mut HeaderMap) {
         headers.insert(RETRY_AFTER, HeaderValue::from(self.retry_after_secs()));
-        headers
-    }
-
-    /// The full answer, with an empty (`Default`) body. Both hosts use this, so they answer
-    /// alike.
-    ///
-    /// The response carries this `CircuitOpen` in its extensions, so layers outside the breaker
-    /// can tell a local fast-fail from an upstream's `503`: the retry layer never retries it.
-    pub fn to_response<B: Default>(&self) -> Response<B> {
-        let mut res = Response::new(B::default());
-        *res.status_mut() = self.status();
-        res.headers_mut()
-            .insert(RETRY_AFTER, HeaderValue::from(self.retry_after_secs()));
-        res.extensions_mut().insert(*self);
-        res
     }
 }
 

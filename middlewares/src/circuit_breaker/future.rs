@@ -9,7 +9,9 @@ use pin_project_lite::pin_project;
 
 use super::breaker::{Outcome, Permit};
 use super::error::CircuitOpen;
+#[cfg(feature = "timeout")]
 use crate::timeout::Elapsed;
+use crate::Rejection;
 
 pin_project! {
     /// Either the inner call, holding its breaker permit until it completes, or the immediate
@@ -94,10 +96,19 @@ where
     }
 }
 
+/// Whether `res` is a timeout layer's answer to a deadline the client shortened (only a timeout
+/// layer of this crate answers so; without the `timeout` feature there is none).
 fn is_client_deadline<B>(res: &Response<B>) -> bool {
-    res.extensions()
+    #[cfg(feature = "timeout")]
+    return res
+        .extensions()
         .get::<Elapsed>()
-        .is_some_and(Elapsed::is_client_deadline)
+        .is_some_and(Elapsed::is_client_deadline);
+    #[cfg(not(feature = "timeout"))]
+    {
+        let _ = res;
+        false
+    }
 }
 
 impl<F> std::fmt::Debug for ResponseFuture<F> {

@@ -61,8 +61,8 @@
 //! [`Breaker`] holds no tower or Pingora types: `try_acquire(now)` returns a [`Permit`] or a
 //! [`CircuitOpen`], `Permit::record(outcome, now)` settles the call, and
 //! `is_call_permitted(now)` checks without taking a permit (peer selection). The proxy host
-//! keeps one breaker per upstream address in [`CircuitBreakerLayer::breakers`] and renders
-//! rejections with [`CircuitOpen::to_response`], so both hosts answer alike.
+//! keeps one breaker per upstream address in [`CircuitBreakerLayer::breakers`]. Both hosts
+//! render a [`CircuitOpen`] through [`Rejection`](crate::Rejection), so they answer alike.
 //!
 //! # Example
 //! ```

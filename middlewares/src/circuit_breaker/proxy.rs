@@ -28,6 +28,7 @@ use super::breaker::WeakBreaker;
 use super::layer::Shared;
 use super::{Breaker, Breakers, CircuitBreakerLayer, CircuitOpen, Outcome, Permit};
 use crate::proxy_host::{PeerChoice, ProxyPolicy};
+use crate::Rejection;
 
 /// Per-request state of the circuit breaker in a proxy.
 #[derive(Debug, Default)]
@@ -44,9 +45,10 @@ pub struct CircuitBreakerProxyCtx {
 }
 
 /// The breakers of inet backends by socket address, in front of the registry's text keys:
-/// formatting an address and hashing it as text cost about 2k instructions per request; a
-/// lookup here costs a small fraction of that. Entries are weak, so the registry's bound and
-/// eviction still decide which breakers exist; a dropped one is looked up again by text.
+/// formatting an address and hashing it as text on every request was the breaker host's largest
+/// cost (see `BENCHMARKS.md`); a lookup here costs a small fraction of that. Entries are weak,
+/// so the registry's bound and eviction still decide which breakers exist; a dropped one is
+/// looked up again by text.
 #[derive(Default)]
 pub(crate) struct PeerBreakers {
     map: RwLock<HashMap<std::net::SocketAddr, WeakBreaker, ahash::RandomState>>,
@@ -270,16 +272,7 @@ impl ProxyPolicy for CircuitBreakerLayer {
         if !ctx.all_open || e.etype() != &ErrorType::HTTPStatus(503) {
             return None;
         }
-        let open = ctx.skipped.as_ref()?;
-        let headers = open.headers();
-        let mut response = ResponseHeader::build(open.status(), Some(headers.len() + 1)).ok()?;
-        for (name, value) in &headers {
-            response.insert_header(name.clone(), value.clone()).ok()?;
-        }
-        response
-            .insert_header(http::header::CONTENT_LENGTH, 0)
-            .ok()?;
-        Some(Box::new(response))
+        ctx.skipped.as_ref()?.to_response_head().ok()
     }
 }
 

@@ -28,7 +28,7 @@ pub(crate) const MAX_SECS: u64 = 3_600;
 impl Window {
     /// The window length in whole seconds (rounded up) of a time window.
     pub(crate) fn secs(d: Duration) -> u64 {
-        d.as_secs() + u64::from(d.subsec_nanos() > 0)
+        crate::rejection::ceil_secs(d)
     }
 }
 

@@ -4,7 +4,10 @@ use std::fmt;
 use std::time::Duration;
 
 use http::header::{HeaderName, HeaderValue, RETRY_AFTER};
-use http::{HeaderMap, Response, StatusCode};
+use http::{HeaderMap, StatusCode};
+
+use crate::rejection::ceil_secs;
+use crate::Rejection;
 
 /// The `RateLimit-Policy` response header (draft-ietf-httpapi-ratelimit-headers-10).
 pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
@@ -14,8 +17,7 @@ pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 /// A request was refused by the rate limiter.
 ///
 /// Carries what the `429 Too Many Requests` answer needs, so the tower service and the Pingora
-/// host render the same answer with [`RateLimited::into_response`] or
-/// [`RateLimited::headers`]:
+/// host render the same answer through [`Rejection`]:
 ///
 /// ```text
 /// Retry-After: 2
@@ -59,33 +61,20 @@ impl RateLimited {
     pub fn reset(&self) -> Duration {
         self.reset
     }
+}
 
+impl Rejection for RateLimited {
     /// Always `429 Too Many Requests`.
-    pub fn status(&self) -> StatusCode {
+    fn status(&self) -> StatusCode {
         StatusCode::TOO_MANY_REQUESTS
     }
 
-    /// The `Retry-After`, `RateLimit-Policy` and `RateLimit` headers of the `429` answer.
-    pub fn headers(&self) -> HeaderMap {
-        let mut headers = HeaderMap::with_capacity(3);
-        self.write_headers(&mut headers);
-        headers
-    }
-
-    /// Inserts the headers of [`headers`](Self::headers) into `headers`.
-    pub fn write_headers(&self, headers: &mut HeaderMap) {
+    /// `Retry-After`, `RateLimit-Policy` and `RateLimit`.
+    fn write_headers(&self, headers: &mut HeaderMap) {
+        headers.reserve(3);
         headers.insert(RETRY_AFTER, HeaderValue::from(self.retry_after_secs()));
         headers.insert(RATELIMIT_POLICY, policy_value(self.limit, self.window_secs));
         headers.insert(RATELIMIT, quota_value(0, self.reset));
-    }
-
-    /// Renders the `429` answer: status, [`headers`](Self::headers), an empty `B::default()`
-    /// body.
-    pub fn into_response<B: Default>(self) -> Response<B> {
-        let mut res = Response::new(B::default());
-        *res.status_mut() = self.status();
-        self.write_headers(res.headers_mut());
-        res
     }
 }
 
@@ -98,11 +87,6 @@ impl fmt::Display for RateLimited {
 impl std::error::Error for RateLimited {}
 
 pub use crate::ConfigError;
-
-/// Whole seconds, rounded up.
-pub(super) fn ceil_secs(d: Duration) -> u64 {
-    d.as_secs() + u64::from(d.subsec_nanos() > 0)
-}
 
 /// `"default";q=<limit>;w=<window secs>`.
 pub(super) fn policy_value(limit: u32, window_secs: u64) -> HeaderValue {

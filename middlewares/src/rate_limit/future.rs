@@ -12,6 +12,7 @@ use tower_service::Service;
 
 use super::error::{RATELIMIT, RATELIMIT_POLICY};
 use super::RateLimited;
+use crate::Rejection;
 
 /// `RateLimit-Policy` and `RateLimit` values for an admitted response, when `expose_headers` is
 /// on.
@@ -117,7 +118,7 @@ where
                 Some(Rest::Rejected(err)) => {
                     let err = *err;
                     *this.rest = None;
-                    return Poll::Ready(Ok(err.into_response()));
+                    return Poll::Ready(Ok(err.to_response()));
                 }
                 // Polled after completion.
                 Some(Rest::Headers(..)) | None => return Poll::Pending,

@@ -10,12 +10,13 @@ use http::HeaderMap;
 use tokio::time::Instant;
 use tower_layer::Layer;
 
-use super::error::{ceil_secs, policy_value, quota_value, RATELIMIT, RATELIMIT_POLICY};
+use super::error::{policy_value, quota_value, RATELIMIT, RATELIMIT_POLICY};
 use super::gcra::{Gcra, Verdict, MAX_SPAN};
 use super::key::{self, IpPrefixes, Key, KeyValue};
 use super::limiter::{Limiter, RateLimitStats};
 use super::{ConfigError, RateLimit, RateLimited};
 use crate::clock::{Clock, TimeSource};
+use crate::rejection::ceil_secs;
 use crate::RequestInfo;
 
 /// Default bound on the number of keys held in the table ([`RateLimitBuilder::max_keys`]).
@@ -33,7 +34,7 @@ pub enum Decision {
         /// The key's quota after this request (`remaining` is 0).
         quota: Quota,
     },
-    /// Refuse the request; answer with [`RateLimited::into_response`].
+    /// Refuse the request; answer as [`Rejection`](crate::Rejection) renders it.
     Reject(RateLimited),
 }
 

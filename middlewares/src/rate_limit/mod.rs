@@ -104,8 +104,9 @@
 //!
 //! # Clock
 //! Reading the time is most of what a global-key limiter costs per request, so the limiter
-//! reads the CPU's time-stamp counter (through `quanta`, ~10 ns; ~30 ns for
-//! `tokio::time::Instant::now()` on the machine of the crate's benchmarks). The counter does not
+//! reads the CPU's time-stamp counter (through `quanta`), a cheaper read than
+//! `tokio::time::Instant::now()` (figures: the crate's `README.md`, *Figures behind the docs*).
+//! The counter does not
 //! follow tokio's paused test clock, so a layer built while tokio's clock is paused (in a
 //! `#[tokio::test(start_paused = true)]`) reads tokio's clock instead, and its tests can
 //! `tokio::time::advance` through refills. [`RateLimitBuilder::clock`] chooses explicitly
@@ -120,7 +121,7 @@
 //! stack order. It calls the same two methods as the tower service:
 //! [`RateLimitLayer::key_for`] (or [`key_for_peer`](RateLimitLayer::key_for_peer)), then
 //! [`RateLimitLayer::check_now`], and renders a [`Decision::Reject`] with
-//! [`RateLimited::into_response`] or [`RateLimited::headers`], so both hosts answer alike.
+//! [`RateLimited`]'s [`Rejection`](crate::Rejection) rendering, so both hosts answer alike.
 //!
 //! # Implementation: hand-written GCRA rather than `governor`
 //! Each bucket is one `u64` "theoretical arrival time" (TAT): an atomic updated with one
@@ -137,13 +138,9 @@
 //!   with no FIFO order and no bound on the wait);
 //! - its keyed store has no bound on keys (only `retain_recent`).
 //!
-//! Cost per call over the bare service, one global key, on the machine of the crate's
-//! benchmarks (`benches/`): this layer ≈ +20 ns; a minimal layer over `governor`'s direct
-//! limiter ≈ +10 ns on its TSC clock and ≈ +40 ns on `std::time::Instant`; `tower_governor`
-//! ≈ +35 ns. Keyed, per check with 1 000 distinct IPs, in instructions (measured when the core
-//! was chosen): ≈ 355 here against ≈ 435 for `governor`'s keyed limiter on the same clock. So
-//! `governor` is a little faster for one global key, slower per key, and cannot do the queue or
-//! the bounded table: the hand-written core stays.
+//! Against it (figures: the crate's `README.md`, *Figures behind the docs*), `governor` is a
+//! little faster for one global key, slower per key, and cannot do the queue or the bounded
+//! table: the hand-written core stays. `tower_governor` is slower than this layer.
 //!
 //! # Example
 //! ```

@@ -9,25 +9,15 @@ use pingora_error::Result;
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 
-use super::{Decision, KeyValue, Quota, RateLimitLayer, RateLimited};
+use super::{Decision, KeyValue, Quota, RateLimitLayer};
 use crate::proxy_host::{Admission, ProxyPolicy};
-use crate::RequestInfo;
+use crate::{Rejection, RequestInfo};
 
 /// Per-request state of the rate limiter in a proxy: the admitted request's quota, for the
 /// `RateLimit` response headers when they are exposed.
 #[derive(Debug, Default)]
 pub struct RateLimitProxyCtx {
     quota: Option<Quota>,
-}
-
-fn rejection(limited: &RateLimited) -> Result<Box<ResponseHeader>> {
-    let headers = limited.headers();
-    let mut response = ResponseHeader::build(limited.status(), Some(headers.len() + 1))?;
-    for (name, value) in &headers {
-        response.insert_header(name.clone(), value.clone())?;
-    }
-    response.insert_header(http::header::CONTENT_LENGTH, 0)?;
-    Ok(Box::new(response))
 }
 
 impl ProxyPolicy for RateLimitLayer {
@@ -65,7 +55,7 @@ impl ProxyPolicy for RateLimitLayer {
                 ctx.quota = Some(quota);
                 Ok(Admission::Wait(delay))
             }
-            Decision::Reject(limited) => Ok(Admission::Respond(rejection(&limited)?)),
+            Decision::Reject(limited) => Ok(Admission::Respond(limited.to_response_head()?)),
         }
     }
 

@@ -3,16 +3,17 @@
 use std::fmt;
 use std::time::Duration;
 
-use http::{HeaderMap, Response, StatusCode};
+use http::StatusCode;
 
 pub use crate::ConfigError;
+use crate::Rejection;
 
 /// The last allowed attempt ran longer than the per-try timeout
-/// ([`RetryLayerBuilder::per_try_timeout`](super::RetryLayerBuilder::per_try_timeout)).
+/// ([`RetryBuilder::per_try_timeout`](super::RetryBuilder::per_try_timeout)).
 ///
-/// The tower service answers this with [`AttemptTimedOut::into_response`]
-/// (`504 Gateway Timeout`, empty body) and keeps the inner error type; the type exists so the
-/// Pingora host can answer identically and for generic (non-HTTP) use.
+/// The tower service answers this with its [`Rejection::to_response`] (`504 Gateway Timeout`,
+/// empty body) and keeps the inner error type; the type exists so the Pingora host can answer
+/// identically and for generic (non-HTTP) use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AttemptTimedOut {
     timeout: Duration,
@@ -28,22 +29,12 @@ impl AttemptTimedOut {
     pub fn timeout(&self) -> Duration {
         self.timeout
     }
+}
 
-    /// The status to answer with: `504 Gateway Timeout`.
-    pub fn status(&self) -> StatusCode {
+impl Rejection for AttemptTimedOut {
+    /// `504 Gateway Timeout`, no headers.
+    fn status(&self) -> StatusCode {
         StatusCode::GATEWAY_TIMEOUT
-    }
-
-    /// The status and headers (none) to answer with.
-    pub fn to_parts(&self) -> (StatusCode, HeaderMap) {
-        (self.status(), HeaderMap::new())
-    }
-
-    /// A `504 Gateway Timeout` response with a default (empty) body.
-    pub fn into_response<B: Default>(self) -> Response<B> {
-        let mut res = Response::new(B::default());
-        *res.status_mut() = self.status();
-        res
     }
 }
 

@@ -16,8 +16,10 @@ use super::body::{ReplayBody, Source};
 use super::error::AttemptTimedOut;
 use super::layer::Shared;
 use super::policy::ResponseClass;
+#[cfg(feature = "circuit-breaker")]
 use crate::circuit_breaker::CircuitOpen;
 use crate::cut_off;
+use crate::Rejection;
 
 pin_project! {
     /// Response future of [`Retry`](super::Retry): drives the attempts, backoff and per-try
@@ -166,6 +168,7 @@ impl<S, B> RetryCtx<S, B> {
         let policy = &shared.policy;
         let retry_after = match outcome {
             // A local circuit breaker failed fast on purpose; trying again would only wait for it.
+            #[cfg(feature = "circuit-breaker")]
             Outcome::Response(res) if res.extensions().get::<CircuitOpen>().is_some() => {
                 return None
             }
@@ -236,12 +239,12 @@ where
                     let timeout = *timeout;
                     // Dropped as cut off by a deadline: a breaker inside counts a failure.
                     cut_off::by_deadline(|| kind.set(Kind::CutOff { timeout }));
-                    return Poll::Ready(Ok(AttemptTimedOut::new(timeout).into_response()));
+                    return Poll::Ready(Ok(AttemptTimedOut::new(timeout).to_response()));
                 }
                 Poll::Pending
             }
             KindProj::CutOff { timeout } => {
-                Poll::Ready(Ok(AttemptTimedOut::new(*timeout).into_response()))
+                Poll::Ready(Ok(AttemptTimedOut::new(*timeout).to_response()))
             }
             KindProj::Retrying {
                 mut state,
@@ -282,7 +285,7 @@ where
                                 Outcome::TimedOut => {
                                     let timeout = ctx.per_try_timeout().unwrap_or_default();
                                     tracing::debug!(?timeout, "last attempt timed out");
-                                    Ok(AttemptTimedOut::new(timeout).into_response())
+                                    Ok(AttemptTimedOut::new(timeout).to_response())
                                 }
                             });
                         };

@@ -19,7 +19,7 @@ use crate::{Layered, TimeSource};
 pub(crate) struct Shared {
     pub(crate) policy: RetryPolicy,
     pub(crate) backoff: Backoff,
-    /// Its own `Arc` so setters that copy `Shared` keep sharing one budget.
+    /// Its own `Arc`, handed out by [`RetryLayer::budget`](super::RetryLayer::budget).
     pub(crate) budget: Arc<Budget>,
 }
 
@@ -56,8 +56,8 @@ impl Shared {
 /// Applies [`Retry`] to a service. See the [module docs](super) for the semantics.
 ///
 /// Every service made by one layer value (and every clone of them) shares one retry
-/// [`Budget`]. The setters below take knobs that cannot be invalid; knobs that can
-/// (backoff, budget, per-try timeout) go through [`RetryLayer::builder`].
+/// [`Budget`]. Configured in one place, [`RetryLayer::builder`]; [`crate::retry()`] is the short
+/// form with the defaults.
 #[derive(Debug, Clone)]
 pub struct RetryLayer {
     pub(crate) shared: Arc<Shared>,
@@ -67,8 +67,9 @@ impl RetryLayer {
     /// Up to `max_retries` retries (so `max_retries + 1` attempts) with the defaults: statuses
     /// 502/503/504, idempotent methods only, backoff 25 ms doubling to 1 s with full jitter,
     /// `Retry-After` honoured up to 5 s, budget 20 % of requests plus 10 retries/s over 10 s,
-    /// 64 KiB body replay, no per-try timeout.
-    pub fn new(max_retries: u32) -> Self {
+    /// 64 KiB body replay, no per-try timeout. What [`crate::retry()`] returns; the defaults
+    /// need no checking.
+    pub(crate) fn with_defaults(max_retries: u32) -> Self {
         RetryLayer {
             shared: Arc::new(Shared {
                 policy: RetryPolicy::new(max_retries),
@@ -78,9 +79,10 @@ impl RetryLayer {
         }
     }
 
-    /// A builder for every knob, validated by [`RetryLayerBuilder::build`].
-    pub fn builder(max_retries: u32) -> RetryLayerBuilder {
-        RetryLayerBuilder {
+    /// Starts a builder with up to `max_retries` retries and the defaults listed at
+    /// [`crate::retry()`]; every knob is set there and checked by [`RetryBuilder::build`].
+    pub fn builder(max_retries: u32) -> RetryBuilder {
+        RetryBuilder {
             policy: RetryPolicy::new(max_retries),
             backoff_base: Backoff::DEFAULT_BASE,
             backoff_cap: Backoff::DEFAULT_CAP,
@@ -90,42 +92,6 @@ impl RetryLayer {
             budget_window: Budget::DEFAULT_WINDOW,
             clock: TimeSource::Auto,
         }
-    }
-
-    fn update(mut self, f: impl FnOnce(&mut Shared)) -> Self {
-        // Copies `Shared` only if services already hold it; the budget `Arc` stays shared.
-        f(Arc::make_mut(&mut self.shared));
-        self
-    }
-
-    /// Also retries non-idempotent requests (e.g. `POST`) that carry an `Idempotency-Key`
-    /// header. Off by default.
-    pub fn retry_with_idempotency_key(self, enabled: bool) -> Self {
-        self.update(|s| s.policy.retry_with_idempotency_key = enabled)
-    }
-
-    /// Replaces the retryable statuses (default `502`, `503`, `504`).
-    pub fn retry_on_statuses(self, statuses: impl IntoIterator<Item = StatusCode>) -> Self {
-        let set = statuses.into_iter().collect();
-        self.update(|s| s.policy.statuses = set)
-    }
-
-    /// The most request-body bytes kept for replay (default 64 KiB); a longer body is sent once
-    /// and never retried.
-    pub fn max_replay_body(self, bytes: usize) -> Self {
-        self.update(|s| s.policy.max_replay_body = bytes)
-    }
-
-    /// The longest `Retry-After` honoured (default 5 s); a response asking for longer is
-    /// returned as is.
-    pub fn max_retry_after(self, max: Duration) -> Self {
-        self.update(|s| s.policy.max_retry_after = max)
-    }
-
-    /// Full jitter on (default) or off; off makes the backoff schedule exactly
-    /// `min(cap, base * 2^n)`.
-    pub fn jitter(self, enabled: bool) -> Self {
-        self.update(|s| s.backoff = s.backoff.with_jitter(enabled))
     }
 
     /// The rules, for a host that drives retries itself (the Pingora proxy).
@@ -154,7 +120,7 @@ impl<S> Layer<S> for RetryLayer {
 
 /// Builds a [`RetryLayer`] with validated settings. Start with [`RetryLayer::builder`].
 #[derive(Debug, Clone)]
-pub struct RetryLayerBuilder {
+pub struct RetryBuilder {
     policy: RetryPolicy,
     backoff_base: Duration,
     backoff_cap: Duration,
@@ -165,26 +131,29 @@ pub struct RetryLayerBuilder {
     clock: TimeSource,
 }
 
-impl RetryLayerBuilder {
-    /// See [`RetryLayer::retry_with_idempotency_key`].
+impl RetryBuilder {
+    /// Also retries non-idempotent requests (e.g. `POST`) that carry an `Idempotency-Key`
+    /// header. Off by default.
     pub fn retry_with_idempotency_key(mut self, enabled: bool) -> Self {
         self.policy.retry_with_idempotency_key = enabled;
         self
     }
 
-    /// See [`RetryLayer::retry_on_statuses`].
+    /// Replaces the retryable statuses (default `502`, `503`, `504`).
     pub fn retry_on_statuses(mut self, statuses: impl IntoIterator<Item = StatusCode>) -> Self {
         self.policy.statuses = statuses.into_iter().collect();
         self
     }
 
-    /// See [`RetryLayer::max_replay_body`].
+    /// The most request-body bytes kept for replay (default 64 KiB); a longer body is sent once
+    /// and never retried.
     pub fn max_replay_body(mut self, bytes: usize) -> Self {
         self.policy.max_replay_body = bytes;
         self
     }
 
-    /// See [`RetryLayer::max_retry_after`].
+    /// The longest `Retry-After` honoured (default 5 s); a response asking for longer is
+    /// returned as is.
     pub fn max_retry_after(mut self, max: Duration) -> Self {
         self.policy.max_retry_after = max;
         self
@@ -210,7 +179,8 @@ impl RetryLayerBuilder {
         self
     }
 
-    /// See [`RetryLayer::jitter`].
+    /// Full jitter on (default) or off; off makes the backoff schedule exactly
+    /// `min(cap, base * 2^n)`.
     pub fn jitter(mut self, enabled: bool) -> Self {
         self.jitter = enabled;
         self

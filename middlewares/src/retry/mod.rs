@@ -6,17 +6,17 @@
 //!
 //! - **The request may be repeated.** Its method is idempotent per RFC 9110 §9.2.2 — `GET`,
 //!   `HEAD`, `OPTIONS`, `TRACE`, `PUT`, `DELETE` — or it carries an `Idempotency-Key` header and
-//!   [`RetryLayer::retry_with_idempotency_key`] is on. A plain `POST` or `PATCH` is sent once.
+//!   [`RetryBuilder::retry_with_idempotency_key`] is on. A plain `POST` or `PATCH` is sent once.
 //! - **The attempt failed:** the inner service returned an error, the attempt exceeded the
 //!   per-try timeout, or the response status is retryable (default `502`, `503`, `504`; see
-//!   [`RetryLayer::retry_on_statuses`]). The failed response and its body are dropped before the
+//!   [`RetryBuilder::retry_on_statuses`]). The failed response and its body are dropped before the
 //!   next attempt. A `503` answered by this crate's circuit breaker (it carries
 //!   [`CircuitOpen`](crate::circuit_breaker::CircuitOpen) in its extensions) is never retried:
 //!   the breaker fails fast on purpose, and waiting out its `Retry-After` would only hold the
 //!   request until an outer timeout fires.
 //! - **The server did not ask for too long a pause:** a `Retry-After` on a `429` or `503` (when
 //!   that status is retryable) replaces the backoff delay, up to
-//!   [`RetryLayer::max_retry_after`] (default 5 s); a longer one means the response is returned
+//!   [`RetryBuilder::max_retry_after`] (default 5 s); a longer one means the response is returned
 //!   as is. Only the delta-seconds form (`Retry-After: 2`) is read; the HTTP-date form needs the
 //!   wall clock and is ignored (the normal backoff applies).
 //! - **The budget allows it.** One [`Budget`] per layer, shared by every service and clone the
@@ -32,12 +32,12 @@
 //! # Backoff
 //! Before retry `n` (0 for the first) the layer waits a random delay in
 //! `[0, min(cap, base × 2^n)]` ("full jitter"), base 25 ms and cap 1 s by default
-//! ([`RetryLayerBuilder::backoff_base`], [`RetryLayerBuilder::backoff_cap`]). With
-//! [`RetryLayer::jitter`]`(false)` the delay is exactly `min(cap, base × 2^n)`.
+//! ([`RetryBuilder::backoff_base`], [`RetryBuilder::backoff_cap`]). With
+//! [`RetryBuilder::jitter`]`(false)` the delay is exactly `min(cap, base × 2^n)`.
 //!
 //! # Request bodies
 //! The inner service receives `Request<`[`ReplayBody<B>`]`>`. On the first attempt the original
-//! body streams through unchanged while up to [`RetryLayer::max_replay_body`] bytes (default
+//! body streams through unchanged while up to [`RetryBuilder::max_replay_body`] bytes (default
 //! 64 KiB) are kept (reference-counted `Bytes`, not copied). Later attempts replay exactly those
 //! bytes and trailers. A request is retried only if its whole body was seen by the time the
 //! attempt failed: a body longer than the limit (skipped up front when its size hint says so), a
@@ -71,9 +71,9 @@
 //! let layer = RetryLayer::builder(2)
 //!     .backoff_base(Duration::from_millis(10))
 //!     .per_try_timeout(Duration::from_secs(1))
+//!     .retry_with_idempotency_key(true)
 //!     .build()
-//!     .expect("valid retry settings")
-//!     .retry_with_idempotency_key(true);
+//!     .expect("valid retry settings");
 //!
 //! let calls = Arc::new(AtomicUsize::new(0));
 //! let svc = ServiceBuilder::new().layer(layer).service_fn({
@@ -120,7 +120,7 @@ pub use self::body::ReplayBody;
 pub use self::budget::Budget;
 pub use self::error::{AttemptTimedOut, ConfigError};
 pub use self::future::ResponseFuture;
-pub use self::layer::{RetryLayer, RetryLayerBuilder};
+pub use self::layer::{RetryBuilder, RetryLayer};
 pub use self::policy::{
     is_idempotent, parse_retry_after, ResponseClass, RetryPolicy, IDEMPOTENCY_KEY,
 };

@@ -2,17 +2,17 @@
 
 use std::fmt;
 
-use http::{Response, StatusCode};
+use http::StatusCode;
+
+use crate::Rejection;
 
 /// The deadline passed before the inner service answered (or, with
 /// [`BodyTimeoutLayer`](super::BodyTimeoutLayer), before the response body ended).
 ///
-/// [`Timeout`](super::Timeout) never returns this as an error: it answers with
-/// [`Elapsed::into_response`] instead, so the inner error type is kept.
+/// [`Timeout`](super::Timeout) never returns this as an error: it answers with its
+/// [`Rejection::to_response`] instead, so the inner error type is kept.
 /// [`TimeoutBody`](super::TimeoutBody) ends its stream with a boxed `Elapsed`, which callers can
-/// downcast.
-/// The Pingora host renders its `504` with [`Elapsed::into_response`] or [`Elapsed::status`] so
-/// both hosts answer alike.
+/// downcast. The Pingora host answers with the same status, so both hosts answer alike.
 ///
 /// The answer carries this value in its extensions, so a layer outside the timeout can tell a
 /// deadline the client asked for ([`is_client_deadline`](Self::is_client_deadline), through
@@ -44,19 +44,13 @@ impl Elapsed {
     pub const fn is_client_deadline(&self) -> bool {
         self.client_deadline
     }
+}
 
-    /// The status the timeout answers with (`504 Gateway Timeout` unless configured otherwise).
-    pub const fn status(&self) -> StatusCode {
+impl Rejection for Elapsed {
+    /// The status the timeout answers with (`504 Gateway Timeout` unless configured otherwise);
+    /// no headers.
+    fn status(&self) -> StatusCode {
         self.status
-    }
-
-    /// Renders the timeout answer: the configured status, no headers, an empty `B::default()`
-    /// body, and this `Elapsed` in the extensions.
-    pub fn into_response<B: Default>(self) -> Response<B> {
-        let mut res = Response::new(B::default());
-        *res.status_mut() = self.status;
-        res.extensions_mut().insert(self);
-        res
     }
 }
 

@@ -10,6 +10,7 @@ use tokio::time::{sleep_until, Instant, Sleep};
 
 use super::{Elapsed, TimeoutBody};
 use crate::cut_off;
+use crate::Rejection;
 
 pin_project! {
     /// Response future of [`Timeout`](super::Timeout).
@@ -81,7 +82,7 @@ where
                     return Poll::Ready(out);
                 }
             }
-            CallProj::CutOff => return Poll::Ready(Ok(this.elapsed.into_response())),
+            CallProj::CutOff => return Poll::Ready(Ok(this.elapsed.to_response())),
         }
         if let TimerProj::Unarmed { deadline } = this.timer.as_mut().project() {
             // First `Pending`: only now pay for the timer.
@@ -97,7 +98,7 @@ where
             } else {
                 cut_off::by_deadline(|| this.inner.set(Call::CutOff));
             }
-            return Poll::Ready(Ok(this.elapsed.into_response()));
+            return Poll::Ready(Ok(this.elapsed.to_response()));
         }
         Poll::Pending
     }

@@ -19,6 +19,9 @@ const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
 /// response body too, turn the layer into a [`BodyTimeoutLayer`] with
 /// [`TimeoutLayer::with_body_deadline`].
 ///
+/// Unlike the other layers it has no builder: every duration and status is a valid setting, so
+/// there is nothing for a `build()` to refuse, and the chained setters here are `const`.
+///
 /// The layer is a few plain values (`Copy`); every service it builds reads the same
 /// configuration. The Pingora host calls [`TimeoutLayer::deadline_for`] and
 /// [`TimeoutLayer::elapsed`] on it, so both hosts compute the same deadline and answer alike.
@@ -76,8 +79,8 @@ impl TimeoutLayer {
         self.honor_client_header
     }
 
-    /// The error (and renderer, see [`Elapsed::into_response`]) for a request whose deadline
-    /// passed.
+    /// The error for a request whose deadline passed; it renders the answer through
+    /// [`Rejection`](crate::Rejection).
     pub const fn elapsed(&self) -> Elapsed {
         Elapsed::new(self.status)
     }

@@ -18,7 +18,8 @@
 //!   changes the response body type; the common case keeps the inner body type.
 //!
 //! # Cost
-//! A tokio timer costs about 900 instructions to create, register and drop. The response future
+//! Creating, registering and dropping a tokio timer is the costly part of a timeout (figures:
+//! the crate's `README.md`, *Figures behind the docs*). The response future
 //! polls the inner future first and arms its timer only when that returns `Pending`, so
 //! responses that are ready at once pay only for one clock read in `call` (which the rate-limit,
 //! retry and circuit-breaker layers of this crate inside it reuse rather than read the clock
@@ -29,9 +30,9 @@
 //! counts the queueing time, one inside it does not. The Pingora host runs admission (rate
 //! limiting) in `request_filter` first, whatever the stack order, and stamps the deadline there
 //! with [`TimeoutLayer::deadline_for`]; it clamps the upstream connect/read/write timeouts to
-//! what is left and fails with [`TimeoutLayer::response_status`] (the status
-//! [`Elapsed::into_response`] renders), so both hosts compute the same deadline and answer with
-//! the same status.
+//! what is left and fails with [`TimeoutLayer::response_status`] (the status [`Elapsed`]
+//! renders through [`Rejection`](crate::Rejection)), so both hosts compute the same deadline
+//! and answer with the same status.
 //!
 //! # Example
 //! ```

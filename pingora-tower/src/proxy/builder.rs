@@ -126,7 +126,7 @@ impl<L> ProxyBuilder<L> {
 
     /// Whether upstream requests get `X-Forwarded-For` (the client IP appended),
     /// `X-Forwarded-Proto` and `X-Forwarded-Host`. On by default. Turning them off saves about
-    /// 13k instructions per request (Pingora's `insert_header` keeps two header maps; see
+    /// the largest single cost per request (Pingora's `insert_header` keeps two header maps; see
     /// BENCHMARKS.md), like nginx and HAProxy, which add none unless configured.
     pub fn forwarded_headers(mut self, enabled: bool) -> Self {
         self.forwarded_headers = enabled;
@@ -136,7 +136,7 @@ impl<L> ProxyBuilder<L> {
     /// Serves from `threads` threads of its own, each with a current-thread tokio runtime
     /// (see [`server::spawn_threads`]), instead of on the runtime that calls
     /// [`spawn`](ProxyServer::spawn). A connection stays on the thread that accepted it; on one
-    /// core this was ~8 % cheaper per request than a multi-thread runtime (BENCHMARKS.md).
+    /// core this was cheaper per request than a multi-thread runtime (BENCHMARKS.md).
     /// Health checks still run on the calling runtime.
     pub fn threads(mut self, threads: usize) -> Self {
         self.threads = Some(threads);

@@ -9,7 +9,7 @@
 //! [`spawn_threads`] serves the same way from several OS threads, each running its own
 //! current-thread tokio runtime (Pingora's `work_stealing: false` model): a connection stays on
 //! the thread that accepted it. On one core this is the cheaper runtime for a proxy
-//! (BENCHMARKS.md measured ~8 % less CPU per request than a multi-thread runtime).
+//! (less CPU per request than a multi-thread runtime; see BENCHMARKS.md).
 //!
 //! Every connection is held to [`ClientLimits`]: a total deadline for each request head, an
 //! idle limit between keep-alive requests, idle limits on reading a body and on writing to
