@@ -131,7 +131,7 @@ async fn upstream(name: &str) -> Up {
 
 async fn spawn<L>(builder: ProxyBuilder<L>) -> RunningProxy
 where
-    L: Layer<pingora_tower::proxy::RoutingProxy>,
+    L: Layer<pingora_tower::proxy::BaseProxy>,
     L::Service: ProxyHttp + Send + Sync + 'static,
     <L::Service as ProxyHttp>::CTX: Send + Sync,
 {

@@ -54,8 +54,12 @@
 //! is_proxy(&proxy);
 //! ```
 
+mod attempt;
 mod forwarded;
 mod host;
+mod optional;
+
+pub use attempt::AttemptTimeout;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -184,6 +188,13 @@ pub trait ProxyPolicy: Send + Sync {
         _upstream_request: &mut RequestHeader,
         _ctx: &mut Self::Ctx,
     ) -> Result<()> {
+        Ok(())
+    }
+
+    /// Before the inner proxy's `request_body_filter`, for every chunk of the request body as it
+    /// goes to the upstream. `Err` aborts the exchange (e.g. an upload that outlives the
+    /// deadline).
+    fn request_body_filter(&self, _session: &mut Session, _ctx: &mut Self::Ctx) -> Result<()> {
         Ok(())
     }
 

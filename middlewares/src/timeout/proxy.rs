@@ -1,10 +1,16 @@
 //! The Pingora host of [`Timeout`]: one deadline per request across every attempt.
 //!
+//! This is the one deadline mechanism of the proxy host: `pingora_tower`'s `ProxyBuilder`
+//! installs this policy innermost for its `request_timeout`, and a timeout layer stacked on top
+//! is a second policy of the same kind (each clamps, so the shorter deadline wins).
+//!
 //! `request_filter` stamps the deadline (honouring `x-request-timeout` when enabled); each
 //! attempt's peer gets its connect, read and write timeouts clamped to what is left; once the
 //! deadline has passed the request fails with the layer's status (`504`), whether the deadline
-//! was noticed before an attempt or by a clamped timeout firing during one. No attempt is retried
-//! past it. When the client shortened the deadline (`x-request-timeout`), its expiry is marked
+//! was noticed before an attempt, by a clamped timeout firing during one, or by a response head
+//! completing after it. An upload or a response body still streaming at the deadline is cut (a
+//! body whose head already went out ends with the connection closed). No attempt is retried
+//! past it, and no new attempt starts past it. When the client shortened the deadline (`x-request-timeout`), its expiry is marked
 //! as the client's (`ErrorSource::Downstream`), so a circuit breaker does not count it against
 //! the upstream.
 
@@ -12,6 +18,7 @@ use std::time::Duration;
 
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType, Result};
+use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 use tokio::time::Instant;
 
@@ -121,6 +128,28 @@ impl ProxyPolicy for TimeoutLayer {
         clamped |= clamp(&mut options.write_timeout, left);
         ctx.clamped = clamped;
         Ok(PeerChoice::Accept)
+    }
+
+    fn request_body_filter(&self, _session: &mut Session, ctx: &mut TimeoutProxyCtx) -> Result<()> {
+        // An upload still going at the deadline is aborted.
+        match ctx.deadline {
+            Some(deadline) if Instant::now() >= deadline => Err(self.deadline_error(ctx)),
+            _ => Ok(()),
+        }
+    }
+
+    fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        _response: &mut ResponseHeader,
+        ctx: &mut TimeoutProxyCtx,
+    ) -> Result<()> {
+        // A head that completes after the deadline (each read was clamped, not their sum) is
+        // not forwarded late: the request fails with the deadline's status instead.
+        match ctx.deadline {
+            Some(deadline) if Instant::now() >= deadline => Err(self.deadline_error(ctx)),
+            _ => Ok(()),
+        }
     }
 
     fn upstream_response_body_filter(
