@@ -673,3 +673,55 @@ async fn retry_per_try_timeout_retries_a_stalled_get_but_not_a_post() {
     assert_eq!(up.requests(), 1, "a POST is not sent twice");
     proxy.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_upload_outliving_the_request_deadline_is_cut_with_504() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = Up::start().await;
+    let proxy = PingoraProxy::builder("127.0.0.1:0")
+        .routes([Route::prefix("/", Upstream::new(up.url()))])
+        .request_timeout(Duration::from_millis(300))
+        .spawn()
+        .await
+        .unwrap();
+    let client = tokio::net::TcpStream::connect(proxy.local_addr())
+        .await
+        .unwrap();
+    let (mut read, mut write) = client.into_split();
+    // A chunked upload that trickles a byte every 50 ms for up to 10 s.
+    let uploader = tokio::spawn(async move {
+        let head = b"POST /upload HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n";
+        if write.write_all(head).await.is_err() {
+            return;
+        }
+        for _ in 0..200 {
+            if write.write_all(b"1\r\nx\r\n").await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    let closed = tokio::time::timeout(SHORT_GUARD, async {
+        loop {
+            match read.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the proxy ended the exchange before the upload did"
+    );
+    let seen = String::from_utf8_lossy(&seen);
+    assert!(seen.starts_with("HTTP/1.1 504"), "{seen}");
+    assert!(
+        !up.script.answered.load(Ordering::SeqCst),
+        "the upstream never got the whole upload"
+    );
+    uploader.abort();
+    proxy.shutdown().await;
+}
