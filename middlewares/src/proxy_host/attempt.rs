@@ -1,23 +1,5 @@
 //! [`AttemptTimeout`]: a limit on one attempt's time to the upstream's response head, as far as
 //! Pingora's peer options allow one.
-//!
-//! Pingora bounds an upstream exchange only by per-operation timeouts on the peer
-//! (`PeerOptions::{total_connection_timeout, read_timeout, write_timeout}`), fixed when the
-//! attempt starts: the same read timeout applies to every read of the attempt, head and body
-//! alike, and no phase reaches the upstream connection once the head arrived to change it. So
-//! a limit on the time to the head is enforced in two parts:
-//! - the attempt's connect, read and write timeouts are clamped to the limit: an upstream that
-//!   accepts and then says nothing is cut exactly `limit` after the read for the head began, a
-//!   connect or a request write that stalls for `limit` fails;
-//! - when the head has arrived, it is refused if it came later than `limit` after the attempt
-//!   started (an upstream that trickles its head a byte at a time keeps each read short), so a
-//!   late head never goes downstream: the attempt fails as a read timeout instead.
-//!
-//! What it does **not** bound exactly: the wall-clock wait for a trickling head (each read is
-//! bounded, not their sum; the head is refused when it completes). And it bounds more than
-//! the head: every read and write of that attempt's response body is limited to `limit` too
-//! (a body that pauses longer is cut), because Pingora keeps the attempt's read timeout for the
-//! body.
 
 use std::time::Duration;
 
@@ -25,11 +7,28 @@ use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType, Result};
 use tokio::time::Instant;
 
-/// A per-attempt limit on the time to the upstream's response head (see the
-/// [module docs](self) for exactly what Pingora lets it bound). Kept in a policy's or a proxy's
-/// per-request context: [`start`](Self::start) it with each attempt's peer, call
+/// A per-attempt limit on the time to the upstream's response head. Kept in a policy's or a
+/// proxy's per-request context: [`start`](Self::start) it with each attempt's peer, call
 /// [`head_arrived`](Self::head_arrived) from `upstream_response_filter`, and ask
 /// [`fired`](Self::fired) on a failed attempt's error.
+///
+/// Pingora bounds an upstream exchange only by per-operation timeouts on the peer
+/// (`PeerOptions::{total_connection_timeout, read_timeout, write_timeout}`), fixed when the
+/// attempt starts: the same read timeout applies to every read of the attempt, head and body
+/// alike, and no phase reaches the upstream connection once the head arrived to change it. So
+/// a limit on the time to the head is enforced in two parts:
+/// - the attempt's connect, read and write timeouts are clamped to the limit: an upstream that
+///   accepts and then says nothing is cut exactly `limit` after the read for the head began, a
+///   connect or a request write that stalls for `limit` fails;
+/// - when the head has arrived, it is refused if it came later than `limit` after the attempt
+///   started (an upstream that trickles its head a byte at a time keeps each read short), so a
+///   late head never goes downstream: the attempt fails as a read timeout instead.
+///
+/// What it does **not** bound exactly: the wall-clock wait for a trickling head (each read is
+/// bounded, not their sum; the head is refused when it completes). And it bounds more than
+/// the head: every read of that attempt's response body (and every write of a request body
+/// still going) is limited to `limit` too, so a body that pauses longer is cut, because
+/// Pingora keeps the attempt's timeouts for the body.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct AttemptTimeout {
     /// When the current attempt must have its response head by; `None` once it arrived.

@@ -138,11 +138,12 @@ pub const MAX_PEER_SKIPS: usize = 32;
 /// is nothing to switch on).
 ///
 /// **When each hook runs**, for a stack `outer(inner(proxy))`: on the way in (admission, peer
-/// selection, the upstream request, response heads and body chunks, logging) the outer policy
-/// first, then the inner ones, then the proxy's own method; on a failure (`fail_to_connect`,
-/// `error_while_proxy`) the proxy's method first and the outer policy last, so the outermost
-/// layer has the final word on a retry; when the request failed for good (`fail_to_proxy`) the
-/// outer policy first, each seeing the error as the layers outside it left it.
+/// selection, the upstream request and its body chunks, response heads and body chunks,
+/// logging) the outer policy first, then the inner ones, then the proxy's own method; on a
+/// failure (`fail_to_connect`, `error_while_proxy`) the proxy's method first and the outer
+/// policy last, so the outermost layer has the final word on a retry; when the request failed
+/// for good (`fail_to_proxy`) the outer policy first, each seeing the error as the layers
+/// outside it left it.
 ///
 /// Pingora fixes the order of phases (admission, then peer selection, then the exchange),
 /// whatever the order of the layers; see the module docs.

@@ -196,7 +196,8 @@ impl<L> ProxyBuilder<L> {
 
     /// Wraps the proxy in a `tower` layer whose service implements Pingora's `ProxyHttp`.
     /// Layers stack like `ServiceBuilder`: the first one added is the outermost, so it sees
-    /// each phase first.
+    /// each phase first. Every layer wraps [`BaseProxy`], so the request deadline
+    /// ([`request_timeout`](Self::request_timeout)) is always the innermost policy.
     pub fn middleware<T>(self, layer: T) -> ProxyBuilder<Stack<T, L>> {
         ProxyBuilder {
             addr: self.addr,
@@ -400,7 +401,7 @@ impl<L> ProxyBuilder<L> {
 }
 
 /// A validated proxy, ready to [`start`](Self::start) or [`spawn`](Self::spawn). `S` is the
-/// layered `ProxyHttp` service ([`RoutingProxy`] without middleware).
+/// layered `ProxyHttp` service ([`BaseProxy`] without middleware).
 #[derive(Debug)]
 pub struct ProxyServer<S> {
     service: S,
