@@ -37,6 +37,15 @@ pub struct TimeoutProxyCtx {
     clamped: bool,
 }
 
+impl TimeoutProxyCtx {
+    /// When this request must be done by, once `request_filter` stamped it. A layer wrapping
+    /// this one reads it through its `LayerCtx` (e.g. to pass the time left on to the upstream);
+    /// only this policy moves it.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+}
+
 impl TimeoutLayer {
     fn deadline_error(&self, ctx: &TimeoutProxyCtx) -> Box<Error> {
         let mut e = Error::explain(
