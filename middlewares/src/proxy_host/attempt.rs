@@ -33,9 +33,9 @@ use tokio::time::Instant;
 pub struct AttemptTimeout {
     /// When the current attempt must have its response head by; `None` once it arrived.
     head_by: Option<Instant>,
-    /// This limit shortened the attempt's connect, read or write timeout, so a timeout error
-    /// of the attempt is this limit's.
-    clamped: bool,
+    /// Which of the attempt's connect, read and write timeouts this limit shortened: a
+    /// timeout of that kind in this attempt is this limit's.
+    clamped: Clamped,
     /// The head came too late and was refused.
     late: bool,
 }
@@ -45,11 +45,7 @@ impl AttemptTimeout {
     /// `limit` (never lengthens them) and remembers when the head is due.
     pub fn start(&mut self, peer: &mut HttpPeer, limit: Duration) {
         self.head_by = Instant::now().checked_add(limit);
-        let options = &mut peer.options;
-        let mut clamped = clamp(&mut options.total_connection_timeout, limit);
-        clamped |= clamp(&mut options.read_timeout, limit);
-        clamped |= clamp(&mut options.write_timeout, limit);
-        self.clamped = clamped;
+        self.clamped = Clamped::apply(peer, limit);
         self.late = false;
     }
 
@@ -73,11 +69,38 @@ impl AttemptTimeout {
     /// Whether the failed attempt's error `e` is this limit expiring: a timeout of an operation
     /// it shortened, or a late head refused by [`head_arrived`](Self::head_arrived).
     pub fn fired(&self, e: &Error) -> bool {
-        let timed_out = matches!(
-            e.etype(),
-            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
-        );
-        timed_out && (self.clamped || self.late)
+        self.clamped.timed_out(e) || (self.late && e.etype() == &ErrorType::ReadTimedout)
+    }
+}
+
+/// Which of a peer's connect, read and write timeouts a limit shortened (the request deadline's
+/// or an attempt's), so that a timeout error can be told apart from the peer's own, longer one.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Clamped {
+    connect: bool,
+    read: bool,
+    write: bool,
+}
+
+impl Clamped {
+    /// Shortens `peer`'s connect, read and write timeouts to `limit` (never lengthens them).
+    pub(crate) fn apply(peer: &mut HttpPeer, limit: Duration) -> Clamped {
+        let options = &mut peer.options;
+        Clamped {
+            connect: clamp(&mut options.total_connection_timeout, limit),
+            read: clamp(&mut options.read_timeout, limit),
+            write: clamp(&mut options.write_timeout, limit),
+        }
+    }
+
+    /// Whether `e` is a timeout of an operation this limit shortened.
+    pub(crate) fn timed_out(&self, e: &Error) -> bool {
+        match e.etype() {
+            ErrorType::ConnectTimedout => self.connect,
+            ErrorType::ReadTimedout => self.read,
+            ErrorType::WriteTimedout => self.write,
+            _ => false,
+        }
     }
 }
 
@@ -117,6 +140,7 @@ mod tests {
         );
         let read = Error::explain(ErrorType::ReadTimedout, "x");
         assert!(timer.fired(&read));
+        assert!(!timer.fired(&Error::explain(ErrorType::ConnectRefused, "x")));
 
         tokio::time::advance(Duration::from_secs(3)).await;
         let late = timer.head_arrived().unwrap_err();
@@ -128,8 +152,16 @@ mod tests {
     async fn a_longer_limit_leaves_shorter_timeouts_alone() {
         let mut timer = AttemptTimeout::default();
         let mut p = peer();
+        timer.start(&mut p, Duration::from_secs(30));
+        assert_eq!(p.options.read_timeout, Some(Duration::from_secs(30)));
+        assert_eq!(
+            p.options.total_connection_timeout,
+            Some(Duration::from_secs(5))
+        );
+        // The connect timeout that fires is the peer's own, not this limit's.
+        assert!(!timer.fired(&Error::explain(ErrorType::ConnectTimedout, "x")));
+        assert!(timer.fired(&Error::explain(ErrorType::ReadTimedout, "x")));
         timer.start(&mut p, Duration::from_secs(90));
-        assert_eq!(p.options.read_timeout, Some(Duration::from_secs(60)));
         assert!(!timer.fired(&Error::explain(ErrorType::ReadTimedout, "x")));
         assert!(timer.head_arrived().is_ok());
         assert!(!timer.fired(&Error::explain(ErrorType::ConnectRefused, "x")));

@@ -69,6 +69,7 @@ mod host;
 mod optional;
 
 pub use attempt::AttemptTimeout;
+pub(crate) use attempt::Clamped;
 
 use std::future::Future;
 use std::pin::Pin;
