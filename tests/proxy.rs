@@ -131,7 +131,7 @@ async fn upstream(name: &str) -> Up {
 
 async fn spawn<L>(builder: ProxyBuilder<L>) -> RunningProxy
 where
-    L: Layer<pingora_tower::proxy::RoutingProxy>,
+    L: Layer<pingora_tower::proxy::BaseProxy>,
     L::Service: ProxyHttp + Send + Sync + 'static,
     <L::Service as ProxyHttp>::CTX: Send + Sync,
 {
@@ -786,4 +786,31 @@ async fn oversized_request_head_gets_431_without_reaching_the_upstream() {
     assert_eq!(up.state.hits(), 0);
     assert_eq!(http_get(addr, "/").await.0, StatusCode::OK);
     running.shutdown().await;
+}
+
+#[test]
+fn zero_upstream_timeouts_are_rejected_naming_the_setting() {
+    let zero = Duration::ZERO;
+    let build = |b: ProxyBuilder| b.build().map(|_| ()).unwrap_err().to_string();
+    let base =
+        || PingoraProxy::with_routes("127.0.0.1:0", [Route::prefix("/", "http://127.0.0.1:9")]);
+    for (err, field) in [
+        (build(base().connect_timeout(zero)), "connect_timeout"),
+        (build(base().request_timeout(zero)), "request_timeout"),
+        (
+            build(base().upstream_response_timeout(zero)),
+            "upstream_response_timeout",
+        ),
+        (
+            build(base().upstream_read_timeout(zero)),
+            "upstream_read_timeout",
+        ),
+        (
+            build(base().upstream_write_timeout(zero)),
+            "upstream_write_timeout",
+        ),
+        (build(base().with_timeouts(1_000, 0)), "request_ms"),
+    ] {
+        assert!(err.contains(field), "{err}");
+    }
 }

@@ -402,3 +402,326 @@ async fn four_layer_stack_proxies_bodies_unchanged() {
     assert_eq!(http_get(addr, "/").await.0, StatusCode::OK);
     proxy.shutdown().await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Upstream timeouts and the request deadline
+// ---------------------------------------------------------------------------------------------
+
+/// Bound on a request that one of the short timeouts below must end: far above them, far
+/// below the long ones (30 s) they must win over.
+const SHORT_GUARD: Duration = Duration::from_secs(10);
+/// A timeout that must not be the one firing.
+const LONG: Duration = Duration::from_secs(30);
+
+/// What a raw upstream does with a request.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Act {
+    /// Reads the request and never answers (the connection stays open).
+    StallBeforeHead,
+    /// Sends a head promising 10 body bytes, 5 of them, then nothing.
+    StallMidBody,
+    /// Answers `200` with `ok`.
+    Answer,
+}
+
+/// A raw TCP upstream: the n-th request it reads gets `acts[n]` (the last act once they run
+/// out). Counts the requests it read.
+struct RawUp {
+    addr: SocketAddr,
+    requests: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RawUp {
+    async fn start(acts: &[Act]) -> RawUp {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        init_tracing();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests = Arc::new(AtomicUsize::new(0));
+        let acts: Arc<[Act]> = acts.into();
+        let counter = requests.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let (counter, acts) = (counter.clone(), acts.clone());
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        // One request head (bodies, if any, are small and ignored).
+                        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match stream.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        buf.clear();
+                        let n = counter.fetch_add(1, Ordering::SeqCst);
+                        match acts[n.min(acts.len() - 1)] {
+                            Act::StallBeforeHead => {
+                                tokio::time::sleep(HANG_GUARD).await;
+                                return;
+                            }
+                            Act::StallMidBody => {
+                                let head = b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhello";
+                                let _ = stream.write_all(head).await;
+                                tokio::time::sleep(HANG_GUARD).await;
+                                return;
+                            }
+                            Act::Answer => {
+                                let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                                if stream.write_all(ok).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        RawUp {
+            addr,
+            requests,
+            task,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for RawUp {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn get_within(addr: SocketAddr, path: &str) -> StatusCode {
+    tokio::time::timeout(SHORT_GUARD, http_get(addr, path))
+        .await
+        .expect("answered within the short guard")
+        .0
+}
+
+#[tokio::test]
+async fn request_deadline_spans_attempts_and_answers_504() {
+    let (a, b) = (
+        RawUp::start(&[Act::StallBeforeHead]).await,
+        RawUp::start(&[Act::StallBeforeHead]).await,
+    );
+    // The first attempt runs out of response time at 400 ms and fails over; the second has
+    // 200 ms of the deadline left, less than its own response time.
+    let proxy = PingoraProxy::builder("127.0.0.1:0")
+        .routes([Route::prefix(
+            "/",
+            Upstream::weighted([(a.url(), 1), (b.url(), 1)]),
+        )])
+        .request_timeout(Duration::from_millis(600))
+        .upstream_response_timeout(Duration::from_millis(400))
+        .spawn()
+        .await
+        .unwrap();
+    assert_eq!(
+        get_within(proxy.local_addr(), "/").await,
+        StatusCode::GATEWAY_TIMEOUT
+    );
+    assert_eq!(
+        (a.requests(), b.requests()),
+        (1, 1),
+        "both backends were tried once"
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn upstream_response_timeout_fails_a_get_over_and_answers_a_post_504() {
+    let (stalled, good) = (
+        RawUp::start(&[Act::StallBeforeHead]).await,
+        RawUp::start(&[Act::Answer]).await,
+    );
+    let proxy = PingoraProxy::builder("127.0.0.1:0")
+        .routes([
+            Route::prefix(
+                "/",
+                Upstream::weighted([(stalled.url(), 1), (good.url(), 1)]),
+            ),
+            Route::prefix("/only-stalled", Upstream::new(stalled.url())),
+        ])
+        .upstream_response_timeout(Duration::from_millis(300))
+        .spawn()
+        .await
+        .unwrap();
+    let addr = proxy.local_addr();
+    for _ in 0..4 {
+        assert_eq!(get_within(addr, "/").await, StatusCode::OK);
+    }
+    let stalled_gets = stalled.requests();
+    assert!(
+        stalled_gets >= 1,
+        "the stalled backend was tried first at least once"
+    );
+    // A POST is not failed over once it reached the upstream: 504 after one attempt.
+    let post = tokio::time::timeout(
+        SHORT_GUARD,
+        status_of(addr, post(addr, "/only-stalled", "x")),
+    )
+    .await
+    .expect("answered within the short guard");
+    assert_eq!(post, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(stalled.requests(), stalled_gets + 1);
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_response_body_pausing_past_the_read_timeout_is_cut() {
+    use tokio::io::AsyncWriteExt;
+    let up = RawUp::start(&[Act::StallMidBody]).await;
+    let proxy = PingoraProxy::builder("127.0.0.1:0")
+        .routes([Route::prefix("/", Upstream::new(up.url()))])
+        .upstream_read_timeout(Duration::from_millis(300))
+        .spawn()
+        .await
+        .unwrap();
+    let mut client = tokio::net::TcpStream::connect(proxy.local_addr())
+        .await
+        .unwrap();
+    client
+        .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let seen = read_until_closed(&mut client, SHORT_GUARD)
+        .await
+        .expect("the proxy closed the connection mid-body");
+    let seen = String::from_utf8_lossy(&seen);
+    assert!(seen.starts_with("HTTP/1.1 200"), "{seen}");
+    assert!(
+        seen.ends_with("hello"),
+        "the body was cut after 5 of 10 bytes: {seen}"
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn builder_deadline_and_timeout_layer_the_shorter_wins() {
+    let up = RawUp::start(&[Act::StallBeforeHead]).await;
+    let layer_shorter = PingoraProxy::builder("127.0.0.1:0")
+        .routes([Route::prefix("/", Upstream::new(up.url()))])
+        .request_timeout(LONG)
+        .middleware(middleware::timeout(300))
+        .spawn()
+        .await
+        .unwrap();
+    let builder_shorter = PingoraProxy::builder("127.0.0.1:0")
+        .routes([Route::prefix("/", Upstream::new(up.url()))])
+        .with_timeouts(1_000, 300)
+        .middleware(middleware::timeout(LONG.as_millis() as u64))
+        .spawn()
+        .await
+        .unwrap();
+    for proxy in [&layer_shorter, &builder_shorter] {
+        assert_eq!(
+            get_within(proxy.local_addr(), "/").await,
+            StatusCode::GATEWAY_TIMEOUT
+        );
+    }
+    layer_shorter.shutdown().await;
+    builder_shorter.shutdown().await;
+}
+
+#[tokio::test]
+async fn retry_per_try_timeout_retries_a_stalled_get_but_not_a_post() {
+    let up = RawUp::start(&[Act::StallBeforeHead, Act::Answer]).await;
+    let proxy = PingoraProxy::builder("127.0.0.1:0")
+        .routes([Route::prefix("/", Upstream::new(up.url()))])
+        .middleware(
+            middleware::retry::RetryLayer::builder(2)
+                .per_try_timeout(Duration::from_millis(300))
+                .backoff_base(Duration::from_millis(1))
+                .build()
+                .unwrap(),
+        )
+        .spawn()
+        .await
+        .unwrap();
+    let addr = proxy.local_addr();
+    assert_eq!(get_within(addr, "/").await, StatusCode::OK);
+    assert_eq!(up.requests(), 2, "the stalled attempt was retried once");
+    proxy.shutdown().await;
+
+    let up = RawUp::start(&[Act::StallBeforeHead, Act::Answer]).await;
+    let proxy = PingoraProxy::builder("127.0.0.1:0")
+        .routes([Route::prefix("/", Upstream::new(up.url()))])
+        .middleware(
+            middleware::retry::RetryLayer::builder(2)
+                .per_try_timeout(Duration::from_millis(300))
+                .build()
+                .unwrap(),
+        )
+        .spawn()
+        .await
+        .unwrap();
+    let addr = proxy.local_addr();
+    let post = tokio::time::timeout(SHORT_GUARD, status_of(addr, post(addr, "/", "x")))
+        .await
+        .expect("answered within the short guard");
+    assert_eq!(post, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(up.requests(), 1, "a POST is not sent twice");
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_upload_outliving_the_request_deadline_is_cut_with_504() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = Up::start().await;
+    let proxy = PingoraProxy::builder("127.0.0.1:0")
+        .routes([Route::prefix("/", Upstream::new(up.url()))])
+        .request_timeout(Duration::from_millis(300))
+        .spawn()
+        .await
+        .unwrap();
+    let client = tokio::net::TcpStream::connect(proxy.local_addr())
+        .await
+        .unwrap();
+    let (mut read, mut write) = client.into_split();
+    // A chunked upload that trickles a byte every 50 ms for up to 10 s.
+    let uploader = tokio::spawn(async move {
+        let head = b"POST /upload HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n";
+        if write.write_all(head).await.is_err() {
+            return;
+        }
+        for _ in 0..200 {
+            if write.write_all(b"1\r\nx\r\n").await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    let closed = tokio::time::timeout(SHORT_GUARD, async {
+        loop {
+            match read.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the proxy ended the exchange before the upload did"
+    );
+    let seen = String::from_utf8_lossy(&seen);
+    assert!(seen.starts_with("HTTP/1.1 504"), "{seen}");
+    assert!(
+        !up.script.answered.load(Ordering::SeqCst),
+        "the upstream never got the whole upload"
+    );
+    uploader.abort();
+    proxy.shutdown().await;
+}

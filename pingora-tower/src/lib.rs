@@ -22,6 +22,7 @@
 //! ```
 
 pub mod body;
+mod http_head;
 pub mod proxy;
 pub mod serve;
 pub mod server;

@@ -169,6 +169,9 @@ where
         'life3: 'async_trait,
         Self: 'async_trait,
     {
+        if let Err(e) = self.policy.request_body_filter(session, &mut ctx.own) {
+            return Box::pin(std::future::ready(Err(e)));
+        }
         self.inner
             .request_body_filter(session, body, end_of_stream, &mut ctx.inner)
     }

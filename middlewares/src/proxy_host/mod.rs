@@ -13,13 +13,22 @@
 //! (`examples/request_id_policy.rs`).
 //!
 //! | layer | phases |
-//!
-//! | layer | phases |
 //! |---|---|
-//! | rate limit | `request_filter`: 429 before any upstream work |
-//! | timeout | `request_filter` stamps the deadline; `upstream_peer` clamps connect/read/write timeouts to what is left; the response body filter cuts a body still streaming past it; `fail_to_proxy` answers 504 |
-//! | retry | `fail_to_connect`, `error_while_proxy`, `upstream_response_filter` (retryable status becomes a retryable error); backoff before the next `upstream_peer` |
+//! | rate limit | `request_filter`: 429 before any upstream work (queue mode waits there) |
+//! | timeout | `request_filter` stamps the deadline; `before_upstream_peer` refuses an attempt past it; `select_peer` clamps connect/read/write timeouts to what is left; a response head completing past it is refused; the request and response body filters cut an upload or a body still streaming past it; failure hooks withdraw any retry past it; `fail_to_proxy` answers 504 |
+//! | retry | `fail_to_connect`, `error_while_proxy`, `upstream_response_filter` (retryable status becomes a retryable error); `per_try_timeout` through [`AttemptTimeout`] in `select_peer`; backoff before the next `upstream_peer` |
 //! | circuit breaker | a permit per backend in `upstream_peer` (an open backend is skipped by asking the inner proxy for another); outcome recorded from the failure hooks and the response status; a permit still held when the request ends is released unrecorded with the context |
+//!
+//! # The same layer in both hosts
+//! One layer value configures both hosts and shares its state (limiter, budget, breakers)
+//! between them. What each does, and where the hosts differ:
+//!
+//! | layer | tower host (`Service`) | proxy host (`ProxyPolicy`) | differs, and why |
+//! |---|---|---|---|
+//! | timeout | one deadline from `call` to the response head; `504` rendered by [`Elapsed`](crate::timeout::Elapsed); the body only with [`with_body_deadline`](crate::timeout::TimeoutLayer::with_body_deadline) | one deadline from `request_filter` across every attempt: each attempt's connect/read/write clamped to what is left, no attempt or retry past it, `504` from `fail_to_proxy`; the upload and the response body are always cut at it | **Body**: the proxy has no body type to change, so its deadline always covers the streaming body (the tower host needs the separate body layer, as the body type changes). **Precision**: the tower host fires a timer; Pingora offers only per-operation timeouts fixed when an attempt starts, so the proxy bounds each read and write by what was left then and checks the clock at each phase (a head or a chunk arriving late is refused, a silent upstream is cut when the clamped read gives up; an upstream trickling bytes is noticed at its next chunk). `x-request-timeout` is honoured alike |
+//! | rate limit | admission in `call`, fail fast with `429` and the `RateLimit` headers; queue mode waits in the response future | admission in `request_filter`, before any upstream work, same answer and headers; queue mode waits there | **Order**: Pingora runs admission for every layer before peer selection, whatever the stack order, and retries restart at peer selection: a limiter never counts a retry in the proxy, while in a tower stack a limiter *inside* a retry layer is asked again on each attempt |
+//! | retry | re-calls the inner service with the request replayed (body captured up to the replay limit); retryable statuses and errors; `per_try_timeout` is a timer per attempt up to its response head; budget and backoff | steers Pingora's own retry loop (the `retry` flag of the attempt's error); retryable statuses turned into errors before anything goes downstream; a failed connect is retried for any method; the body replay is Pingora's 64 KiB retry buffer; `per_try_timeout` clamps each attempt's connect/read/write and refuses a late head ([`AttemptTimeout`]); budget and backoff alike | **Never once a response byte went downstream, never for the client's own errors** (the proxy streams, the tower host has the whole response head before deciding). **per_try_timeout** in the proxy also bounds each read of that attempt's response body, since Pingora keeps one read timeout for head and body and no phase can change it after the head; the tower host's timer stops at the head. A connect failure is retried for any method only in the proxy: there nothing provably reached the upstream |
+//! | circuit breaker | one breaker (or one per key) around the inner service; outcome from the response status or the error | one breaker per backend (by socket address), an open backend skipped for another, `503` + `Retry-After` when every candidate is open; outcome from the failure hooks and the upstream's status | **What counts, in both hosts**: only the upstream's failures. A deadline of this crate that cut the call off (tower: the timeout or per-try timer dropped the inner future; proxy: a timed-out attempt whose request went on or failed with an upstream-side error) counts as a failure; a client that went away (tower: the future dropped without a deadline; proxy: an error whose source is downstream) and a deadline the client shortened with `x-request-timeout` count for nothing. **Scope**: per backend in the proxy, since it knows the backends; per service or key in tower |
 //!
 //! **Order.** A tower stack runs its layers in stack order. In a proxy, Pingora fixes the order of
 //! phases: admission (`request_filter`) for every layer happens before peer selection, which
@@ -54,8 +63,13 @@
 //! is_proxy(&proxy);
 //! ```
 
+mod attempt;
 mod forwarded;
 mod host;
+mod optional;
+
+pub use attempt::AttemptTimeout;
+pub(crate) use attempt::Clamped;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -125,11 +139,12 @@ pub const MAX_PEER_SKIPS: usize = 32;
 /// is nothing to switch on).
 ///
 /// **When each hook runs**, for a stack `outer(inner(proxy))`: on the way in (admission, peer
-/// selection, the upstream request, response heads and body chunks, logging) the outer policy
-/// first, then the inner ones, then the proxy's own method; on a failure (`fail_to_connect`,
-/// `error_while_proxy`) the proxy's method first and the outer policy last, so the outermost
-/// layer has the final word on a retry; when the request failed for good (`fail_to_proxy`) the
-/// outer policy first, each seeing the error as the layers outside it left it.
+/// selection, the upstream request and its body chunks, response heads and body chunks,
+/// logging) the outer policy first, then the inner ones, then the proxy's own method; on a
+/// failure (`fail_to_connect`, `error_while_proxy`) the proxy's method first and the outer
+/// policy last, so the outermost layer has the final word on a retry; when the request failed
+/// for good (`fail_to_proxy`) the outer policy first, each seeing the error as the layers
+/// outside it left it.
 ///
 /// Pingora fixes the order of phases (admission, then peer selection, then the exchange),
 /// whatever the order of the layers; see the module docs.
@@ -184,6 +199,13 @@ pub trait ProxyPolicy: Send + Sync {
         _upstream_request: &mut RequestHeader,
         _ctx: &mut Self::Ctx,
     ) -> Result<()> {
+        Ok(())
+    }
+
+    /// Before the inner proxy's `request_body_filter`, for every chunk of the request body as it
+    /// goes to the upstream. `Err` aborts the exchange (e.g. an upload that outlives the
+    /// deadline).
+    fn request_body_filter(&self, _session: &mut Session, _ctx: &mut Self::Ctx) -> Result<()> {
         Ok(())
     }
 

@@ -14,6 +14,16 @@
 //!   once any byte of it reached an upstream;
 //! - every retry needs retries left and a withdrawal from the shared budget; the backoff (or the
 //!   server's `Retry-After`) is waited out before the next peer is picked.
+//!
+//! **`per_try_timeout`** limits each attempt's time to the upstream's response head with
+//! [`AttemptTimeout`]: the attempt's connect, read and write timeouts are clamped to it, and a
+//! head that completes later is refused before it goes downstream. An attempt it cut is this
+//! layer's own failure, retried like a retryable status (this layer may widen the inner
+//! proxy's "no" here, as after a failed connect) when the request is retryable, its body is
+//! still held in full and nothing went downstream; the last one fails as an upstream read
+//! timeout (`504`). Unlike the tower host, where the timer stops at the response head, Pingora
+//! keeps the attempt's read timeout for the body: a body read that waits longer than
+//! `per_try_timeout` is cut too (see [`AttemptTimeout`] for exactly what is bounded).
 
 use std::time::Duration;
 
@@ -26,7 +36,7 @@ use tokio::time::Instant;
 use super::layer::Shared;
 use super::ResponseClass;
 use super::RetryLayer;
-use crate::proxy_host::{Admission, ProxyPolicy};
+use crate::proxy_host::{Admission, AttemptTimeout, PeerChoice, ProxyPolicy};
 
 /// Per-request state of the retry layer in a proxy.
 #[derive(Debug, Default)]
@@ -39,6 +49,8 @@ pub struct RetryProxyCtx {
     delay: Option<Duration>,
     /// This layer turned the last response into an error to retry it.
     status_retry: bool,
+    /// The current attempt's `per_try_timeout`.
+    attempt: AttemptTimeout,
 }
 
 impl Shared {
@@ -91,12 +103,26 @@ impl ProxyPolicy for RetryLayer {
         Ok(ctx.delay.take().filter(|delay| !delay.is_zero()))
     }
 
+    fn select_peer(
+        &self,
+        _session: &mut Session,
+        peer: &mut HttpPeer,
+        ctx: &mut RetryProxyCtx,
+    ) -> Result<PeerChoice> {
+        if let Some(limit) = self.shared.policy.per_try_timeout {
+            ctx.attempt.start(peer, limit);
+        }
+        Ok(PeerChoice::Accept)
+    }
+
     fn upstream_response_filter(
         &self,
         session: &mut Session,
         response: &mut ResponseHeader,
         ctx: &mut RetryProxyCtx,
     ) -> Result<()> {
+        // A late head is this attempt's timeout, decided in `error_while_proxy`.
+        ctx.attempt.head_arrived()?;
         if !ctx.retryable_request || session.as_ref().retry_buffer_truncated() {
             return Ok(());
         }
@@ -126,8 +152,9 @@ impl ProxyPolicy for RetryLayer {
         ctx: &mut RetryProxyCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        // Nothing reached the upstream: safe to retry whatever the method, and the one place
-        // this layer may retry what the inner proxy would not (a single backend is retried).
+        // Nothing reached the upstream: safe to retry whatever the method, and one of the two
+        // places this layer may retry what the inner proxy would not (a single backend is
+        // retried); the other is its own per-try timeout.
         let retry = self.shared.grant_proxy_retry(ctx, None);
         e.set_retry(retry);
         e
@@ -147,9 +174,11 @@ impl ProxyPolicy for RetryLayer {
             e.set_retry(true);
             return e;
         }
-        // Only narrowed, never widened: the inner proxy's "no" stands (it may know why a retry
-        // is unsafe), and so does every reason of ours.
-        let retry = e.retry()
+        // Our own per-try timeout may be retried whatever the inner proxy said (it does not know
+        // this limit); otherwise only narrowed, never widened: the inner proxy's "no" stands
+        // (it may know why a retry is unsafe), and so does every reason of ours.
+        let own_timeout = ctx.attempt.fired(&e);
+        let retry = (e.retry() || own_timeout)
             && ctx.retryable_request
             && e.esource() != &ErrorSource::Downstream
             && !response_started(session)

@@ -1,10 +1,16 @@
 //! The Pingora host of [`Timeout`]: one deadline per request across every attempt.
 //!
+//! This is the one deadline mechanism of the proxy host: `pingora_tower`'s `ProxyBuilder`
+//! installs this policy innermost for its `request_timeout`, and a timeout layer stacked on top
+//! is a second policy of the same kind (each clamps, so the shorter deadline wins).
+//!
 //! `request_filter` stamps the deadline (honouring `x-request-timeout` when enabled); each
 //! attempt's peer gets its connect, read and write timeouts clamped to what is left; once the
 //! deadline has passed the request fails with the layer's status (`504`), whether the deadline
-//! was noticed before an attempt or by a clamped timeout firing during one. No attempt is retried
-//! past it. When the client shortened the deadline (`x-request-timeout`), its expiry is marked
+//! was noticed before an attempt, by a clamped timeout firing during one, or by a response head
+//! completing after it. An upload or a response body still streaming at the deadline is cut (a
+//! body whose head already went out ends with the connection closed). No attempt is retried
+//! past it, and no new attempt starts past it. When the client shortened the deadline (`x-request-timeout`), its expiry is marked
 //! as the client's (`ErrorSource::Downstream`), so a circuit breaker does not count it against
 //! the upstream.
 
@@ -12,11 +18,12 @@ use std::time::Duration;
 
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType, Result};
+use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 use tokio::time::Instant;
 
 use super::TimeoutLayer;
-use crate::proxy_host::{Admission, PeerChoice, ProxyPolicy};
+use crate::proxy_host::{Admission, Clamped, PeerChoice, ProxyPolicy};
 
 /// Per-request state of the timeout layer in a proxy.
 #[derive(Debug, Default)]
@@ -25,9 +32,19 @@ pub struct TimeoutProxyCtx {
     /// The client shortened the deadline (`x-request-timeout`): its expiry is the client's
     /// doing, not the upstream's failure.
     client_deadline: bool,
-    /// Whether an attempt's timeouts were shortened to the deadline, so a timeout error from
-    /// that attempt means the deadline passed.
-    clamped: bool,
+    /// Which of the attempt's timeouts were shortened to the deadline: a timeout of that kind
+    /// from the attempt means the deadline passed (a longer one is the peer's own, and the
+    /// request may still fail over).
+    clamped: Clamped,
+}
+
+impl TimeoutProxyCtx {
+    /// When this request must be done by, once `request_filter` stamped it. A layer wrapping
+    /// this one reads it through its `LayerCtx` (e.g. to pass the time left on to the upstream);
+    /// only this policy moves it.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
 }
 
 impl TimeoutLayer {
@@ -55,21 +72,12 @@ fn deadline_passed(e: &Error, ctx: &TimeoutProxyCtx) -> bool {
     let Some(deadline) = ctx.deadline else {
         return false;
     };
-    let timed_out = matches!(
-        e.etype(),
-        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
-    );
-    Instant::now() >= deadline || (timed_out && ctx.clamped)
+    Instant::now() >= deadline || ctx.clamped.timed_out(e)
 }
 
-fn clamp(timeout: &mut Option<Duration>, left: Duration) -> bool {
-    match timeout {
-        Some(t) if *t <= left => false,
-        _ => {
-            *timeout = Some(left);
-            true
-        }
-    }
+/// Shortens the attempt's connect, read and write timeouts to `left`.
+fn clamp_to_deadline(peer: &mut HttpPeer, left: Duration, ctx: &mut TimeoutProxyCtx) {
+    ctx.clamped = Clamped::apply(peer, left);
 }
 
 impl ProxyPolicy for TimeoutLayer {
@@ -115,12 +123,30 @@ impl ProxyPolicy for TimeoutLayer {
         if left.is_zero() {
             return Err(self.deadline_error(ctx));
         }
-        let options = &mut peer.options;
-        let mut clamped = clamp(&mut options.total_connection_timeout, left);
-        clamped |= clamp(&mut options.read_timeout, left);
-        clamped |= clamp(&mut options.write_timeout, left);
-        ctx.clamped = clamped;
+        clamp_to_deadline(peer, left, ctx);
         Ok(PeerChoice::Accept)
+    }
+
+    fn request_body_filter(&self, _session: &mut Session, ctx: &mut TimeoutProxyCtx) -> Result<()> {
+        // An upload still going at the deadline is aborted.
+        match ctx.deadline {
+            Some(deadline) if Instant::now() >= deadline => Err(self.deadline_error(ctx)),
+            _ => Ok(()),
+        }
+    }
+
+    fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        _response: &mut ResponseHeader,
+        ctx: &mut TimeoutProxyCtx,
+    ) -> Result<()> {
+        // A head that completes after the deadline (each read was clamped, not their sum) is
+        // not forwarded late: the request fails with the deadline's status instead.
+        match ctx.deadline {
+            Some(deadline) if Instant::now() >= deadline => Err(self.deadline_error(ctx)),
+            _ => Ok(()),
+        }
     }
 
     fn upstream_response_body_filter(
@@ -172,5 +198,43 @@ impl ProxyPolicy for TimeoutLayer {
         ctx: &mut TimeoutProxyCtx,
     ) -> Option<Box<Error>> {
         deadline_passed(e, ctx).then(|| self.deadline_error(ctx))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer() -> HttpPeer {
+        let mut peer = HttpPeer::new("127.0.0.1:9", false, String::new());
+        peer.options.total_connection_timeout = Some(Duration::from_secs(5));
+        peer.options.read_timeout = Some(Duration::from_secs(60));
+        peer.options.write_timeout = Some(Duration::from_secs(60));
+        peer
+    }
+
+    /// A connect timeout of the peer's own (5 s) well before a 10 s deadline is not the
+    /// deadline: the request may still fail over. Only the read and write timeouts were
+    /// shortened to the deadline.
+    #[tokio::test(start_paused = true)]
+    async fn only_a_timeout_the_deadline_shortened_is_the_deadline() {
+        let ctx = &mut TimeoutProxyCtx {
+            deadline: Some(Instant::now() + Duration::from_secs(10)),
+            ..TimeoutProxyCtx::default()
+        };
+        let mut peer = peer();
+        clamp_to_deadline(&mut peer, Duration::from_secs(10), ctx);
+        assert_eq!(
+            peer.options.total_connection_timeout,
+            Some(Duration::from_secs(5))
+        );
+        assert_eq!(peer.options.read_timeout, Some(Duration::from_secs(10)));
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let connect = Error::explain(ErrorType::ConnectTimedout, "x");
+        assert!(!deadline_passed(&connect, ctx));
+        let read = Error::explain(ErrorType::ReadTimedout, "x");
+        assert!(deadline_passed(&read, ctx));
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(deadline_passed(&connect, ctx));
     }
 }

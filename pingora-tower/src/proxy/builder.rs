@@ -1,8 +1,10 @@
 //! [`ProxyBuilder`] → [`ProxyServer`] → [`RunningProxy`]: configure, validate, serve.
 
-use crate::serve::DEFAULT_MAX_HEADER_BYTES;
 use std::sync::Arc;
 use std::time::Duration;
+
+use middlewares::timeout::TimeoutLayer;
+use middlewares::Layered;
 
 use pingora_core::apps::HttpServerOptions;
 use pingora_core::server::configuration::ServerConf;
@@ -15,9 +17,56 @@ use tower_layer::Layer;
 
 use super::error::{ProxyConfigError, ProxyError};
 use super::route::{Route, RouteTable};
-use super::routing::{BackendStatus, Hygiene, RoutingProxy, Timeouts};
+use super::routing::{BackendStatus, Hygiene, RoutingProxy};
+use super::timeouts::Timeouts;
 use super::upstream::UpstreamGroup;
+use crate::serve::DEFAULT_MAX_HEADER_BYTES;
 use crate::server::{self, ClientLimits, RunningServer};
+
+/// The proxy the builder's `.middleware(..)` layers wrap: [`RoutingProxy`] inside the timeout
+/// policy that enforces [`ProxyBuilder::request_timeout`] (`None` when no request timeout is
+/// set, which costs a branch per phase). A timeout layer added with `.middleware(..)` is a
+/// second deadline around it; the shorter one wins.
+pub type BaseProxy = Layered<Option<TimeoutLayer>, RoutingProxy>;
+
+/// A timeout as set on the builder, with the name of the setting for a config error.
+type Setting = Option<(Duration, &'static str)>;
+
+/// The upstream timeouts as set on the builder, validated by `build`.
+#[derive(Debug, Clone, Copy, Default)]
+struct TimeoutSettings {
+    connect: Setting,
+    request: Setting,
+    response: Setting,
+    read: Setting,
+    write: Setting,
+}
+
+impl TimeoutSettings {
+    /// The per-attempt timeouts and the request timeout, or the first zero one.
+    fn validate(self) -> Result<(Timeouts, Option<Duration>), ProxyConfigError> {
+        fn check(setting: Setting) -> Result<Option<Duration>, ProxyConfigError> {
+            match setting {
+                Some((d, field)) if d.is_zero() => Err(ProxyConfigError::InvalidTimeout { field }),
+                Some((d, _)) => Ok(Some(d)),
+                None => Ok(None),
+            }
+        }
+        let mut timeouts = Timeouts::default();
+        if let Some(d) = check(self.connect)? {
+            timeouts.connect = d;
+        }
+        let request = check(self.request)?;
+        timeouts.response = check(self.response)?;
+        if let Some(d) = check(self.read)? {
+            timeouts.read = d;
+        }
+        if let Some(d) = check(self.write)? {
+            timeouts.write = d;
+        }
+        Ok((timeouts, request))
+    }
+}
 
 /// Size of the upstream keep-alive connection pool (idle connections kept across all
 /// backends), the `ServerConf::upstream_keepalive_pool_size` the proxy uses by default.
@@ -30,8 +79,7 @@ pub const DEFAULT_UPSTREAM_KEEPALIVE_POOL: usize = 128;
 pub struct ProxyBuilder<L = Identity> {
     addr: String,
     routes: Vec<Route>,
-    connect_ms: Option<u64>,
-    request_ms: Option<u64>,
+    timeouts: TimeoutSettings,
     layers: ServiceBuilder<L>,
     conf: ServerConf,
     h2c: bool,
@@ -51,8 +99,7 @@ impl ProxyBuilder<Identity> {
         ProxyBuilder {
             addr: addr.to_owned(),
             routes: Vec::new(),
-            connect_ms: None,
-            request_ms: None,
+            timeouts: TimeoutSettings::default(),
             layers: ServiceBuilder::new(),
             conf,
             h2c: false,
@@ -78,26 +125,84 @@ impl<L> ProxyBuilder<L> {
         self
     }
 
-    /// `connect_ms` limits each connection attempt (TCP connect plus TLS handshake; default
-    /// 5 000). `request_ms` is a deadline for the whole request, across every attempt: the
-    /// proxy answers `504` when it passes before the upstream answered, and cuts a body still
-    /// streaming then. Without it there is no overall deadline, only the 60 s idle limits on
-    /// each upstream read and write.
+    /// Short form of [`connect_timeout`](Self::connect_timeout) and
+    /// [`request_timeout`](Self::request_timeout), in milliseconds: `connect_ms` limits each
+    /// connection attempt (default 5 000), `request_ms` is the deadline for the whole request
+    /// across every attempt.
     pub fn with_timeouts(mut self, connect_ms: u64, request_ms: u64) -> Self {
-        self.connect_ms = Some(connect_ms);
-        self.request_ms = Some(request_ms);
+        self.timeouts.connect = Some((Duration::from_millis(connect_ms), "connect_ms"));
+        self.timeouts.request = Some((Duration::from_millis(request_ms), "request_ms"));
+        self
+    }
+
+    /// Limits each connection attempt to an upstream (TCP connect plus TLS handshake; nginx
+    /// `proxy_connect_timeout`). A refused or timed-out connect fails over to another backend.
+    /// Default [`DEFAULT_CONNECT_TIMEOUT`](super::DEFAULT_CONNECT_TIMEOUT), 5 s.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.timeouts.connect = Some((timeout, "connect_timeout"));
+        self
+    }
+
+    /// A deadline for the whole request, across every attempt (Envoy's route `timeout`): each
+    /// attempt's connect, read and write timeouts are clamped to what is left, the proxy
+    /// answers `504` when it passes before the upstream's response head (and refuses a head
+    /// that completes after it), no attempt is retried or started past it, and an upload or a
+    /// response body still streaming then is cut. None by default: only the per-attempt
+    /// timeouts apply.
+    ///
+    /// It is a [`TimeoutLayer`] policy installed innermost around the base proxy (see
+    /// [`BaseProxy`]); a `.middleware(middlewares::timeout(ms))` on top is a second deadline,
+    /// and the shorter one wins.
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.timeouts.request = Some((timeout, "request_timeout"));
+        self
+    }
+
+    /// Limits each attempt's time to the upstream's response head, from the attempt's start
+    /// (connect, sending the request, waiting for the head; Envoy's `per_try_timeout`). An
+    /// attempt that runs out fails as an upstream read timeout: an idempotent request fails
+    /// over to a backend it has not tried, anything else is answered `504`. None by default.
+    ///
+    /// Pingora sets one read and one write timeout per attempt, for the head and the body
+    /// alike, and lets nothing change them once the head arrived. So this is enforced by
+    /// clamping the attempt's connect, read and write timeouts to it (a silent upstream is cut
+    /// exactly when it runs out) and by refusing a head that completes later (a head trickled
+    /// a byte at a time is never forwarded late, though the wait lasts until it completes or a
+    /// read stalls for the whole limit). The same clamp bounds every read and write of that
+    /// attempt's response body: keep it at least as long as the longest pause expected
+    /// mid-body. See [`AttemptTimeout`](middlewares::proxy_host::AttemptTimeout).
+    pub fn upstream_response_timeout(mut self, timeout: Duration) -> Self {
+        self.timeouts.response = Some((timeout, "upstream_response_timeout"));
+        self
+    }
+
+    /// Longest wait for the next bytes from an upstream, head or body (nginx
+    /// `proxy_read_timeout`): a response body that pauses longer is cut. Default
+    /// [`DEFAULT_UPSTREAM_IO_TIMEOUT`](super::DEFAULT_UPSTREAM_IO_TIMEOUT), 60 s; a request
+    /// deadline shortens it to what is left.
+    pub fn upstream_read_timeout(mut self, timeout: Duration) -> Self {
+        self.timeouts.read = Some((timeout, "upstream_read_timeout"));
+        self
+    }
+
+    /// Longest a write to an upstream (the request head or a chunk of its body) may make no
+    /// progress (nginx `proxy_send_timeout`). Default
+    /// [`DEFAULT_UPSTREAM_IO_TIMEOUT`](super::DEFAULT_UPSTREAM_IO_TIMEOUT), 60 s; a request
+    /// deadline shortens it to what is left.
+    pub fn upstream_write_timeout(mut self, timeout: Duration) -> Self {
+        self.timeouts.write = Some((timeout, "upstream_write_timeout"));
         self
     }
 
     /// Wraps the proxy in a `tower` layer whose service implements Pingora's `ProxyHttp`.
     /// Layers stack like `ServiceBuilder`: the first one added is the outermost, so it sees
-    /// each phase first.
+    /// each phase first. Every layer wraps [`BaseProxy`], so the request deadline
+    /// ([`request_timeout`](Self::request_timeout)) is always the innermost policy.
     pub fn middleware<T>(self, layer: T) -> ProxyBuilder<Stack<T, L>> {
         ProxyBuilder {
             addr: self.addr,
             routes: self.routes,
-            connect_ms: self.connect_ms,
-            request_ms: self.request_ms,
+            timeouts: self.timeouts,
             layers: self.layers.layer(layer),
             conf: self.conf,
             h2c: self.h2c,
@@ -223,25 +328,9 @@ impl<L> ProxyBuilder<L> {
     /// [`ProxyConfigError`], naming the offending field and value.
     pub fn build(self) -> Result<ProxyServer<L::Service>, ProxyConfigError>
     where
-        L: Layer<RoutingProxy>,
+        L: Layer<BaseProxy>,
     {
-        let mut timeouts = Timeouts::default();
-        if let Some(ms) = self.connect_ms {
-            if ms == 0 {
-                return Err(ProxyConfigError::InvalidTimeout {
-                    field: "connect_ms",
-                });
-            }
-            timeouts.connect = Duration::from_millis(ms);
-        }
-        if let Some(ms) = self.request_ms {
-            if ms == 0 {
-                return Err(ProxyConfigError::InvalidTimeout {
-                    field: "request_ms",
-                });
-            }
-            timeouts.request = Some(Duration::from_millis(ms));
-        }
+        let (timeouts, request_timeout) = self.timeouts.validate()?;
         self.limits
             .validate()
             .map_err(|e| ProxyConfigError::InvalidClientLimit {
@@ -270,7 +359,10 @@ impl<L> ProxyBuilder<L> {
             self.hygiene,
         );
         Ok(ProxyServer {
-            service: self.layers.service(base.clone()),
+            service: self.layers.service(Layered::wrap(
+                request_timeout.map(TimeoutLayer::new),
+                base.clone(),
+            )),
             base,
             addr: self.addr,
             conf: Arc::new(self.conf),
@@ -286,7 +378,7 @@ impl<L> ProxyBuilder<L> {
     /// A configuration error, or an I/O error binding the address.
     pub async fn start(self) -> Result<(), ProxyError>
     where
-        L: Layer<RoutingProxy>,
+        L: Layer<BaseProxy>,
         L::Service: ProxyHttp + Send + Sync + 'static,
         <L::Service as ProxyHttp>::CTX: Send + Sync,
     {
@@ -300,7 +392,7 @@ impl<L> ProxyBuilder<L> {
     /// A configuration error, or an I/O error binding the address.
     pub async fn spawn(self) -> Result<RunningProxy, ProxyError>
     where
-        L: Layer<RoutingProxy>,
+        L: Layer<BaseProxy>,
         L::Service: ProxyHttp + Send + Sync + 'static,
         <L::Service as ProxyHttp>::CTX: Send + Sync,
     {
@@ -309,7 +401,7 @@ impl<L> ProxyBuilder<L> {
 }
 
 /// A validated proxy, ready to [`start`](Self::start) or [`spawn`](Self::spawn). `S` is the
-/// layered `ProxyHttp` service ([`RoutingProxy`] without middleware).
+/// layered `ProxyHttp` service ([`BaseProxy`] without middleware).
 #[derive(Debug)]
 pub struct ProxyServer<S> {
     service: S,

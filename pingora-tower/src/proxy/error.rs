@@ -60,10 +60,13 @@ pub enum ProxyConfigError {
         /// The header name as given.
         name: String,
     },
-    /// A timeout of zero milliseconds.
+    /// A timeout of zero.
     #[error("timeouts: {field} must be greater than 0 ms")]
     InvalidTimeout {
-        /// `connect_ms` or `request_ms`.
+        /// The setting as named on the builder: `connect_ms` or `request_ms`
+        /// ([`with_timeouts`](super::ProxyBuilder::with_timeouts)), `connect_timeout`,
+        /// `request_timeout`, `upstream_response_timeout`, `upstream_read_timeout` or
+        /// `upstream_write_timeout`.
         field: &'static str,
     },
     /// A zero client timeout or connection cap (`header_timeout`, `keepalive_timeout`,

@@ -8,8 +8,24 @@
 //!   [`build`](ProxyBuilder::build) validates everything into a [`ProxyServer`], which
 //!   [`start`](ProxyServer::start)s (until SIGINT/SIGTERM) or [`spawn`](ProxyServer::spawn)s
 //!   (a [`RunningProxy`] for tests and embedding).
-//! - [`RoutingProxy`] is the base `ProxyHttp` the layers wrap; its docs state the
-//!   `upstream_peer` contract layers can rely on, and [`ProxyCtx`] its per-request state.
+//! - [`RoutingProxy`] is the base `ProxyHttp`; its docs state the `upstream_peer` contract
+//!   layers can rely on, and [`ProxyCtx`] its per-request state. The layers wrap
+//!   [`BaseProxy`]: `RoutingProxy` inside the timeout policy of the request deadline.
+//!
+//! # Upstream timeouts
+//! Set separately, like nginx's `proxy_*_timeout`s and Envoy's route and per-try timeouts:
+//! - [`connect_timeout`](ProxyBuilder::connect_timeout): each connection attempt;
+//! - [`upstream_response_timeout`](ProxyBuilder::upstream_response_timeout): each attempt's
+//!   time to the response head (a failover for what may be retried, else `504`);
+//! - [`upstream_read_timeout`](ProxyBuilder::upstream_read_timeout) /
+//!   [`upstream_write_timeout`](ProxyBuilder::upstream_write_timeout): the longest pause in
+//!   one read or write (60 s);
+//! - [`request_timeout`](ProxyBuilder::request_timeout): one deadline for the whole request
+//!   across every attempt, enforced by the same timeout policy a `middlewares::timeout` layer
+//!   uses (`504`; no retry or new attempt past it; an upload or body outliving it is cut).
+//!
+//! [`with_timeouts(connect_ms, request_ms)`](ProxyBuilder::with_timeouts) is the short form of
+//! the first and the last.
 //!
 //! # One canonical request target
 //! Routes match the request's canonical host and path, and the upstream receives them: the
@@ -37,7 +53,7 @@
 //! - **`X-Forwarded-*` headers** ([`ProxyBuilder::forwarded_headers`], on by default) are the
 //!   largest single cost (inside Pingora's `RequestHeader::insert_header`);
 //!   turn them off when the upstream does not need the client's address.
-//! - **Peer timeouts** (connect, read, write, pool idle; see [`ProxyBuilder::with_timeouts`])
+//! - **Peer timeouts** (connect, read, write, pool idle; see [Upstream timeouts](#upstream-timeouts))
 //!   cost Pingora's timer on every upstream read and write. They are a safety
 //!   default and stay on.
 //! - **Layers** return the inner proxy's future untouched at phases they do not act in, so the
@@ -67,29 +83,37 @@
 //! ```
 //!
 //! # Writing a layer for the proxy
-//! A layer's service implements `pingora_proxy::ProxyHttp` by forwarding **every** method to
-//! the inner service (about 40, some behind Pingora features: a method left out silently
-//! falls back to Pingora's default and skips the inner proxy's logic), hooking the phases it
-//! needs. Its `CTX` holds the inner `CTX`.
+//! Implement `middlewares::proxy_host::ProxyPolicy` for the layer value: then
+//! `middlewares::Layered<YourLayer, S>` is a `ProxyHttp` around any `S`, every Pingora method
+//! forwarded, and `.middleware(..)` accepts the layer as soon as it builds that service.
 
 mod builder;
 mod canonical;
+mod ctx;
 mod error;
+mod failure;
+mod forwarded;
 mod health;
 mod route;
 mod routing;
+mod timeouts;
 mod upstream;
 
-pub use builder::{ProxyBuilder, ProxyServer, RunningProxy, DEFAULT_UPSTREAM_KEEPALIVE_POOL};
+pub use builder::{
+    BaseProxy, ProxyBuilder, ProxyServer, RunningProxy, DEFAULT_UPSTREAM_KEEPALIVE_POOL,
+};
+pub use ctx::ProxyCtx;
 pub use error::{ProxyConfigError, ProxyError, RouteName};
+pub use failure::NO_BACKEND_LEFT;
+pub use forwarded::{X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REAL_IP};
 pub use health::{
     HealthCheck, DEFAULT_HEALTHY_AFTER, DEFAULT_HEALTH_INTERVAL, DEFAULT_HEALTH_TIMEOUT,
     DEFAULT_UNHEALTHY_AFTER,
 };
 pub use route::Route;
-pub use routing::{
-    BackendStatus, ProxyCtx, RoutingProxy, DEADLINE_EXCEEDED, DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_UPSTREAM_IDLE_TIMEOUT, DEFAULT_UPSTREAM_IO_TIMEOUT, NO_BACKEND_LEFT,
+pub use routing::{BackendStatus, RoutingProxy};
+pub use timeouts::{
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_UPSTREAM_IDLE_TIMEOUT, DEFAULT_UPSTREAM_IO_TIMEOUT,
 };
 pub use upstream::{HashKey, Upstream, MAX_WEIGHT};
 

@@ -1,48 +1,29 @@
-//! [`RoutingProxy`]: the base `ProxyHttp` (routing, balancing, failover, deadline, forwarding
-//! headers) that `.middleware(..)` layers wrap, and its per-request [`ProxyCtx`].
+//! [`RoutingProxy`]: the base `ProxyHttp` (routing, balancing, failover) that the request
+//! deadline and the `.middleware(..)` layers wrap: its `ProxyHttp` impl and the routing
+//! helpers. Its per-request state is in `ctx.rs`, its headers in `forwarded.rs`, its error
+//! answers in `failure.rs`, its per-attempt timeouts in `timeouts.rs`.
 
-use crate::serve::framing::head_size;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue, FORWARDED, HOST};
+use http::header::{HeaderValue, HOST};
 use http::Version;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::authority::{is_http_family_scheme, raw_target_authority, RawTargetAuthority};
-use pingora_http::RequestHeader;
+use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
-use tokio::time::Instant;
 
 use super::canonical::{self, PathOptions, Rejected};
+use super::ctx::{ProxyCtx, RouteState};
+use super::failure::{self, NO_BACKEND_LEFT};
+use super::forwarded;
 use super::route::RouteTable;
+use super::timeouts::Timeouts;
 use super::upstream::{CompiledHashKey, UpstreamGroup};
-
-/// Default limit on one upstream connection attempt (TCP connect plus TLS handshake).
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Default limit on one read from / one write to an upstream connection (nginx's
-/// `proxy_read_timeout`). A request deadline, when set, shortens it to what is left.
-pub const DEFAULT_UPSTREAM_IO_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long an idle upstream connection stays in the keep-alive pool.
-pub const DEFAULT_UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// `upstream_peer` found no healthy backend it had not tried yet for this request (answered
-/// `502`). Compare with [`Error::etype`].
-pub const NO_BACKEND_LEFT: ErrorType = ErrorType::new("NoBackendLeft");
-/// The request deadline set by `with_timeouts(_, request_ms)` passed (answered `504`).
-pub const DEADLINE_EXCEEDED: ErrorType = ErrorType::new("RequestDeadlineExceeded");
-
-// Lookups use the `HeaderName`s. Pingora's `insert_header` parses whatever name it is given
-// again, and takes a `&'static str` without copying it (a custom `HeaderName` is copied
-// first), so inserts use the text the `HeaderName` is made from.
-const XFF: &str = "x-forwarded-for";
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static(XFF);
-const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
-const X_FORWARDED_HOST: &str = "x-forwarded-host";
-const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+use crate::http_head::head_size;
 
 /// How requests are cleaned up before routing and forwarding (set on the builder).
 #[derive(Debug, Clone, Copy, Default)]
@@ -53,56 +34,44 @@ pub(crate) struct Hygiene {
     pub(crate) keep_client_forwarded: bool,
 }
 
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Timeouts {
-    pub(crate) connect: Duration,
-    pub(crate) request: Option<Duration>,
-    pub(crate) io: Duration,
-    pub(crate) idle: Duration,
-}
-
-impl Default for Timeouts {
-    fn default() -> Self {
-        Timeouts {
-            connect: DEFAULT_CONNECT_TIMEOUT,
-            request: None,
-            io: DEFAULT_UPSTREAM_IO_TIMEOUT,
-            idle: DEFAULT_UPSTREAM_IDLE_TIMEOUT,
-        }
-    }
-}
-
 /// The base proxy: routes, balances, fails over and forwards. Cheap to clone (one `Arc`).
 ///
 /// Per request, in Pingora's phase order:
-/// 1. `early_request_filter` stamps the request deadline (when `request_ms` is set).
-/// 2. `request_filter` brings the host and path to their canonical form (see
+/// 1. `request_filter` answers a request head over
+///    [`max_header_bytes`](super::ProxyBuilder::max_header_bytes) `431`, then brings the host and path to their canonical form (see
 ///    [`Route`](super::Route#canonical-request-target)) and picks the route by them; a host or
 ///    path that cannot be read unambiguously → `400`, no match → `404`, both from the proxy.
-/// 3. `upstream_peer` picks a backend (see the contract below) and sets its timeouts: connect
-///    = `connect_ms`, read/write = 60 s, each clamped to what is left of the deadline; `504`
-///    once the deadline has passed.
-/// 4. `upstream_request_filter` sends the canonical path (origin-form, query unchanged) and
+/// 2. `upstream_peer` picks a backend (see the contract below) and sets the attempt's timeouts:
+///    connect, read and write idle, and the time to the response head when configured (see
+///    [`ProxyBuilder::upstream_response_timeout`](super::ProxyBuilder::upstream_response_timeout)).
+/// 3. `upstream_request_filter` sends the canonical path (origin-form, query unchanged) and
 ///    the canonical `Host` (the backend's when the upstream says
 ///    [`preserve_host(false)`](super::Upstream::preserve_host)), removes client-sent
 ///    `Forwarded` and `X-Real-IP`, appends the client IP to `X-Forwarded-For` and sets
 ///    `X-Forwarded-Proto` and `X-Forwarded-Host` (canonical). `X-Forwarded-For` keeps what the
 ///    client sent in front of the entry this proxy adds, so an upstream that trusts it must
 ///    trust this proxy's own clients too, or read only the last entry.
+/// 4. `upstream_response_filter` refuses a response head later than the attempt's response
+///    timeout (an upstream read timeout).
 /// 5. `fail_to_connect` (refused, connect timeout: nothing was sent) marks the error
-///    retryable while an untried healthy backend is left and the deadline allows, so Pingora
+///    retryable while an untried healthy backend is left, so Pingora
 ///    calls `upstream_peer` again. `error_while_proxy` retries an idempotent request with its
 ///    body within the retry buffer on an untried backend (a stale pooled connection on a fresh
 ///    one to the same backend), never once any part of the response went downstream and never
 ///    for the client's own errors.
-/// 6. `fail_to_proxy` answers `502`, `504` (deadline, upstream timeouts), `404` (no route) with a
-///    short text body.
+/// 6. `fail_to_proxy` answers `502`, `504` (upstream timeouts; a passed request deadline
+///    arrives as `504` from the timeout policy), `404` (no route) with a short text body.
+///
+/// The request deadline is not this type's: the builder wraps it in a timeout policy
+/// ([`ProxyBuilder::request_timeout`](super::ProxyBuilder::request_timeout)), which stamps the
+/// deadline, clamps each attempt's timeouts to what is left, withdraws any retry and refuses
+/// any new attempt past it, cuts an upload or a body still streaming then, and answers `504`.
 ///
 /// # The `upstream_peer` contract (for wrapping layers)
 /// Within one attempt, every call to `upstream_peer` returns the **next healthy backend not yet
 /// offered in this attempt**, chosen by the route's balancer (weighted round robin or
 /// consistent hashing), or an error of type [`NO_BACKEND_LEFT`] when none is left
-/// ([`DEADLINE_EXCEEDED`] when the deadline passed, `HTTPStatus(404)` when no route matches).
+/// (`HTTPStatus(404)` when no route matches, `HTTPStatus(400)` for an unreadable target).
 /// So a layer that rejects a peer (an open circuit breaker) simply calls the inner
 /// `upstream_peer` again, and the calls end.
 ///
@@ -112,7 +81,7 @@ impl Default for Timeouts {
 /// After a failure on a *reused* pooled connection that Pingora's default policy retries, the
 /// next attempt returns the same backend (a fresh connection is the remedy for a stale one).
 ///
-/// The context ([`ProxyCtx`]) exposes the route, deadline, current backend and attempt count.
+/// The context ([`ProxyCtx`]) exposes the route, current backend and attempt count.
 #[derive(Clone)]
 pub struct RoutingProxy {
     shared: Arc<Shared>,
@@ -228,14 +197,6 @@ impl RoutingProxy {
         Ok(found)
     }
 
-    fn stamp_deadline(&self, ctx: &mut ProxyCtx) {
-        if ctx.deadline.is_none() {
-            if let Some(budget) = self.shared.timeouts.request {
-                ctx.deadline = Some(Instant::now() + budget);
-            }
-        }
-    }
-
     /// Whether a backend this request has not tried yet is healthy.
     fn has_untried(&self, ctx: &ProxyCtx) -> bool {
         let RouteState::Matched(route) = ctx.route else {
@@ -243,114 +204,6 @@ impl RoutingProxy {
         };
         let group = &self.shared.groups[route];
         (0..group.backends.len()).any(|i| !ctx.tried.contains(i) && group.is_ready(i))
-    }
-}
-
-/// The per-request state of [`RoutingProxy`] (its `ProxyHttp::CTX`).
-///
-/// A wrapping layer's `CTX` holds this one; layers that know the base proxy's type can read it.
-#[derive(Debug, Default)]
-pub struct ProxyCtx {
-    route: RouteState,
-    /// The canonical host (with port) when it differs from the client's text.
-    host: Option<Box<str>>,
-    /// The canonical path when it differs from the client's.
-    path: Option<Box<str>>,
-    deadline: Option<Instant>,
-    tried: Tried,
-    /// Backends offered in the current attempt.
-    offered: Tried,
-    /// The last attempt failed; the next `upstream_peer` call starts a new one.
-    attempt_failed: bool,
-    current: Option<(usize, SocketAddr)>,
-    attempts: u32,
-    /// Pingora will retry a failure on a reused connection: give the same backend once more.
-    retry_same: bool,
-}
-
-#[derive(Debug, Default, Clone, Copy)]
-enum RouteState {
-    #[default]
-    Unresolved,
-    NoMatch,
-    Matched(usize),
-    /// The host or path cannot be read unambiguously (answered `400`).
-    BadRequest(Rejected),
-}
-
-impl ProxyCtx {
-    /// The matched route's index (in the order routes were given), once `request_filter` or
-    /// `upstream_peer` ran; `None` before, or when nothing matched.
-    pub fn route(&self) -> Option<usize> {
-        match self.route {
-            RouteState::Matched(i) => Some(i),
-            _ => None,
-        }
-    }
-
-    /// When the request must be done by (set in `early_request_filter` when a request timeout
-    /// is configured).
-    pub fn deadline(&self) -> Option<Instant> {
-        self.deadline
-    }
-
-    /// Tightens the deadline to `deadline` if that is earlier (never extends it).
-    pub fn shorten_deadline(&mut self, deadline: Instant) {
-        self.deadline = Some(self.deadline.map_or(deadline, |d| d.min(deadline)));
-    }
-
-    /// Whether the deadline has passed (reads the clock).
-    pub fn deadline_passed(&self) -> bool {
-        self.deadline.is_some_and(|d| Instant::now() >= d)
-    }
-
-    /// The backend of the latest `upstream_peer` call.
-    pub fn backend(&self) -> Option<SocketAddr> {
-        self.current.map(|(_, addr)| addr)
-    }
-
-    /// How many times `upstream_peer` returned a backend for this request.
-    pub fn attempts(&self) -> u32 {
-        self.attempts
-    }
-
-    /// How many distinct backends were tried.
-    pub fn tried_backends(&self) -> usize {
-        self.tried.len()
-    }
-}
-
-/// Backend indices already tried: a bit set for the first 64, a list beyond.
-#[derive(Debug, Default)]
-struct Tried {
-    bits: u64,
-    more: Vec<usize>,
-}
-
-impl Tried {
-    fn contains(&self, i: usize) -> bool {
-        if i < 64 {
-            self.bits & (1 << i) != 0
-        } else {
-            self.more.contains(&i)
-        }
-    }
-
-    fn clear(&mut self) {
-        self.bits = 0;
-        self.more.clear();
-    }
-
-    fn insert(&mut self, i: usize) {
-        if i < 64 {
-            self.bits |= 1 << i;
-        } else if !self.more.contains(&i) {
-            self.more.push(i);
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.bits.count_ones() as usize + self.more.len()
     }
 }
 
@@ -441,51 +294,12 @@ fn hash_input<'a>(
     }
 }
 
-fn deadline_error() -> Box<Error> {
-    Error::explain(DEADLINE_EXCEEDED, "request deadline passed").into_up()
-}
-
-fn is_timeout(etype: &ErrorType) -> bool {
-    matches!(
-        etype,
-        ErrorType::ConnectTimedout
-            | ErrorType::ReadTimedout
-            | ErrorType::WriteTimedout
-            | ErrorType::TLSHandshakeTimedout
-    )
-}
-
-/// The status `fail_to_proxy` answers for `e`; 0 when the client is gone.
-fn status_for(e: &Error, ctx: &ProxyCtx) -> u16 {
-    match e.etype() {
-        ErrorType::HTTPStatus(code) => *code,
-        t if *t == DEADLINE_EXCEEDED => 504,
-        t => match e.esource() {
-            ErrorSource::Downstream => match t {
-                ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
-                _ => 400,
-            },
-            // A read that timed out because upstream_peer clamped it to the deadline is a
-            // deadline expiry too.
-            ErrorSource::Upstream if is_timeout(t) || ctx.deadline_passed() => 504,
-            ErrorSource::Upstream => 502,
-            ErrorSource::Internal | ErrorSource::Unset => 500,
-        },
-    }
-}
-
 #[async_trait]
 impl ProxyHttp for RoutingProxy {
     type CTX = ProxyCtx;
 
     fn new_ctx(&self) -> ProxyCtx {
         ProxyCtx::default()
-    }
-
-    /// Stamps the request deadline, before any other phase can spend its time.
-    async fn early_request_filter(&self, _session: &mut Session, ctx: &mut ProxyCtx) -> Result<()> {
-        self.stamp_deadline(ctx);
-        Ok(())
     }
 
     /// Resolves the route from the canonical host and path; `Ok(true)` (done) after answering
@@ -520,22 +334,7 @@ impl ProxyHttp for RoutingProxy {
         Ok(true)
     }
 
-    /// Aborts an upload that outlives the request deadline.
-    async fn request_body_filter(
-        &self,
-        _session: &mut Session,
-        _body: &mut Option<Bytes>,
-        _end_of_stream: bool,
-        ctx: &mut ProxyCtx,
-    ) -> Result<()> {
-        if ctx.deadline_passed() {
-            return Err(deadline_error());
-        }
-        Ok(())
-    }
-
-    /// The next untried healthy backend (see the type's docs), with timeouts clamped to the
-    /// deadline.
+    /// The next untried healthy backend (see the type's docs), with the attempt's timeouts.
     async fn upstream_peer(
         &self,
         session: &mut Session,
@@ -549,18 +348,6 @@ impl ProxyHttp for RoutingProxy {
             RouteState::NoMatch | RouteState::Unresolved => {
                 return Err(Error::explain(ErrorType::HTTPStatus(404), "no route"))
             }
-        };
-        // A wrapping layer may have answered early_request_filter itself.
-        self.stamp_deadline(ctx);
-        let remaining = match ctx.deadline {
-            Some(deadline) => {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return Err(deadline_error());
-                }
-                Some(left)
-            }
-            None => None,
         };
         let group = &self.shared.groups[route];
         if std::mem::take(&mut ctx.attempt_failed) {
@@ -604,14 +391,10 @@ impl ProxyHttp for RoutingProxy {
         ctx.current = Some((index, backend.addr));
         ctx.attempts += 1;
 
-        let t = &self.shared.timeouts;
-        let clamp = |d: Duration| Some(remaining.map_or(d, |left| d.min(left)));
         let mut peer = HttpPeer::new(backend.addr, backend.tls, backend.sni.clone());
-        peer.options.connection_timeout = clamp(t.connect);
-        peer.options.total_connection_timeout = clamp(t.connect);
-        peer.options.read_timeout = clamp(t.io);
-        peer.options.write_timeout = clamp(t.io);
-        peer.options.idle_timeout = Some(t.idle);
+        self.shared
+            .timeouts
+            .apply(&mut peer, &mut ctx.response_timeout);
         Ok(Box::new(peer))
     }
 
@@ -645,43 +428,11 @@ impl ProxyHttp for RoutingProxy {
             upstream_request.set_raw_path(target.as_bytes())?;
         }
         if !self.shared.hygiene.keep_client_forwarded {
-            // Looked up first: removing costs more than finding nothing.
-            if upstream_request.headers.contains_key(FORWARDED) {
-                upstream_request.remove_header(&FORWARDED);
-            }
-            if upstream_request.headers.contains_key(X_REAL_IP) {
-                upstream_request.remove_header(&X_REAL_IP);
-            }
+            forwarded::strip_client_forwarded(upstream_request);
         }
-
-        let forwarded = self.shared.forwarded_headers;
-        if let Some(ip) = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip())
-            .filter(|_| forwarded)
-        {
-            // Appended to, not replaced: an upstream that trusts this header must trust
-            // whoever connects to this proxy to have written the earlier entries.
-            let mut forwarded = String::new();
-            for earlier in upstream_request.headers.get_all(X_FORWARDED_FOR) {
-                if let Ok(earlier) = earlier.to_str() {
-                    forwarded.push_str(earlier);
-                    forwarded.push_str(", ");
-                }
-            }
-            forwarded.push_str(&ip.to_string());
-            upstream_request.insert_header(XFF, forwarded)?;
-        }
-        if forwarded {
-            let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-            upstream_request
-                .insert_header(X_FORWARDED_PROTO, if tls { "https" } else { "http" })?;
-        }
-
         let client_host = canonical_host(session.req_header(), ctx);
-        if let Some(host) = client_host.as_ref().filter(|_| forwarded) {
-            upstream_request.insert_header(X_FORWARDED_HOST, host.clone())?;
+        if self.shared.forwarded_headers {
+            forwarded::add(session, upstream_request, client_host.as_ref())?;
         }
         let group = ctx.route().map(|r| &self.shared.groups[r]);
         let backend = ctx
@@ -702,21 +453,20 @@ impl ProxyHttp for RoutingProxy {
         Ok(())
     }
 
-    /// Cuts a response body that outlives the request deadline.
-    fn upstream_response_body_filter(
+    /// Refuses a response head that came later than
+    /// [`upstream_response_timeout`](super::ProxyBuilder::upstream_response_timeout) after the
+    /// attempt started (an upstream read timeout: failover for what may be retried, else `504`).
+    async fn upstream_response_filter(
         &self,
         _session: &mut Session,
-        _body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        _upstream_response: &mut ResponseHeader,
         ctx: &mut ProxyCtx,
-    ) -> Result<Option<Duration>> {
-        if ctx.deadline_passed() {
-            return Err(deadline_error());
-        }
-        Ok(None)
+    ) -> Result<()> {
+        ctx.response_timeout.head_arrived()
     }
 
-    /// Nothing reached the backend: retry on another one while one is left and time allows.
+    /// Nothing reached the backend: retry on another one while one is left. (A request deadline
+    /// is the timeout policy's: it withdraws the retry once the deadline passed.)
     fn fail_to_connect(
         &self,
         _session: &mut Session,
@@ -725,7 +475,7 @@ impl ProxyHttp for RoutingProxy {
         mut e: Box<Error>,
     ) -> Box<Error> {
         ctx.attempt_failed = true;
-        let retry = !ctx.deadline_passed() && self.has_untried(ctx);
+        let retry = self.has_untried(ctx);
         tracing::debug!(backend = %peer, error = %e, retry, "upstream connect failed");
         e.set_retry(retry);
         e
@@ -733,7 +483,8 @@ impl ProxyHttp for RoutingProxy {
 
     /// Retries only what is safe to send again: an idempotent request whose body Pingora still
     /// holds in full, when no byte of the response went downstream (another answer would be
-    /// spliced onto it) and the error is not the client's; never past the deadline. A failure
+    /// spliced onto it) and the error is not the client's (the timeout policy withdraws a retry
+    /// past the request deadline). A failure
     /// on a reused pooled connection that Pingora judges stale goes to the same backend on a
     /// fresh connection; any other goes to a backend not tried yet, while one is left.
     fn error_while_proxy(
@@ -754,7 +505,7 @@ impl ProxyHttp for RoutingProxy {
             && session.body_bytes_sent() == 0
             // The client went away or misbehaved: nothing to retry for.
             && e.esource() != &ErrorSource::Downstream;
-        let retry = if !safe || ctx.deadline_passed() {
+        let retry = if !safe {
             false
         } else if client_reused && e.retry() {
             // A stale pooled connection (Pingora's judgement): the same backend, fresh.
@@ -776,62 +527,6 @@ impl ProxyHttp for RoutingProxy {
         e: &Error,
         ctx: &mut ProxyCtx,
     ) -> FailToProxy {
-        let code = status_for(e, ctx);
-        if code > 0 && session.response_written().is_none() {
-            let reason = http::StatusCode::from_u16(code)
-                .ok()
-                .and_then(|s| s.canonical_reason())
-                .unwrap_or("Error");
-            let body = Bytes::from(format!("{code} {reason}\n"));
-            if let Err(write) = session.respond_error_with_body(code, body).await {
-                tracing::debug!(error = %write, "could not send the error response");
-            }
-        }
-        if code >= 500 {
-            tracing::warn!(
-                status = code,
-                error = %e,
-                route = ?ctx.route(),
-                backend = ?ctx.backend(),
-                attempts = ctx.attempts,
-                "proxy error"
-            );
-        }
-        FailToProxy {
-            error_code: code,
-            can_reuse_downstream: false,
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tried_set_spills_past_64() {
-        let mut t = Tried::default();
-        for i in [0, 5, 63, 64, 200, 200] {
-            t.insert(i);
-        }
-        assert!(t.contains(0) && t.contains(63) && t.contains(64) && t.contains(200));
-        assert!(!t.contains(1) && !t.contains(65));
-        assert_eq!(t.len(), 5);
-    }
-
-    #[test]
-    fn statuses() {
-        let ctx = ProxyCtx::default();
-        let up = |t| Error::explain(t, "x").into_up();
-        assert_eq!(status_for(&up(ErrorType::ConnectRefused), &ctx), 502);
-        assert_eq!(status_for(&up(ErrorType::ReadTimedout), &ctx), 504);
-        assert_eq!(status_for(&up(NO_BACKEND_LEFT), &ctx), 502);
-        assert_eq!(status_for(&deadline_error(), &ctx), 504);
-        assert_eq!(
-            status_for(&Error::explain(ErrorType::HTTPStatus(404), "x"), &ctx),
-            404
-        );
-        let down = Error::explain(ErrorType::ReadError, "x").into_down();
-        assert_eq!(status_for(&down, &ctx), 0);
+        failure::respond(session, e, ctx).await
     }
 }

@@ -3,16 +3,10 @@
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderValue, Method, StatusCode, Version};
 use http_body::Body;
-use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_http::ResponseHeader;
 
-/// Bytes in the request head as the client sent it, approximately: the request line plus
-/// `name: value\r\n` per header.
-pub(crate) fn head_size(head: &RequestHeader) -> usize {
-    let line = head.method.as_str().len() + head.raw_path().len() + 12;
-    head.headers.iter().fold(line, |sum, (name, value)| {
-        sum + name.as_str().len() + value.len() + 4
-    })
-}
+// Measured the same way by the proxy; kept here under its old path for `serve`.
+pub(crate) use crate::http_head::head_size;
 
 /// How the response body will be delimited on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
