@@ -49,6 +49,27 @@
 //! nothing of the body or error type, so the Pingora host feeds it upstream statuses and
 //! connect errors the same way. [`Outcome::Ignored`] leaves a call out of the counts.
 //!
+//! # Whose failure counts
+//! Only the backend's, in both hosts:
+//! - A call cut off by one of this crate's deadlines (the [timeout](mod@crate::timeout) layer's, or
+//!   retry's per-try timeout) is a **failure, and a slow call**, whatever the order of the
+//!   layers: the timeout drops the call in a way the breaker's [`Permit`] recognises, so a
+//!   timeout outside the breaker (the order of the crate example) counts just like one inside,
+//!   where the breaker sees the `504`. A backend that hangs is what a breaker is for.
+//! - A call the caller abandons (the client went away, the future was dropped) counts for
+//!   nothing, and so does the expiry of a deadline the client shortened itself with
+//!   `x-request-timeout` (its `504` carries an [`Elapsed`](crate::timeout::Elapsed) marked
+//!   [`is_client_deadline`](crate::timeout::Elapsed::is_client_deadline)). In the proxy host,
+//!   an error whose source is the client (it closed, sent a malformed body) releases the permit
+//!   unrecorded too.
+//!
+//! A call admitted before the breaker changed state is **not recorded after the change**: each
+//! permit carries the state's epoch, and an outcome from an older epoch is dropped (a half-open
+//! slot it held is given back). Resilience4j records such a call in the new state instead. We
+//! drop it because the call was judged by the old state's rules: calls admitted just before the
+//! breaker opened would otherwise fail the half-open trials they never were, and slow calls from
+//! the closed state would count against a freshly closed window.
+//!
 //! # Keyed breakers
 //! Without a key function there is one breaker (key [`DEFAULT_KEY`]) and the request path
 //! neither hashes nor allocates. [`CircuitBreakerBuilder::key_fn`] gives each key its own

@@ -25,6 +25,13 @@
 //! retry and circuit-breaker layers of this crate inside it reuse rather than read the clock
 //! again). The deadline is computed in `call`, so arming late does not extend it.
 //!
+//! # With a circuit breaker
+//! When the deadline passes the inner call is dropped as *cut off by a deadline*, so a
+//! [circuit breaker](mod@crate::circuit_breaker) anywhere inside records the backend's failure (and
+//! a slow call) rather than a cancellation; one outside sees the `504`. The expiry of a deadline
+//! the client shortened (`x-request-timeout`) counts for nothing in either order: the call is
+//! dropped as cancelled and the answer's [`Elapsed`] says it was the client's.
+//!
 //! # Hosts and ordering
 //! The tower host runs layers in stack order: a timeout outside a rate limiter that queues
 //! counts the queueing time, one inside it does not. The Pingora host runs admission (rate
