@@ -127,6 +127,12 @@ impl std::fmt::Debug for Admission {
     }
 }
 
+/// Whether any part of the response (head or body) went to the client. From then on another
+/// attempt would splice a second upstream answer onto the first: no policy may retry.
+pub fn response_started(session: &Session) -> bool {
+    session.response_written().is_some() || session.body_bytes_sent() > 0
+}
+
 /// How many times one request may ask the inner proxy for another peer before giving up.
 pub const MAX_PEER_SKIPS: usize = 32;
 

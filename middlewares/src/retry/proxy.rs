@@ -36,7 +36,7 @@ use tokio::time::Instant;
 use super::layer::Shared;
 use super::ResponseClass;
 use super::RetryLayer;
-use crate::proxy_host::{Admission, AttemptTimeout, PeerChoice, ProxyPolicy};
+use crate::proxy_host::{response_started, Admission, AttemptTimeout, PeerChoice, ProxyPolicy};
 
 /// Per-request state of the retry layer in a proxy.
 #[derive(Debug, Default)]
@@ -64,12 +64,6 @@ impl Shared {
         ctx.retries += 1;
         true
     }
-}
-
-/// Whether any part of the response (head or body) went to the client: from then on a retry
-/// would splice a second upstream answer onto the first.
-fn response_started(session: &Session) -> bool {
-    session.response_written().is_some() || session.body_bytes_sent() > 0
 }
 
 impl ProxyPolicy for RetryLayer {

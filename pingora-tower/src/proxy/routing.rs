@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use http::header::{HeaderValue, HOST};
 use http::Version;
+use middlewares::proxy_host::response_started;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::authority::{is_http_family_scheme, raw_target_authority, RawTargetAuthority};
@@ -501,8 +502,7 @@ impl ProxyHttp for RoutingProxy {
             && !session.as_ref().retry_buffer_truncated()
             // Part of the response went downstream: another attempt would splice a second
             // upstream answer onto it.
-            && session.response_written().is_none()
-            && session.body_bytes_sent() == 0
+            && !response_started(session)
             // The client went away or misbehaved: nothing to retry for.
             && e.esource() != &ErrorSource::Downstream;
         let retry = if !safe {
