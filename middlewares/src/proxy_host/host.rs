@@ -27,7 +27,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, PurgeStatus, RangeType, Session};
 use tokio::sync::mpsc;
 
-use super::{Admission, LayerCtx, PeerChoice, ProxyPolicy, MAX_PEER_SKIPS};
+use super::{Admission, LayerCtx, PeerChoice, PeerStep, ProxyPolicy, MAX_PEER_SKIPS};
 use crate::Layered;
 
 /// What `#[async_trait]` makes of an `async fn` in `ProxyHttp`.
@@ -62,11 +62,14 @@ where
     {
         let policy = &self.policy;
         let wait = match policy.before_upstream_peer(session, &mut ctx.own) {
-            Ok(wait) => wait,
+            Ok(PeerStep::PassThrough) => {
+                return self.inner.upstream_peer(session, &mut ctx.inner);
+            }
+            Ok(PeerStep::Select) => None,
+            Ok(PeerStep::Wait(wait)) => Some(wait),
             Err(e) => return Box::pin(std::future::ready(Err(e))),
         };
-        // Always wrapped: the policy sees the peer the inner proxy picked. One allocation per
-        // layer per attempt, measured in BENCHMARKS.md; every other phase passes through.
+        // Wrapped: the policy sees the peer the inner proxy picked.
         Box::pin(async move {
             if let Some(wait) = wait {
                 tokio::time::sleep(wait).await;

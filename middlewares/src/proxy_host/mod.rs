@@ -133,6 +133,18 @@ pub fn response_started(session: &Session) -> bool {
     session.response_written().is_some() || session.body_bytes_sent() > 0
 }
 
+/// How one attempt's peer selection goes, from [`ProxyPolicy::before_upstream_peer`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerStep {
+    /// Ask the inner proxy, then show its peer to [`ProxyPolicy::select_peer`].
+    Select,
+    /// Wait this long first (a retry's backoff), then as [`Select`](Self::Select).
+    Wait(Duration),
+    /// Hand the inner proxy's answer through untouched: this policy does not look at the peer
+    /// of this attempt (`select_peer` is not called).
+    PassThrough,
+}
+
 /// How many times one request may ask the inner proxy for another peer before giving up.
 pub const MAX_PEER_SKIPS: usize = 32;
 
@@ -168,15 +180,17 @@ pub trait ProxyPolicy: Send + Sync {
         Ok(Admission::Continue)
     }
 
-    /// Before every attempt to pick a peer (the first and each retry). `Some(wait)` delays the
-    /// attempt (a retry's backoff); `Err` fails the request without an attempt (a deadline that
-    /// passed).
+    /// Before every attempt to pick a peer (the first and each retry): how this attempt's peer
+    /// selection goes (see [`PeerStep`]). The default, [`PeerStep::Select`], always calls
+    /// [`select_peer`](Self::select_peer); a policy that does not look at peers returns
+    /// [`PeerStep::PassThrough`] and saves an allocation per attempt. `Err` fails the request
+    /// without an attempt (a deadline that passed).
     fn before_upstream_peer(
         &self,
         _session: &mut Session,
         _ctx: &mut Self::Ctx,
-    ) -> Result<Option<Duration>> {
-        Ok(None)
+    ) -> Result<PeerStep> {
+        Ok(PeerStep::Select)
     }
 
     /// With each peer the inner proxy picked. May adjust it (timeouts);

@@ -1,14 +1,12 @@
 //! `Option<P>` is a policy: `Some` acts as `P`, `None` does nothing (and costs one branch per
 //! hook), so a proxy can keep one service type whether a policy is configured or not.
 
-use std::time::Duration;
-
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::Session;
 
-use super::{Admission, PeerChoice, ProxyPolicy};
+use super::{Admission, PeerChoice, PeerStep, ProxyPolicy};
 
 impl<P: ProxyPolicy> ProxyPolicy for Option<P> {
     type Ctx = Option<P::Ctx>;
@@ -24,14 +22,10 @@ impl<P: ProxyPolicy> ProxyPolicy for Option<P> {
         }
     }
 
-    fn before_upstream_peer(
-        &self,
-        session: &mut Session,
-        ctx: &mut Self::Ctx,
-    ) -> Result<Option<Duration>> {
+    fn before_upstream_peer(&self, session: &mut Session, ctx: &mut Self::Ctx) -> Result<PeerStep> {
         match (self, ctx) {
             (Some(p), Some(ctx)) => p.before_upstream_peer(session, ctx),
-            _ => Ok(None),
+            _ => Ok(PeerStep::PassThrough),
         }
     }
 

@@ -10,7 +10,7 @@ use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 
 use super::{Decision, KeyValue, Quota, RateLimitLayer};
-use crate::proxy_host::{Admission, ProxyPolicy};
+use crate::proxy_host::{Admission, PeerStep, ProxyPolicy};
 use crate::{Rejection, RequestInfo};
 
 /// Per-request state of the rate limiter in a proxy: the admitted request's quota, for the
@@ -59,13 +59,21 @@ impl ProxyPolicy for RateLimitLayer {
         }
     }
 
+    fn before_upstream_peer(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut RateLimitProxyCtx,
+    ) -> Result<PeerStep> {
+        Ok(PeerStep::PassThrough)
+    }
+
     fn response_filter(
         &self,
         _session: &mut Session,
         response: &mut ResponseHeader,
         ctx: &mut RateLimitProxyCtx,
     ) -> Result<()> {
-        if let Some(quota) = ctx.quota {
+        if let Some(quota) = ctx.quota.filter(|_| self.exposes_headers()) {
             for (name, value) in self.quota_headers(&quota) {
                 response.insert_header(name, value)?;
             }

@@ -36,7 +36,9 @@ use tokio::time::Instant;
 use super::layer::Shared;
 use super::ResponseClass;
 use super::RetryLayer;
-use crate::proxy_host::{response_started, Admission, AttemptTimeout, PeerChoice, ProxyPolicy};
+use crate::proxy_host::{
+    response_started, Admission, AttemptTimeout, PeerChoice, PeerStep, ProxyPolicy,
+};
 
 /// Per-request state of the retry layer in a proxy.
 #[derive(Debug, Default)]
@@ -93,8 +95,13 @@ impl ProxyPolicy for RetryLayer {
         &self,
         _session: &mut Session,
         ctx: &mut RetryProxyCtx,
-    ) -> Result<Option<Duration>> {
-        Ok(ctx.delay.take().filter(|delay| !delay.is_zero()))
+    ) -> Result<PeerStep> {
+        // The peer is looked at only to time the attempt (`per_try_timeout`).
+        Ok(match ctx.delay.take().filter(|delay| !delay.is_zero()) {
+            Some(delay) => PeerStep::Wait(delay),
+            None if self.shared.policy.per_try_timeout.is_some() => PeerStep::Select,
+            None => PeerStep::PassThrough,
+        })
     }
 
     fn select_peer(

@@ -23,7 +23,7 @@ use pingora_proxy::Session;
 use tokio::time::Instant;
 
 use super::TimeoutLayer;
-use crate::proxy_host::{Admission, Clamped, PeerChoice, ProxyPolicy};
+use crate::proxy_host::{Admission, Clamped, PeerChoice, PeerStep, ProxyPolicy};
 
 /// Per-request state of the timeout layer in a proxy.
 #[derive(Debug, Default)]
@@ -103,10 +103,10 @@ impl ProxyPolicy for TimeoutLayer {
         &self,
         _session: &mut Session,
         ctx: &mut TimeoutProxyCtx,
-    ) -> Result<Option<Duration>> {
+    ) -> Result<PeerStep> {
         match ctx.deadline {
             Some(deadline) if Instant::now() >= deadline => Err(self.deadline_error(ctx)),
-            _ => Ok(None),
+            _ => Ok(PeerStep::Select),
         }
     }
 
