@@ -294,3 +294,47 @@ async fn wait_until(mut done: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// An upstream that answers the first request of each connection in full (keep-alive by its
+/// headers) and drops the connection on the second without a word: the proxy's next request on
+/// the pooled connection fails the way a stale connection does.
+async fn one_answer_per_connection() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let requests = Arc::new(AtomicUsize::new(0));
+    let count = requests.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let count = count.clone();
+            tokio::spawn(async move {
+                read_head(&mut stream).await;
+                count.fetch_add(1, Ordering::SeqCst);
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    .await;
+                read_head(&mut stream).await; // the reused connection's request: dropped
+            });
+        }
+    });
+    (addr, requests)
+}
+
+#[tokio::test]
+async fn a_stale_pooled_connection_is_retried_fresh_not_a_crash() {
+    init_tracing();
+    let (addr, requests) = one_answer_per_connection().await;
+    let proxy = PingoraProxy::builder("127.0.0.1:0")
+        .routes([Route::prefix("/", Upstream::new(format!("http://{addr}")))])
+        .middleware(middleware::retry(2))
+        .spawn()
+        .await
+        .unwrap();
+    for i in 0..5 {
+        let (status, body) = tokio::time::timeout(HANG_GUARD, http_get(proxy.local_addr(), "/"))
+            .await
+            .unwrap();
+        assert_eq!((status.as_u16(), body.as_str()), (200, "ok"), "request {i}");
+    }
+    assert!(requests.load(Ordering::SeqCst) >= 5);
+    proxy.shutdown().await;
+}

@@ -294,7 +294,11 @@ async fn rate_limit_sixth_request_gets_429_and_the_upstream_saw_five() {
         let res = send(addr, get_request(addr, "/")).await;
         assert_eq!(res.status(), StatusCode::OK);
         // Admitted answers carry the `RateLimit` headers only when asked to expose them.
-        assert!(!res.headers().contains_key("ratelimit"), "{:?}", res.headers());
+        assert!(
+            !res.headers().contains_key("ratelimit"),
+            "{:?}",
+            res.headers()
+        );
     }
     let res = send(addr, get_request(addr, "/")).await;
     assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);

@@ -145,6 +145,14 @@ pub enum PeerStep {
     PassThrough,
 }
 
+/// Whether `e` says to retry, once Pingora's "only on a reused connection" is settled with
+/// `client_reused`. Reading `e.retry()` directly panics on an undecided error.
+pub fn retry_decided(e: &Error, client_reused: bool) -> bool {
+    let mut retry = e.retry.clone();
+    retry.decide_reuse(client_reused);
+    matches!(retry, pingora_error::RetryType::Decided(true))
+}
+
 /// How many times one request may ask the inner proxy for another peer before giving up.
 pub const MAX_PEER_SKIPS: usize = 32;
 

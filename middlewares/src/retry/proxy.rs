@@ -37,7 +37,7 @@ use super::layer::Shared;
 use super::ResponseClass;
 use super::RetryLayer;
 use crate::proxy_host::{
-    response_started, Admission, AttemptTimeout, PeerChoice, PeerStep, ProxyPolicy,
+    response_started, retry_decided, Admission, AttemptTimeout, PeerChoice, PeerStep, ProxyPolicy,
 };
 
 /// Per-request state of the retry layer in a proxy.
@@ -167,7 +167,7 @@ impl ProxyPolicy for RetryLayer {
         session: &mut Session,
         mut e: Box<Error>,
         ctx: &mut RetryProxyCtx,
-        _client_reused: bool,
+        client_reused: bool,
     ) -> Box<Error> {
         if std::mem::take(&mut ctx.status_retry) {
             // Our own retryable status, already granted in `upstream_response_filter`, before
@@ -179,7 +179,7 @@ impl ProxyPolicy for RetryLayer {
         // this limit); otherwise only narrowed, never widened: the inner proxy's "no" stands
         // (it may know why a retry is unsafe), and so does every reason of ours.
         let own_timeout = ctx.attempt.fired(&e);
-        let retry = (e.retry() || own_timeout)
+        let retry = (retry_decided(&e, client_reused) || own_timeout)
             && ctx.retryable_request
             && e.esource() != &ErrorSource::Downstream
             && !response_started(session)

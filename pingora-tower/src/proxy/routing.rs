@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use http::header::{HeaderValue, HOST};
 use http::Version;
-use middlewares::proxy_host::response_started;
+use middlewares::proxy_host::{response_started, retry_decided};
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::authority::{is_http_family_scheme, raw_target_authority, RawTargetAuthority};
@@ -507,7 +507,7 @@ impl ProxyHttp for RoutingProxy {
             && e.esource() != &ErrorSource::Downstream;
         let retry = if !safe {
             false
-        } else if client_reused && e.retry() {
+        } else if client_reused && retry_decided(&e, true) {
             // A stale pooled connection (Pingora's judgement): the same backend, fresh.
             ctx.retry_same = true;
             true
