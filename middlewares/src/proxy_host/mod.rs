@@ -148,7 +148,7 @@ pub enum PeerStep {
 /// Whether `e` says to retry, once Pingora's "only on a reused connection" is settled with
 /// `client_reused`. Reading `e.retry()` directly panics on an undecided error.
 pub fn retry_decided(e: &Error, client_reused: bool) -> bool {
-    let mut retry = e.retry.clone();
+    let mut retry = e.retry;
     retry.decide_reuse(client_reused);
     matches!(retry, pingora_error::RetryType::Decided(true))
 }
