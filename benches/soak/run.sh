@@ -194,4 +194,7 @@ awk -F, -v totals="$TOTALS" -v faults="$FAULTS" -v secs="$SOAK_SECS" -v rate="$S
       printf "%5d %9d  %s %4d %s %s\n", t[i], r[i], bar(r[i], rmin, rmax), f[i], bar(f[i], fmin, fmax), p[i]
   }
 ' "$CSV" | tee "$SOAK_OUT/summary.txt"
+# A panic in a request task does not stop the proxy, so it would not show in the samples.
+panics=$(grep -c "panicked" "$SOAK_OUT/proxy.err" 2>/dev/null || true)
+echo "proxy panics: ${panics:-0} (see $SOAK_OUT/proxy.err)" | tee -a "$SOAK_OUT/summary.txt"
 log "CSV: $CSV"
