@@ -379,6 +379,10 @@ impl Proxy {
     /// left open behind the clients that went away).
     async fn assert_serves_then_drains(self) {
         assert_still_serves(self.addr()).await;
+        eventually("every client connection of the proxy ended", || {
+            self.running.active_connections() == 0
+        })
+        .await;
         tokio::time::timeout(DRAIN, self.running.shutdown())
             .await
             .expect("the proxy drained: no connection or task left behind by the faults");
