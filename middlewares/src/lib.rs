@@ -1,6 +1,6 @@
 //! Resilience layers for tower services that also run inside a Pingora proxy.
 //!
-//! Four layers, each a plain [`tower_layer::Layer`]:
+//! Five layers, each a plain [`tower_layer::Layer`]:
 //!
 //! | layer | short form | answers with |
 //! |---|---|---|
@@ -8,6 +8,7 @@
 //! | [`rate_limit::RateLimitLayer`] | [`rate_limit(limit, period_ms)`](rate_limit()) | `429 Too Many Requests` + `Retry-After` |
 //! | [`retry::RetryLayer`] | [`retry(max_retries)`](retry()) | the last attempt's response |
 //! | [`circuit_breaker::CircuitBreakerLayer`] | [`circuit_breaker(percent, open_ms)`](circuit_breaker()) | `503 Service Unavailable` + `Retry-After` |
+//! | `acl::AclLayer` (feature `acl`) | `AclLayer::builder()` | `403 Forbidden` |
 //!
 //! HTTP-aware layers never change the inner error type: an axum `Router` (error type
 //! `Infallible`) stays `Infallible` and the layer answers with a response instead. Every layer
@@ -27,8 +28,10 @@
 //! builder: nothing about it can be invalid, so [`timeout::TimeoutLayer::new`] takes chained
 //! setters. A refusal renders through [`Rejection`], the same way in both hosts.
 //!
-//! Features: one per layer (`timeout`, `rate-limit`, `retry`, `circuit-breaker`), `full` for
-//! all four (on by default with `axum`), and `pingora` for the proxy host. Any subset builds.
+//! Features: one per layer (`timeout`, `rate-limit`, `retry`, `circuit-breaker`, `acl`), `full`
+//! for all five (on by default with `axum`), and `pingora` for the proxy host. Any subset
+//! builds. [`canonical`] (the one spelling of a request's path and host that routes and access
+//! rules compare) is always there.
 //!
 //! With the `pingora` feature the same services also implement Pingora's `ProxyHttp`, so a
 //! `ServiceBuilder` stack wraps a reverse proxy too (see the `pingora-tower` crate).
@@ -60,6 +63,9 @@
 #[macro_use]
 pub mod proxy_host;
 
+#[cfg(feature = "acl")]
+pub mod acl;
+pub mod canonical;
 #[cfg(feature = "circuit-breaker")]
 pub mod circuit_breaker;
 #[cfg(feature = "rate-limit")]

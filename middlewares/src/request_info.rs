@@ -1,5 +1,7 @@
 //! A borrowed view of a request head that key functions and classifiers read.
 
+use std::net::{IpAddr, SocketAddr};
+
 use http::{Extensions, HeaderMap, Method, Uri};
 
 /// The parts of a request that policies look at, borrowed from an `http::Request<B>` of any body
@@ -38,5 +40,23 @@ impl<'a> RequestInfo<'a> {
             headers: &parts.headers,
             extensions: Some(&parts.extensions),
         }
+    }
+
+    /// The socket peer's address, as the server put it into the request extensions: axum's
+    /// `ConnectInfo<SocketAddr>` (with the `axum` feature), else a `SocketAddr`, else an
+    /// `IpAddr`. `None` when the server put none there (an axum app served without
+    /// `into_make_service_with_connect_info`).
+    pub fn connection_ip(&self) -> Option<IpAddr> {
+        let ext = self.extensions?;
+        #[cfg(feature = "axum")]
+        if let Some(axum::extract::ConnectInfo(addr)) =
+            ext.get::<axum::extract::ConnectInfo<SocketAddr>>()
+        {
+            return Some(addr.ip());
+        }
+        if let Some(addr) = ext.get::<SocketAddr>() {
+            return Some(addr.ip());
+        }
+        ext.get::<IpAddr>().copied()
     }
 }

@@ -215,17 +215,7 @@ fn forwarded_for(headers: &HeaderMap, n: usize) -> Option<IpAddr> {
 
 /// The peer address the server put into the request extensions.
 fn connection_ip(info: &RequestInfo<'_>) -> Option<IpAddr> {
-    let ext = info.extensions?;
-    #[cfg(feature = "axum")]
-    if let Some(axum::extract::ConnectInfo(addr)) =
-        ext.get::<axum::extract::ConnectInfo<SocketAddr>>()
-    {
-        return Some(addr.ip());
-    }
-    if let Some(addr) = ext.get::<SocketAddr>() {
-        return Some(addr.ip());
-    }
-    ext.get::<IpAddr>().copied()
+    info.connection_ip()
 }
 
 #[cfg(test)]

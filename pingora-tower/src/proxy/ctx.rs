@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use middlewares::proxy_host::AttemptTimeout;
 
-use super::canonical::Rejected;
+use middlewares::canonical::Rejected;
 
 /// The per-request state of [`RoutingProxy`](super::RoutingProxy) (its `ProxyHttp::CTX`).
 ///

@@ -88,7 +88,6 @@
 //! forwarded, and `.middleware(..)` accepts the layer as soon as it builds that service.
 
 mod builder;
-mod canonical;
 mod ctx;
 mod error;
 mod failure;

@@ -1,9 +1,9 @@
 //! [`Route`]: which requests go to which [`Upstream`], by host and path prefix; compiled at
 //! `build()` into a [`RouteTable`] that matches without allocating.
 
-use super::canonical::{self, PathOptions};
 use super::error::{ProxyConfigError, RouteName};
 use super::upstream::Upstream;
+use middlewares::canonical::{self, PathOptions};
 
 /// Sends the requests that match a host and/or a path prefix to an [`Upstream`].
 ///

@@ -17,7 +17,6 @@ use pingora_http::authority::{is_http_family_scheme, raw_target_authority, RawTa
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
-use super::canonical::{self, PathOptions, Rejected};
 use super::ctx::{ProxyCtx, RouteState};
 use super::failure::{self, NO_BACKEND_LEFT};
 use super::forwarded;
@@ -25,6 +24,7 @@ use super::route::RouteTable;
 use super::timeouts::Timeouts;
 use super::upstream::{CompiledHashKey, UpstreamGroup};
 use crate::http_head::head_size;
+use middlewares::canonical::{self, PathOptions, Rejected};
 
 /// How requests are cleaned up before routing and forwarding (set on the builder).
 #[derive(Debug, Clone, Copy, Default)]

@@ -1,6 +1,10 @@
 //! The canonical request target: one spelling of the `Host` and of the path, computed before
 //! routing, so that routes (and any access rule keyed on them) see what the upstream sees.
 //!
+//! This is the one canonicaliser of the workspace: `pingora-tower`'s router and the
+//! `acl` layer (in both hosts, so an axum app behind it too) call it, and so can a
+//! user's own layer that decides on the path or the host.
+//!
 //! Two requests that a backend would treat as the same resource must route the same way,
 //! and a request the proxy cannot read unambiguously is refused (`400`) rather than passed on
 //! for the backend to read differently.
@@ -44,7 +48,12 @@ use std::net::Ipv6Addr;
 
 /// Why a host or path was refused; the proxy answers `400` and logs this text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Rejected(pub(crate) &'static str);
+pub struct Rejected(
+    /// What was wrong, in a few words (`"encoded '/' (%2F) in path"`).
+    pub &'static str,
+);
+
+impl std::error::Error for Rejected {}
 
 impl std::fmt::Display for Rejected {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -54,7 +63,7 @@ impl std::fmt::Display for Rejected {
 
 /// A canonical authority: `name` or `name:port`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Authority<'a> {
+pub struct Authority<'a> {
     text: Cow<'a, str>,
     name_len: usize,
 }
@@ -62,24 +71,24 @@ pub(crate) struct Authority<'a> {
 impl<'a> Authority<'a> {
     /// The host name without the port, as routes match it (an IPv6 literal keeps its
     /// brackets).
-    pub(crate) fn name(&self) -> &str {
+    pub fn name(&self) -> &str {
         &self.text[..self.name_len]
     }
 
     /// The whole canonical authority, port included: what the upstream's `Host` and
     /// `X-Forwarded-Host` carry.
-    pub(crate) fn as_str(&self) -> &str {
+    pub fn as_str(&self) -> &str {
         &self.text
     }
 
     /// Whether the canonical text differs from what was received.
-    pub(crate) fn changed(&self) -> bool {
+    pub fn changed(&self) -> bool {
         matches!(self.text, Cow::Owned(_))
     }
 }
 
 /// Parses a `Host` value or a request-target authority (see the module docs).
-pub(crate) fn authority(raw: &[u8]) -> Result<Authority<'_>, Rejected> {
+pub fn authority(raw: &[u8]) -> Result<Authority<'_>, Rejected> {
     if raw.first() == Some(&b'[') {
         return bracketed(raw);
     }
@@ -225,14 +234,15 @@ fn ipv6_literal(host: &str) -> Result<(Cow<'_, str>, bool), Rejected> {
 
 /// Path normalisation switches (see the module docs).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct PathOptions {
+#[non_exhaustive]
+pub struct PathOptions {
     /// Collapse runs of `/` into one.
-    pub(crate) merge_slashes: bool,
+    pub merge_slashes: bool,
 }
 
 /// The canonical form of an origin-form path (no query). Borrowed when `path` is already
 /// canonical. `*` (the asterisk-form of `OPTIONS *`) is returned as is.
-pub(crate) fn path(path: &str, options: PathOptions) -> Result<Cow<'_, str>, Rejected> {
+pub fn path(path: &str, options: PathOptions) -> Result<Cow<'_, str>, Rejected> {
     if path == "*" {
         return Ok(Cow::Borrowed(path));
     }
