@@ -21,7 +21,7 @@ use super::routing::{BackendStatus, Hygiene, RoutingProxy};
 use super::timeouts::Timeouts;
 use super::upstream::UpstreamGroup;
 use crate::serve::DEFAULT_MAX_HEADER_BYTES;
-use crate::server::{self, ClientLimits, RunningServer};
+use crate::server::{self, AcceptFilter, ClientLimits, ListenOptions, RunningServer};
 
 /// The proxy the builder's `.middleware(..)` layers wrap: [`RoutingProxy`] inside the timeout
 /// policy that enforces [`ProxyBuilder::request_timeout`] (`None` when no request timeout is
@@ -88,6 +88,14 @@ pub struct ProxyBuilder<L = Identity> {
     threads: Option<usize>,
     hygiene: Hygiene,
     limits: ClientLimits,
+    listen: Listen,
+}
+
+/// Accept-time filter and socket layout, handed to the server as [`ListenOptions`].
+#[derive(Debug, Clone, Default)]
+struct Listen {
+    accept_filter: Option<AcceptFilter>,
+    reuse_port: bool,
 }
 
 impl ProxyBuilder<Identity> {
@@ -108,6 +116,7 @@ impl ProxyBuilder<Identity> {
             threads: None,
             hygiene: Hygiene::default(),
             limits: ClientLimits::default(),
+            listen: Listen::default(),
         }
     }
 }
@@ -211,7 +220,42 @@ impl<L> ProxyBuilder<L> {
             threads: self.threads,
             hygiene: self.hygiene,
             limits: self.limits,
+            listen: self.listen,
         }
+    }
+
+    /// Adds an access list ([`middlewares::acl`]) as the next layer, like
+    /// [`middleware`](Self::middleware), and closes connections from the addresses it denies
+    /// outright as soon as they are accepted ([`deny_at_accept`](Self::deny_at_accept)).
+    /// Add it first, so that its refusals come before any other layer's admission.
+    pub fn acl(
+        self,
+        acl: middlewares::acl::AclLayer,
+    ) -> ProxyBuilder<Stack<middlewares::acl::AclLayer, L>> {
+        self.deny_at_accept(&acl).middleware(acl)
+    }
+
+    /// Closes a connection at accept, before reading a byte (no TLS handshake), when `acl`
+    /// denies every request from its address ([`AclLayer::denies_at_accept`]). Only the
+    /// filter: the requests of the other connections are checked by the layer, which
+    /// [`acl`](Self::acl) adds too. Nothing is installed when the list never denies by
+    /// address alone, or in a dry run.
+    ///
+    /// [`AclLayer::denies_at_accept`]: middlewares::acl::AclLayer::denies_at_accept
+    pub fn deny_at_accept(mut self, acl: &middlewares::acl::AclLayer) -> Self {
+        if acl.filters_at_accept() {
+            self.listen.accept_filter = Some(AcceptFilter::acl(acl));
+        }
+        self
+    }
+
+    /// With [`threads`](Self::threads): one `SO_REUSEPORT` listening socket per thread, so
+    /// the kernel spreads new connections over the threads, instead of one socket every
+    /// thread accepts from (see [`ListenOptions::reuse_port`]). Off by default; without
+    /// `threads` it changes nothing. BENCHMARKS.md compares the two.
+    pub fn reuse_port(mut self, enabled: bool) -> Self {
+        self.listen.reuse_port = enabled;
+        self
     }
 
     /// Replaces the Pingora server configuration (only the upstream connector settings such
@@ -369,6 +413,7 @@ impl<L> ProxyBuilder<L> {
             h2c: self.h2c,
             threads: self.threads,
             limits: self.limits,
+            listen: self.listen,
         })
     }
 
@@ -411,6 +456,7 @@ pub struct ProxyServer<S> {
     h2c: bool,
     threads: Option<usize>,
     limits: ClientLimits,
+    listen: Listen,
 }
 
 impl<S> ProxyServer<S>
@@ -455,11 +501,17 @@ where
             app.server_options = Some(options);
         }
         // On a bind error, dropping `stop` ends the health checks again.
+        let mut options = ListenOptions::new()
+            .limits(self.limits)
+            .reuse_port(self.listen.reuse_port);
+        if let Some(filter) = self.listen.accept_filter {
+            options = options.accept_filter(filter);
+        }
         let server = match self.threads {
             Some(threads) => {
-                server::spawn_threads_with(&self.addr, app, threads, self.limits).await?
+                server::spawn_threads_with_options(&self.addr, app, threads, options).await?
             }
-            None => server::spawn_with(&self.addr, app, self.limits).await?,
+            None => server::spawn_with_options(&self.addr, app, options).await?,
         };
         Ok(RunningProxy {
             local_addr: server.local_addr(),

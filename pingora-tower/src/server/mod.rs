@@ -45,9 +45,15 @@ use pingora_core::services::Service as _;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
+mod accept_filter;
 mod connection;
 mod limits;
+mod options;
+mod reuse_port;
 mod timed_stream;
+
+pub use accept_filter::AcceptFilter;
+pub use options::ListenOptions;
 
 pub use connection::MAX_DRAIN_TIME;
 use connection::{ConnectionCount, Tracked};
@@ -117,6 +123,22 @@ pub async fn spawn_with<A>(
 where
     A: HttpServerApp + Send + Sync + 'static,
 {
+    spawn_with_options(addr, app, limits.into()).await
+}
+
+/// [`spawn`] with these [`ListenOptions`] (client limits, accept filter).
+///
+/// # Errors
+/// As [`spawn_with`].
+pub async fn spawn_with_options<A>(
+    addr: &str,
+    app: A,
+    options: ListenOptions,
+) -> std::io::Result<RunningServer>
+where
+    A: HttpServerApp + Send + Sync + 'static,
+{
+    let limits = options.limits;
     limits.validate()?;
     let (listener, local_addr) = bind(addr)?;
     let connections = Arc::new(ConnectionCount::default());
@@ -126,7 +148,13 @@ where
         limits,
     };
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let accept = accept_loop(tracked, listener, local_addr, shutdown_rx);
+    let accept = accept_loop(
+        tracked,
+        listener,
+        local_addr,
+        shutdown_rx,
+        options.accept_filter,
+    );
     Ok(RunningServer {
         local_addr,
         shutdown,
@@ -165,6 +193,25 @@ pub async fn spawn_threads_with<A>(
 where
     A: HttpServerApp + Send + Sync + 'static,
 {
+    spawn_threads_with_options(addr, app, threads, limits.into()).await
+}
+
+/// [`spawn_threads`] with these [`ListenOptions`]: client limits, an accept filter, and with
+/// [`reuse_port`](ListenOptions::reuse_port) one `SO_REUSEPORT` socket per thread instead of
+/// one socket shared by all.
+///
+/// # Errors
+/// As [`spawn_threads`].
+pub async fn spawn_threads_with_options<A>(
+    addr: &str,
+    app: A,
+    threads: usize,
+    options: ListenOptions,
+) -> std::io::Result<RunningServer>
+where
+    A: HttpServerApp + Send + Sync + 'static,
+{
+    let limits = options.limits;
     limits.validate()?;
     if threads == 0 {
         return Err(std::io::Error::new(
@@ -172,7 +219,13 @@ where
             "threads must be > 0, got 0",
         ));
     }
-    let (listener, local_addr) = bind(addr)?;
+    let (mut sockets, local_addr) = if options.reuse_port {
+        reuse_port::bind_reuse_port(addr, threads)?
+    } else {
+        let (listener, local_addr) = bind(addr)?;
+        (vec![listener], local_addr)
+    };
+    let listener = sockets.swap_remove(0);
     let connections = Arc::new(ConnectionCount::default());
     let tracked = Tracked {
         app: Arc::new(app),
@@ -187,12 +240,22 @@ where
         exit,
     };
     for i in 0..threads {
-        // Each accept loop owns a duplicate of the socket; Pingora closes it when the loop ends.
-        let listener = listener.try_clone()?;
+        // Each accept loop owns its socket (`SO_REUSEPORT`) or a duplicate of the shared
+        // one; Pingora closes it when the loop ends.
+        let listener = match sockets.pop() {
+            Some(own) => own,
+            None => listener.try_clone()?,
+        };
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let accept = accept_loop(tracked.clone(), listener, local_addr, shutdown_rx.clone());
+        let accept = accept_loop(
+            tracked.clone(),
+            listener,
+            local_addr,
+            shutdown_rx.clone(),
+            options.accept_filter.clone(),
+        );
         let (done, accept_done) = oneshot::channel();
         let mut exit_rx = exit_rx.clone();
         let thread = std::thread::Builder::new()
@@ -208,7 +271,7 @@ where
         started.threads.push(thread);
         started.accept_done.push(accept_done);
     }
-    // Every loop has its own duplicate; closing this one leaves the socket listening.
+    // Every loop has its own socket or duplicate; closing this one leaves them listening.
     drop(listener);
     Ok(RunningServer {
         local_addr,
@@ -233,6 +296,7 @@ fn accept_loop<A>(
     listener: TcpListener,
     local_addr: SocketAddr,
     shutdown: watch::Receiver<bool>,
+    accept_filter: Option<AcceptFilter>,
 ) -> impl std::future::Future<Output = ()> + Send + 'static
 where
     A: HttpServerApp + Send + Sync + 'static,
@@ -243,6 +307,9 @@ where
     fds.add(bind_key.clone(), listener.into_raw_fd());
     let mut service = ListeningService::new(format!("pingora-tower {bind_key}"), app);
     service.add_tcp(&bind_key);
+    if let Some(filter) = accept_filter {
+        service.set_connection_filter(filter.into_inner());
+    }
     async move {
         service
             .start_service(Some(Arc::new(Mutex::new(fds))), shutdown, 1)

@@ -1,0 +1,49 @@
+//! [`ListenOptions`]: how a server listens and whom it serves.
+
+use super::accept_filter::AcceptFilter;
+use super::limits::ClientLimits;
+
+/// How [`spawn_with_options`](super::spawn_with_options) and
+/// [`spawn_threads_with_options`](super::spawn_threads_with_options) listen: the client
+/// limits, an accept-time filter, and (for threads) one `SO_REUSEPORT` socket per thread.
+#[derive(Debug, Clone, Default)]
+pub struct ListenOptions {
+    pub(super) limits: ClientLimits,
+    pub(super) accept_filter: Option<AcceptFilter>,
+    pub(super) reuse_port: bool,
+}
+
+impl ListenOptions {
+    /// The default [`ClientLimits`], no filter, one shared socket.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// These client timeouts and connection cap.
+    pub fn limits(mut self, limits: ClientLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Closes the connections `filter` refuses as soon as they are accepted.
+    pub fn accept_filter(mut self, filter: AcceptFilter) -> Self {
+        self.accept_filter = Some(filter);
+        self
+    }
+
+    /// With several threads: bind one socket per thread with `SO_REUSEPORT`, so the kernel
+    /// spreads new connections over the threads (by a hash of each connection's addresses),
+    /// instead of one socket whose accept queue every thread polls. Off by default. The
+    /// kernel's spread is per connection, not per load: a few long-lived connections may land
+    /// on one thread. Without threads (one accept loop) it changes nothing.
+    pub fn reuse_port(mut self, enabled: bool) -> Self {
+        self.reuse_port = enabled;
+        self
+    }
+}
+
+impl From<ClientLimits> for ListenOptions {
+    fn from(limits: ClientLimits) -> Self {
+        ListenOptions::new().limits(limits)
+    }
+}
