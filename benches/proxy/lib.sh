@@ -115,6 +115,16 @@ pb_contender_cmd() {
     echo "$(pb_contender_cmd "${name%@ct}" "$port") --workers 0"
     return
   fi
+  # `pingora-tower…@th2`: two threads of its own accepting from one shared socket;
+  # `…@th2-reuseport`: one SO_REUSEPORT socket per thread (`ProxyBuilder::reuse_port`).
+  if [[ $name == *@th2 ]]; then
+    echo "$(pb_contender_cmd "${name%@th2}" "$port") --threads 2 --workers 0"
+    return
+  fi
+  if [[ $name == *@th2-reuseport ]]; then
+    echo "$(pb_contender_cmd "${name%@th2-reuseport}" "$port") --threads 2 --workers 0 --reuse-port yes"
+    return
+  fi
   # `pingora-tower…@th`: the proxy on one thread of its own (`ProxyBuilder::threads(1)`).
   if [[ $name == *@th ]]; then
     echo "$(pb_contender_cmd "${name%@th}" "$port") --threads 1 --workers 0"

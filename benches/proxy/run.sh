@@ -16,7 +16,9 @@
 # Environment: ROUNDS (3), RATE (3000), CONNS (16), CPU_SECS (6), WRK_SECS (5), WRK_CONNS (32),
 # LAT_RATE (500), LAT_SECS (4), CONTENDERS (space separated; `pingora-server` is the plain proxy
 # on Pingora's own Server; the what-ifs `pingora-plain+fwd`, `pingora-plain+fwd-lean`,
-# `pingora-plain+timeouts` are not in the default list), CARGO_TARGET_DIR, PROXY_CPU (1),
+# `pingora-plain+timeouts` are not in the default list, nor are the thread layouts
+# `pingora-tower+4@th2` (two threads, one shared socket) and `pingora-tower+4@th2-reuseport`
+# (one SO_REUSEPORT socket per thread)), CARGO_TARGET_DIR, PROXY_CPU (1),
 # LOAD_CPU (0), KEEP_WORK=1 keeps the temp dir with the logs and configs. Every load run lasts
 # at most 10 s. REPORT (proxy): the name of the .csv/.md written (the plot is drawn for `proxy`
 # only).

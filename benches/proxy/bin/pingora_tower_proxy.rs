@@ -4,13 +4,15 @@
 //! ```text
 //! pingora-tower-proxy [--listen 127.0.0.1:19002] [--upstream http://127.0.0.1:19000]
 //!                     [--layers none|four] [--workers 1] [--pool 128]
-//!                     [--forwarded-headers yes|no] [--threads 0]
+//!                     [--forwarded-headers yes|no] [--threads 0] [--reuse-port no|yes]
 //! ```
 //! `--layers four` wraps the proxy, outermost first, in `timeout(30 s)`,
 //! `rate_limit(1e9 per second)`, `retry(2)` and `circuit_breaker(50 %, 10 s)`. The proxy runs on
 //! a multi-thread tokio runtime with `--workers` worker threads (`0` = current-thread), the same
 //! host and runtime as `pingora-plain`; `--threads N` (N > 0) serves from N threads of the proxy's
-//! own instead (`ProxyBuilder::threads`, a current-thread runtime each). `--forwarded-headers no` leaves out the X-Forwarded-*
+//! own instead (`ProxyBuilder::threads`, a current-thread runtime each), accepting from one
+//! shared socket, or with `--reuse-port yes` from one `SO_REUSEPORT` socket each
+//! (`ProxyBuilder::reuse_port`). `--forwarded-headers no` leaves out the X-Forwarded-*
 //! headers (on by default), for a like-for-like comparison with `pingora-plain`. Prints `listening on ADDR` once bound; stops on SIGINT
 //! or SIGTERM.
 
@@ -27,7 +29,8 @@ use pingora_tower::proxy::{
 
 const USAGE: &str = "pingora-tower-proxy [--listen 127.0.0.1:19002] \
                      [--upstream http://127.0.0.1:19000] [--layers none|four] [--workers 1] \
-                     [--pool 128] [--forwarded-headers yes|no] [--threads 0]";
+                     [--pool 128] [--forwarded-headers yes|no] [--threads 0] \
+                     [--reuse-port no|yes]";
 
 /// Requests per second the rate limiter admits: far above anything the bench offers.
 const NEVER_TRIPS_PER_SECOND: u32 = 1_000_000_000;
@@ -48,12 +51,17 @@ fn main() -> Result<(), common::BoxError> {
         ..ServerConf::default()
     };
     let threads: usize = args.parse_or("threads", 0);
+    let reuse_port = match args.get("reuse-port", "no").as_str() {
+        "yes" => true,
+        "no" => false,
+        other => return Err(format!("--reuse-port {other:?}: expected yes or no").into()),
+    };
     let mut builder: ProxyBuilder = PingoraProxy::builder(&listen)
         .route(Route::prefix("/", Upstream::new(upstream.as_str())))
         .server_conf(conf)
         .forwarded_headers(forwarded_headers);
     if threads > 0 {
-        builder = builder.threads(threads);
+        builder = builder.threads(threads).reuse_port(reuse_port);
     }
     common::runtime(workers)?.block_on(async move {
         let running = match layers.as_str() {
