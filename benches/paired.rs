@@ -65,6 +65,7 @@ macro_rules! for_each_inner {
             inner!($shape, String, String),
             inner!($shape, ReplayBody<String>, String),
         );
+        acl($run, name, inner!($shape, String, String));
     }};
 }
 
@@ -228,6 +229,45 @@ where
                 batch(rt, tower_stack(false).service(make())),
             ),
             ("tower_clone", batch(rt, tower_stack(true).service(make()))),
+        ],
+    );
+}
+
+/// Puts a client address into each request, as a server does (`bare` gets it too).
+fn with_peer(mut req: Plain) -> Plain {
+    req.extensions_mut()
+        .insert(std::net::SocketAddr::from(([192, 0, 2, 1], 4711)));
+    req
+}
+
+fn acl<S>(run: &Run<'_>, inner: &str, make: impl Fn() -> S)
+where
+    S: Service<Plain, Response = Response<String>, Error = Infallible>,
+{
+    use middlewares::acl::{AclLayer, Rule};
+    use tower::util::MapRequestLayer;
+    let rt = run.rt;
+    let peer = || MapRequestLayer::new(with_peer as fn(Plain) -> Plain);
+    // Three networks, none of them the client's: every rule is read, the default allows.
+    let ips = AclLayer::builder()
+        .deny_ip("10.0.0.0/8")
+        .deny_ip("2001:db8::/32")
+        .deny_ip("198.51.100.0/24")
+        .build()
+        .expect("valid acl");
+    // A path prefix and a method: the path is canonicalised (already canonical: one scan).
+    let paths = AclLayer::builder()
+        .rule(Rule::deny().path_prefix("/admin"))
+        .rule(Rule::deny().method(http::Method::DELETE))
+        .build()
+        .expect("valid acl");
+    run.group(
+        "acl",
+        inner,
+        vec![
+            ("bare", batch(rt, peer().layer(make()))),
+            ("ours_ip", batch(rt, peer().layer(ips.layer(make())))),
+            ("ours_path", batch(rt, peer().layer(paths.layer(make())))),
         ],
     );
 }
