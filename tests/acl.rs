@@ -152,6 +152,31 @@ async fn ipv6_networks_allow_and_deny() {
     }
 }
 
+#[tokio::test]
+async fn a_v4_client_on_a_dual_stack_socket_meets_v4_rules() {
+    let up = Up::start().await;
+    let acl = AclLayer::builder().deny_ip("127.0.0.0/8").build().unwrap();
+    let Ok(proxy) = PingoraProxy::builder("[::]:0")
+        .route(Route::prefix("/", Upstream::new(up.url())))
+        .middleware(acl.clone())
+        .spawn()
+        .await
+    else {
+        eprintln!("no IPv6 wildcard socket here: the CIDR unit tests cover mapped addresses");
+        return;
+    };
+    // Reached over IPv4, the peer reads `::ffff:127.0.0.1` on this socket.
+    let v4 = SocketAddr::from(([127, 0, 0, 1], proxy.local_addr().port()));
+    if TcpStream::connect(v4).await.is_err() {
+        eprintln!("the IPv6 socket is IPv6-only here: the CIDR unit tests cover mapped addresses");
+        proxy.shutdown().await;
+        return;
+    }
+    assert_eq!(status(v4, "/").await, Some(403));
+    assert_eq!(acl.stats().denied, 1);
+    proxy.shutdown().await;
+}
+
 /// Spellings of `/admin` that a backend or the router reads as `/admin`.
 const ADMIN_SPELLINGS: [&str; 7] = [
     "/admin",
