@@ -9,7 +9,8 @@
 //! `response_body_filter`, `logging`. No I/O happens, so this is the layers' own cost per
 //! request (plus a request and a response head clone, in every variant).
 //!
-//! Variants: `bare` (a `ProxyHttp` that returns a fixed peer), each layer over it, the four
+//! Variants: `bare` (a `ProxyHttp` that returns a fixed peer), each layer over it (the access
+//! list with a path and a method rule), the four
 //! together (timeout, rate limit, retry, circuit breaker, as `pingora-tower-proxy --layers
 //! four`), and the same over `PingoraProxy`'s `RoutingProxy` (one prefix route).
 
@@ -167,6 +168,18 @@ fn hooks(c: &mut Criterion) {
         &ServiceBuilder::new()
             .layer(middleware::circuit_breaker(50, 10_000))
             .service(Bare),
+    );
+    // Path and method rules (the in-memory session has no client address for IP rules).
+    let acl = middleware::acl::AclLayer::builder()
+        .rule(middleware::acl::Rule::deny().path_prefix("/admin"))
+        .rule(middleware::acl::Rule::deny().method(http::Method::DELETE))
+        .build()
+        .unwrap();
+    bench(
+        c,
+        &rt,
+        "acl",
+        &ServiceBuilder::new().layer(acl).service(Bare),
     );
     bench(
         c,
