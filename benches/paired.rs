@@ -91,6 +91,11 @@ fn main() {
     );
     for_each_inner!(immediate, &run);
     for_each_inner!(yield_once, &run);
+    // Needs a `redis-server` (the group starts its own): only when asked for by name.
+    #[cfg(feature = "redis")]
+    if run.filter.as_ref().is_some_and(|f| f.contains("redis")) {
+        redis_group::run(&run);
+    }
 }
 
 /// A [`Batch`] calling `svc` with `Request::new(B::default())`.
@@ -267,4 +272,154 @@ fn quartiles(mut values: Vec<f64>) -> [f64; 3] {
     values.sort_by(f64::total_cmp);
     let at = |q: f64| values[((values.len() - 1) as f64 * q).round() as usize];
     [at(0.25), at(0.5), at(0.75)]
+}
+
+/// The tests' `redis-server` starter, shared as a file (the benches do not depend on the tests).
+#[cfg(feature = "redis")]
+#[allow(unreachable_pub, dead_code)]
+#[path = "../tests/support/redis_server.rs"]
+mod redis_server;
+
+/// `redis_rate_limit`: the rate limit with its state in a local `redis-server` against the
+/// in-process one (`cargo bench -p pingora-tower-benches --features redis --bench paired --
+/// redis`). Besides the paired wall time per call, prints the bench thread's CPU time per call
+/// (the connection's task runs on the same thread; Redis' own CPU is not in it) and Redis
+/// script runs per request.
+#[cfg(feature = "redis")]
+mod redis_group {
+    use std::cell::Cell;
+    use std::convert::Infallible;
+    use std::hint::black_box;
+    use std::rc::Rc;
+    use std::time::{Duration, Instant};
+
+    use http::{Request, Response};
+    use middlewares::rate_limit::redis::RedisStore;
+    use middlewares::rate_limit::RateLimitLayer;
+    use pingora_tower_benches::configs::our_rate_limit;
+    use pingora_tower_benches::HUGE_RATE;
+    use tokio::runtime::Runtime;
+    use tower::{Layer, Service, ServiceExt};
+
+    use super::{Batch, Run, BATCH};
+
+    use super::redis_server::RedisServer;
+
+    /// Paired rounds: each exact-mode call is a round trip, so fewer than the other groups.
+    const ROUNDS: usize = 100;
+    /// Requests per variant when counting Redis calls.
+    const COUNTED: u64 = 2_000;
+
+    type Body = axum::body::Body;
+
+    fn inner(
+    ) -> impl Service<Request<String>, Response = Response<Body>, Error = Infallible> + Clone {
+        tower::service_fn(|_req: Request<String>| async {
+            Ok::<_, Infallible>(Response::new(Body::default()))
+        })
+    }
+
+    /// A layer over the bench's Redis: a huge global limit (every call admitted), or a limit
+    /// of 1 per hour, spent at once (every call rejected, from the over-limit cache but the
+    /// first).
+    fn redis_layer(redis: &RedisServer, prefix: &str, limit: u32, lease: u32) -> RateLimitLayer {
+        let store = RedisStore::builder(redis.url())
+            .prefix(prefix)
+            .call_timeout(Duration::from_millis(100))
+            .lease(lease, Duration::from_secs(1))
+            .build()
+            .expect("store");
+        let period = Duration::from_secs(if limit == 1 { 3_600 } else { 1 });
+        RateLimitLayer::builder(limit, period)
+            .redis(store)
+            .build()
+            .expect("layer")
+    }
+
+    /// The CPU time the calling thread has run, in ns (`/proc/thread-self/schedstat`).
+    fn thread_cpu_ns() -> u64 {
+        std::fs::read_to_string("/proc/thread-self/schedstat")
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Calls `svc` `n` times, admitted or not.
+    async fn calls<S>(svc: &mut S, n: u64)
+    where
+        S: Service<Request<String>, Response = Response<Body>, Error = Infallible>,
+    {
+        for _ in 0..n {
+            let Ok(ready) = svc.ready().await;
+            let Ok(res) = ready.call(Request::new(String::new())).await;
+            black_box(res.status());
+        }
+    }
+
+    /// A batch of `svc` that also adds its thread CPU time to `cpu`.
+    fn batch<'a, S>(rt: &'a Runtime, mut svc: S, cpu: Rc<Cell<u64>>) -> Batch<'a>
+    where
+        S: Service<Request<String>, Response = Response<Body>, Error = Infallible> + 'a,
+    {
+        Box::new(move || {
+            let (cpu0, start) = (thread_cpu_ns(), Instant::now());
+            rt.block_on(calls(&mut svc, BATCH));
+            let took = start.elapsed();
+            cpu.set(cpu.get() + thread_cpu_ns().saturating_sub(cpu0));
+            took.as_nanos() as f64 / BATCH as f64
+        })
+    }
+
+    pub(super) fn run(run: &Run<'_>) {
+        let redis = RedisServer::start();
+        let rt = run.rt;
+        let exact = redis_layer(&redis, "exact", HUGE_RATE, 1);
+        let lease = redis_layer(&redis, "lease", HUGE_RATE, 100);
+        let over = redis_layer(&redis, "over", 1, 1);
+        let layers = [
+            ("bare", None),
+            ("in_process", Some(our_rate_limit())),
+            ("redis_exact", Some(exact.clone())),
+            ("redis_lease_100", Some(lease.clone())),
+            ("redis_over_limit", Some(over.clone())),
+        ];
+        // Spend the over-limit layer's one token, and learn that it is spent.
+        rt.block_on(calls(&mut over.layer(inner()), 2));
+        let cpu: Vec<Rc<Cell<u64>>> = layers.iter().map(|_| Rc::default()).collect();
+        let variants = layers
+            .iter()
+            .zip(&cpu)
+            .map(|((name, layer), cpu)| {
+                let batch = match layer {
+                    Some(layer) => batch(rt, layer.layer(inner()), cpu.clone()),
+                    None => batch(rt, inner(), cpu.clone()),
+                };
+                (*name, batch)
+            })
+            .collect();
+        let rounds = run.rounds.min(ROUNDS);
+        let paired = Run {
+            rt,
+            rounds,
+            filter: None,
+        };
+        paired.group("redis_rate_limit", "immediate", variants);
+        let timed_calls = ((super::WARM_UP_ROUNDS + rounds) as u64 * BATCH) as f64;
+        for ((name, _), cpu) in layers.iter().zip(&cpu) {
+            let per_call = cpu.get() as f64 / timed_calls;
+            println!("redis_rate_limit/{name}/cpu: {per_call:.0} ns of bench-thread CPU per call");
+        }
+        for (name, layer) in [
+            ("redis_exact", &exact),
+            ("redis_lease_100", &lease),
+            ("redis_over_limit", &over),
+        ] {
+            redis.reset_stats();
+            rt.block_on(calls(&mut layer.layer(inner()), COUNTED));
+            let per_request = redis.script_calls() as f64 / COUNTED as f64;
+            println!(
+                "redis_rate_limit/{name}/redis_calls: {per_request:.3} script runs per request"
+            );
+        }
+    }
 }

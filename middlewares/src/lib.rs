@@ -29,6 +29,7 @@
 //!
 //! Features: one per layer (`timeout`, `rate-limit`, `retry`, `circuit-breaker`), `full` for
 //! all four (on by default with `axum`), and `pingora` for the proxy host. Any subset builds.
+//! `redis` (opt-in) keeps the rate limit's state in Redis ([`rate_limit::redis`]).
 //!
 //! With the `pingora` feature the same services also implement Pingora's `ProxyHttp`, so a
 //! `ServiceBuilder` stack wraps a reverse proxy too (see the `pingora-tower` crate).
