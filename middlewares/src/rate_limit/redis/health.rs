@@ -60,8 +60,8 @@ impl Health {
     }
 
     fn at(&self, now: Instant) -> u64 {
-        // At least 1: 0 means "up".
-        nanos(now.saturating_duration_since(self.epoch)).max(1)
+        // Shifted by 1 so that no instant is 0, which means "up".
+        nanos(now.saturating_duration_since(self.epoch)).saturating_add(1)
     }
 
     /// Whether Redis is currently taken as down.
