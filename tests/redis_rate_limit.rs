@@ -156,8 +156,9 @@ async fn the_script_counts_like_the_in_process_limiter() {
 async fn queue_mode_delays_by_the_servers_clock() {
     init_tracing();
     let redis = RedisServer::start();
-    let limiter = RateLimitLayer::builder(1, Duration::from_secs(1))
-        .queue(Duration::from_millis(1_500))
+    // One token every 10 s, waits of up to 15 s: wide margins for a slow machine.
+    let limiter = RateLimitLayer::builder(1, Duration::from_secs(10))
+        .queue(Duration::from_secs(15))
         .redis(store(&redis).build().expect("store"))
         .build()
         .expect("layer");
@@ -169,8 +170,8 @@ async fn queue_mode_delays_by_the_servers_clock() {
     let Decision::Delay { delay, .. } = limiter.check_async(&key).await else {
         panic!("the second request waits for its slot");
     };
-    assert!(delay > Duration::from_millis(500) && delay <= Duration::from_secs(1));
-    // The next slot is 2 s away: beyond the queue's 1.5 s.
+    assert!(delay > Duration::from_secs(5) && delay <= Duration::from_secs(10));
+    // The next slot is 20 s away: beyond the queue's 15 s.
     assert!(matches!(
         limiter.check_async(&key).await,
         Decision::Reject(_)
