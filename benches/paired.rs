@@ -92,6 +92,11 @@ fn main() {
     );
     for_each_inner!(immediate, &run);
     for_each_inner!(yield_once, &run);
+    // Needs a `redis-server` (the group starts its own): only when asked for by name.
+    #[cfg(feature = "redis")]
+    if run.filter.as_ref().is_some_and(|f| f.contains("redis")) {
+        redis_group::run(&run);
+    }
 }
 
 /// A [`Batch`] calling `svc` with `Request::new(B::default())`.
@@ -307,4 +312,173 @@ fn quartiles(mut values: Vec<f64>) -> [f64; 3] {
     values.sort_by(f64::total_cmp);
     let at = |q: f64| values[((values.len() - 1) as f64 * q).round() as usize];
     [at(0.25), at(0.5), at(0.75)]
+}
+
+/// The tests' `redis-server` starter, shared as a file (the benches do not depend on the tests).
+#[cfg(feature = "redis")]
+#[allow(unreachable_pub, dead_code)]
+#[path = "../tests/support/redis_server.rs"]
+mod redis_server;
+
+/// `redis_rate_limit`: the rate limit with its state in a local `redis-server` against the
+/// in-process one (`cargo bench -p pingora-tower-benches --features redis --bench paired --
+/// redis`). Besides the paired wall time per call, one long run per variant gives the CPU time
+/// per request of the bench thread (the connection's task runs on it too) and of
+/// `redis-server`, and Redis script runs per request.
+#[cfg(feature = "redis")]
+// The bench times real round trips: wall-clock `std::time::Instant` is the point.
+#[allow(clippy::disallowed_types)]
+mod redis_group {
+    use std::convert::Infallible;
+    use std::hint::black_box;
+    use std::time::{Duration, Instant};
+
+    use http::{Request, Response};
+    use middlewares::rate_limit::redis::RedisStore;
+    use middlewares::rate_limit::RateLimitLayer;
+    use pingora_tower_benches::configs::our_rate_limit;
+    use pingora_tower_benches::HUGE_RATE;
+    use tokio::runtime::Runtime;
+    use tower::{Layer, Service, ServiceExt};
+
+    use super::{Batch, Run, BATCH};
+
+    use super::redis_server::RedisServer;
+
+    /// Paired rounds: each exact-mode call is a round trip, so fewer than the other groups.
+    const ROUNDS: usize = 100;
+
+    type Body = axum::body::Body;
+
+    fn inner(
+    ) -> impl Service<Request<String>, Response = Response<Body>, Error = Infallible> + Clone {
+        tower::service_fn(|_req: Request<String>| async {
+            Ok::<_, Infallible>(Response::new(Body::default()))
+        })
+    }
+
+    /// A layer over the bench's Redis: a huge global limit (every call admitted), or a limit
+    /// of 1 per hour, spent at once (every call rejected, from the over-limit cache but the
+    /// first).
+    fn redis_layer(redis: &RedisServer, prefix: &str, limit: u32, lease: u32) -> RateLimitLayer {
+        let store = RedisStore::builder(redis.url())
+            .prefix(prefix)
+            .call_timeout(Duration::from_millis(100))
+            .lease(lease, Duration::from_secs(1))
+            .build()
+            .expect("store");
+        let period = Duration::from_secs(if limit == 1 { 3_600 } else { 1 });
+        RateLimitLayer::builder(limit, period)
+            .redis(store)
+            .build()
+            .expect("layer")
+    }
+
+    /// The CPU time the calling thread has run, in ns (`/proc/thread-self/schedstat`).
+    fn thread_cpu_ns() -> u64 {
+        schedstat_ns("/proc/thread-self/schedstat")
+    }
+
+    /// The first field of a `schedstat` file: ns on a CPU.
+    fn schedstat_ns(path: &str) -> u64 {
+        std::fs::read_to_string(path)
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Calls `svc` `n` times, admitted or not.
+    async fn calls<S>(svc: &mut S, n: u64)
+    where
+        S: Service<Request<String>, Response = Response<Body>, Error = Infallible>,
+    {
+        for _ in 0..n {
+            let Ok(ready) = svc.ready().await;
+            let Ok(res) = ready.call(Request::new(String::new())).await;
+            black_box(res.status());
+        }
+    }
+
+    /// A batch of `svc`.
+    fn batch<'a, S>(rt: &'a Runtime, mut svc: S) -> Batch<'a>
+    where
+        S: Service<Request<String>, Response = Response<Body>, Error = Infallible> + 'a,
+    {
+        Box::new(move || {
+            let start = Instant::now();
+            rt.block_on(calls(&mut svc, BATCH));
+            start.elapsed().as_nanos() as f64 / BATCH as f64
+        })
+    }
+
+    pub(super) fn run(run: &Run<'_>) {
+        let redis = RedisServer::start();
+        // Its own runtime: the connection needs tokio's I/O driver, which the other groups
+        // leave out; the stores are built inside it, so their tasks run there.
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            panic!("tokio runtime");
+        };
+        let _entered = runtime.enter();
+        let rt = &runtime;
+        let exact = redis_layer(&redis, "exact", HUGE_RATE, 1);
+        let lease = redis_layer(&redis, "lease", HUGE_RATE, 100);
+        let over = redis_layer(&redis, "over", 1, 1);
+        let layers = [
+            ("bare", None),
+            ("in_process", Some(our_rate_limit())),
+            ("redis_exact", Some(exact.clone())),
+            ("redis_lease_100", Some(lease.clone())),
+            ("redis_over_limit", Some(over.clone())),
+        ];
+        // Spend the over-limit layer's one token, and learn that it is spent.
+        rt.block_on(calls(&mut over.layer(inner()), 2));
+        let variants = layers
+            .iter()
+            .map(|(name, layer)| {
+                let batch = match layer {
+                    Some(layer) => batch(rt, layer.layer(inner())),
+                    None => batch(rt, inner()),
+                };
+                (*name, batch)
+            })
+            .collect();
+        let paired = Run {
+            rt,
+            rounds: run.rounds.min(ROUNDS),
+            filter: None,
+        };
+        paired.group("redis_rate_limit", "immediate", variants);
+        // CPU over long runs (the schedstat counters move at scheduler ticks, so short batches
+        // would read mostly the tick), and what reached Redis.
+        let server = format!("/proc/{}/schedstat", redis.pid().unwrap_or(0));
+        for (name, layer) in &layers {
+            // About a second each: a round trip per call in exact mode, none in the others.
+            let n = if *name == "redis_exact" {
+                5_000
+            } else {
+                500_000
+            };
+            redis.reset_stats();
+            let (cpu0, server0, start) = (thread_cpu_ns(), schedstat_ns(&server), Instant::now());
+            match layer {
+                Some(layer) => rt.block_on(calls(&mut layer.layer(inner()), n)),
+                None => rt.block_on(calls(&mut inner(), n)),
+            }
+            let wall = start.elapsed().as_nanos() as f64;
+            let cpu = thread_cpu_ns().saturating_sub(cpu0) as f64;
+            let server = schedstat_ns(&server).saturating_sub(server0) as f64;
+            let n = n as f64;
+            println!(
+                "redis_rate_limit/{name}/run: per request {:.0} ns wall, {:.0} ns CPU of the \
+                 bench thread, {:.0} ns CPU of redis-server, {:.3} script runs",
+                wall / n,
+                cpu / n,
+                server / n,
+                redis.script_calls() as f64 / n,
+            );
+        }
+    }
 }

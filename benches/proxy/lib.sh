@@ -13,6 +13,10 @@ LOAD_CPU=${LOAD_CPU:-0}
 
 # Ports (loopback only).
 UP_PORT=${UP_PORT:-19000}
+# The redis-server of the `+redis` contenders (started by run.sh when one is listed).
+REDIS_PORT=${REDIS_PORT:-19379}
+# Cargo features of the bench binaries (run.sh adds `redis` for the `+redis` contenders).
+PB_FEATURES=${PB_FEATURES:-}
 
 # Every PID we started; the EXIT trap stops them.
 PB_PIDS=()
@@ -36,7 +40,8 @@ pb_install() {
 
 pb_build() {
   pb_log "building the release binaries (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
-  (cd "$PB_ROOT" && cargo build --release --quiet -p pingora-tower-proxy-bench --bins)
+  (cd "$PB_ROOT" && cargo build --release --quiet -p pingora-tower-proxy-bench --bins \
+    ${PB_FEATURES:+--features "$PB_FEATURES"})
 }
 
 # Stops one PID: SIGTERM, up to $2 seconds (default 10), then SIGKILL. Only PIDs we started
@@ -102,6 +107,20 @@ pb_start_upstream() {
   pb_wait_ready "$UP_PORT" "$UP_PID"
 }
 
+# Starts a redis-server on REDIS_PORT (CPU LOAD_CPU, nothing saved), for the `+redis` contenders.
+pb_start_redis() {
+  local i
+  pb_port_free "$REDIS_PORT" || pb_die "port $REDIS_PORT is in use"
+  taskset -c "$LOAD_CPU" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' \
+    --appendonly no --dir "$PB_WORK" >"$PB_WORK/redis.log" 2>&1 &
+  PB_PIDS+=("$!")
+  for ((i = 0; i < 100; i++)); do
+    redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  pb_die "redis-server did not start"
+}
+
 # Reads `key=value` from a loadgen output line.
 pb_field() { sed -n "s/.*\\b$1=\\([^ ]*\\).*/\\1/p" <<<"$2"; }
 
@@ -138,6 +157,10 @@ pb_contender_cmd() {
     pingora-server) echo "$PB_BIN/pingora-plain --host server --listen 127.0.0.1:$port --upstream 127.0.0.1:$UP_PORT" ;;
     pingora-tower) echo "$PB_BIN/pingora-tower-proxy --layers none --listen 127.0.0.1:$port --upstream http://127.0.0.1:$UP_PORT" ;;
     pingora-tower+4) echo "$PB_BIN/pingora-tower-proxy --layers four --listen 127.0.0.1:$port --upstream http://127.0.0.1:$UP_PORT" ;;
+    # The rate limit alone, in-process or in Redis (exact, or leases of 100); built with `redis`.
+    pingora-tower+rl) echo "$PB_BIN/pingora-tower-proxy --layers rate-limit --listen 127.0.0.1:$port --upstream http://127.0.0.1:$UP_PORT" ;;
+    pingora-tower+redis) echo "$PB_BIN/pingora-tower-proxy --layers redis --redis redis://127.0.0.1:$REDIS_PORT/ --listen 127.0.0.1:$port --upstream http://127.0.0.1:$UP_PORT" ;;
+    pingora-tower+redis-lease) echo "$PB_BIN/pingora-tower-proxy --layers redis-lease --redis redis://127.0.0.1:$REDIS_PORT/ --listen 127.0.0.1:$port --upstream http://127.0.0.1:$UP_PORT" ;;
     pingora-tower-nofwd) echo "$(pb_contender_cmd pingora-tower "$port") --forwarded-headers no" ;;
     pingora-tower+4-nofwd) echo "$(pb_contender_cmd pingora-tower+4 "$port") --forwarded-headers no" ;;
     servetower-axum) echo "$PB_BIN/servetower-axum --listen 127.0.0.1:$port" ;;

@@ -18,7 +18,9 @@
 # on Pingora's own Server; the what-ifs `pingora-plain+fwd`, `pingora-plain+fwd-lean`,
 # `pingora-plain+timeouts` are not in the default list, nor are the thread layouts
 # `pingora-tower+4@th2` (two threads, one shared socket) and `pingora-tower+4@th2-reuseport`
-# (one SO_REUSEPORT socket per thread)), CARGO_TARGET_DIR, PROXY_CPU (1),
+# (one SO_REUSEPORT socket per thread), nor the rate limit alone in-process or in Redis,
+# `pingora-tower+rl`, `pingora-tower+redis`, `pingora-tower+redis-lease`, which start a
+# redis-server on REDIS_PORT (19379)), CARGO_TARGET_DIR, PROXY_CPU (1),
 # LOAD_CPU (0), KEEP_WORK=1 keeps the temp dir with the logs and configs. Every load run lasts
 # at most 10 s. REPORT (proxy): the name of the .csv/.md written (the plot is drawn for `proxy`
 # only).
@@ -45,6 +47,12 @@ done
 (($(nproc) >= 2)) || pb_die "needs 2 CPUs (contender on one, load on the other)"
 
 pb_install wrk:wrk nginx:nginx haproxy:haproxy curl:curl taskset:util-linux
+# The `+redis` contenders need the `redis` feature (every binary of the run is then built with
+# it, so the contenders stay comparable) and a redis-server.
+if [[ $CONTENDERS == *redis* ]]; then
+  pb_install redis-server:redis-server
+  PB_FEATURES=redis
+fi
 pb_build
 
 PB_WORK=$(mktemp -d /tmp/proxy-bench.XXXXXX)
@@ -57,6 +65,7 @@ CSV=$RESULTS/$REPORT.csv
 RAW=$PB_WORK/raw.log
 
 pb_start_upstream
+if [[ $CONTENDERS == *redis* ]]; then pb_start_redis; fi
 pb_log "upstream pid $UP_PID on 127.0.0.1:$UP_PORT (CPU $LOAD_CPU); work dir $PB_WORK"
 
 echo "round,contender,offered_rps,achieved_rps,requests,errors,cpu_us_per_req,loaded_p50_us,loaded_p99_us,wrk_rps,wrk_errors,p50_us,p99_us" >"$CSV"

@@ -32,6 +32,7 @@
 //! for all five (on by default with `axum`), and `pingora` for the proxy host. Any subset
 //! builds. [`canonical`] (the one spelling of a request's path and host that routes and access
 //! rules compare) is always there.
+//! `redis` (opt-in) keeps the rate limit's state in Redis ([`rate_limit::redis`]).
 //!
 //! With the `pingora` feature the same services also implement Pingora's `ProxyHttp`, so a
 //! `ServiceBuilder` stack wraps a reverse proxy too (see the `pingora-tower` crate).

@@ -19,6 +19,8 @@ use tokio::sync::mpsc;
 /// The body type the test clients send.
 pub type ClientBody = BoxBody<Bytes, Infallible>;
 
+pub mod redis_server;
+
 /// A deadline for steps that would otherwise hang when the code under test is broken. It guards
 /// against deadlock only; no test asserts how long anything took.
 pub const HANG_GUARD: Duration = Duration::from_secs(30);

@@ -5,6 +5,7 @@
 //! pingora-tower-proxy [--listen 127.0.0.1:19002] [--upstream http://127.0.0.1:19000]
 //!                     [--layers none|four] [--workers 1] [--pool 128]
 //!                     [--forwarded-headers yes|no] [--threads 0] [--reuse-port no|yes]
+//!                     [--layers rate-limit|redis|redis-lease --redis redis://127.0.0.1:6379/]
 //! ```
 //! `--layers four` wraps the proxy, outermost first, in `timeout(30 s)`,
 //! `rate_limit(1e9 per second)`, `retry(2)` and `circuit_breaker(50 %, 10 s)`. The proxy runs on
@@ -15,6 +16,11 @@
 //! (`ProxyBuilder::reuse_port`). `--forwarded-headers no` leaves out the X-Forwarded-*
 //! headers (on by default), for a like-for-like comparison with `pingora-plain`. Prints `listening on ADDR` once bound; stops on SIGINT
 //! or SIGTERM.
+//!
+//! Built with the `redis` feature: `--layers rate-limit` is the rate limit alone (global key,
+//! 1e9 per second), `--layers redis` the same limit with its state in the Redis at `--redis`
+//! (exact mode), `--layers redis-lease` with leases of 100 tokens; the Redis ones print the
+//! store's counters when they stop.
 
 #[path = "../common.rs"]
 mod common;
@@ -30,7 +36,8 @@ use pingora_tower::proxy::{
 const USAGE: &str = "pingora-tower-proxy [--listen 127.0.0.1:19002] \
                      [--upstream http://127.0.0.1:19000] [--layers none|four] [--workers 1] \
                      [--pool 128] [--forwarded-headers yes|no] [--threads 0] \
-                     [--reuse-port no|yes]";
+                     [--reuse-port no|yes] \
+                     [--layers rate-limit|redis|redis-lease --redis URL]";
 
 /// Requests per second the rate limiter admits: far above anything the bench offers.
 const NEVER_TRIPS_PER_SECOND: u32 = 1_000_000_000;
@@ -63,7 +70,11 @@ fn main() -> Result<(), common::BoxError> {
     if threads > 0 {
         builder = builder.threads(threads).reuse_port(reuse_port);
     }
+    #[cfg(feature = "redis")]
+    let redis_url = args.get("redis", "redis://127.0.0.1:6379/");
     common::runtime(workers)?.block_on(async move {
+        #[cfg(feature = "redis")]
+        let mut limiter = None;
         let running = match layers.as_str() {
             "none" => builder.build()?.spawn().await?,
             "four" => {
@@ -76,12 +87,46 @@ fn main() -> Result<(), common::BoxError> {
                     .spawn()
                     .await?
             }
+            #[cfg(feature = "redis")]
+            "rate-limit" | "redis" | "redis-lease" => {
+                let layer = rate_limit(&layers, &redis_url)?;
+                limiter = Some(layer.clone());
+                builder.middleware(layer).build()?.spawn().await?
+            }
             other => return Err(format!("--layers {other:?}: expected none or four").into()),
         };
         println!("listening on {}", running.local_addr());
         common::stop_signal().await?;
+        #[cfg(feature = "redis")]
+        if let Some(stats) = limiter.and_then(|l| l.redis_stats()) {
+            println!("redis store: {stats:?}");
+        }
         // Bounded: a client still connected would hold the shutdown for its whole grace period.
         let _ = tokio::time::timeout(Duration::from_secs(2), running.shutdown()).await;
         Ok(())
     })
+}
+
+/// The rate limit of `--layers rate-limit|redis|redis-lease`: built inside the runtime, which
+/// drives the store's connection. A call timeout of 50 ms: the bench measures the cost of the
+/// calls, not the failure policy.
+#[cfg(feature = "redis")]
+fn rate_limit(
+    layers: &str,
+    url: &str,
+) -> Result<middlewares::rate_limit::RateLimitLayer, common::BoxError> {
+    use middlewares::rate_limit::redis::RedisStore;
+    use middlewares::rate_limit::RateLimitLayer;
+    let builder = RateLimitLayer::builder(NEVER_TRIPS_PER_SECOND, Duration::from_secs(1));
+    let lease = match layers {
+        "redis" => 1,
+        "redis-lease" => 100,
+        _ => return Ok(builder.build()?),
+    };
+    let store = RedisStore::builder(url)
+        .prefix("proxy-bench")
+        .call_timeout(Duration::from_millis(50))
+        .lease(lease, Duration::from_secs(1))
+        .build()?;
+    Ok(builder.redis(store).build()?)
 }

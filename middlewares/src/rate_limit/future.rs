@@ -12,6 +12,8 @@ use tower_service::Service;
 
 use super::error::{RATELIMIT, RATELIMIT_POLICY};
 use super::RateLimited;
+#[cfg(feature = "redis")]
+use super::{layer::DecisionFuture, Decision, RateLimitLayer};
 use crate::Rejection;
 
 /// `RateLimit-Policy` and `RateLimit` values for an admitted response, when `expose_headers` is
@@ -40,6 +42,18 @@ enum Rest<S, B> {
     Waiting(Pin<Box<Waiting<S, B>>>),
     /// Rejected: answer `429`.
     Rejected(RateLimited),
+    /// Waiting for Redis' decision.
+    #[cfg(feature = "redis")]
+    Deciding(Box<Deciding<S, B>>),
+}
+
+/// A request whose decision waits for Redis: the decision, the layer (for the headers), and
+/// the service made ready with the request.
+#[cfg(feature = "redis")]
+struct Deciding<S, B> {
+    decision: DecisionFuture,
+    layer: RateLimitLayer,
+    pending: Option<(S, Request<B>)>,
 }
 
 pin_project! {
@@ -67,6 +81,23 @@ impl<F, S, B> ResponseFuture<F, S, B> {
             rest: Some(Box::new(Rest::Waiting(Box::pin(Waiting {
                 sleep,
                 pending: Some((svc, req, headers)),
+            })))),
+        }
+    }
+
+    #[cfg(feature = "redis")]
+    pub(super) fn deciding(
+        decision: DecisionFuture,
+        layer: RateLimitLayer,
+        svc: S,
+        req: Request<B>,
+    ) -> Self {
+        ResponseFuture {
+            fut: None,
+            rest: Some(Box::new(Rest::Deciding(Box::new(Deciding {
+                decision,
+                layer,
+                pending: Some((svc, req)),
             })))),
         }
     }
@@ -113,6 +144,35 @@ where
                     match waiting.pending.take() {
                         Some(pending) => pending,
                         None => return Poll::Pending,
+                    }
+                }
+                #[cfg(feature = "redis")]
+                Some(Rest::Deciding(deciding)) => {
+                    let decision = ready!(deciding.decision.as_mut().poll(cx));
+                    let Some((svc, req)) = deciding.pending.take() else {
+                        return Poll::Pending;
+                    };
+                    let layer = &deciding.layer;
+                    let headers = |quota| {
+                        layer.exposes_headers().then(|| {
+                            let [(_, policy), (_, value)] = layer.quota_headers(&quota);
+                            (policy, value)
+                        })
+                    };
+                    match decision {
+                        Decision::Allow(quota) => (svc, req, headers(quota)),
+                        Decision::Delay { delay, quota } => {
+                            let headers = headers(quota);
+                            *this.rest = Some(Box::new(Rest::Waiting(Box::pin(Waiting {
+                                sleep: tokio::time::sleep(delay),
+                                pending: Some((svc, req, headers)),
+                            }))));
+                            continue;
+                        }
+                        Decision::Reject(err) => {
+                            *this.rest = None;
+                            return Poll::Ready(Ok(err.to_response()));
+                        }
                     }
                 }
                 Some(Rest::Rejected(err)) => {

@@ -90,6 +90,19 @@ pub enum KeyValue<'a> {
     Bytes(Cow<'a, [u8]>),
 }
 
+impl KeyValue<'_> {
+    /// The same key, owning its bytes: for a decision that outlives the request (a remote
+    /// store's call).
+    pub fn into_owned(self) -> KeyValue<'static> {
+        match self {
+            KeyValue::Global => KeyValue::Global,
+            KeyValue::Unknown => KeyValue::Unknown,
+            KeyValue::Ip(ip) => KeyValue::Ip(ip),
+            KeyValue::Bytes(bytes) => KeyValue::Bytes(Cow::Owned(bytes.into_owned())),
+        }
+    }
+}
+
 impl From<IpAddr> for KeyValue<'static> {
     fn from(ip: IpAddr) -> Self {
         KeyValue::Ip(ip.to_canonical())

@@ -38,6 +38,20 @@ pub enum Decision {
     Reject(RateLimited),
 }
 
+/// A decision that waits for Redis.
+#[cfg(feature = "redis")]
+pub(super) type DecisionFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Decision> + Send + 'static>>;
+
+/// [`RateLimitLayer::check_remote`]'s answer.
+#[cfg(feature = "redis")]
+pub(super) enum Checked {
+    /// Decided without a call.
+    Now(Decision),
+    /// Decided when Redis answers (or the failure policy decides).
+    Later(DecisionFuture),
+}
+
 /// The state of a key's bucket after an admitted request, for the `RateLimit` header.
 ///
 /// Kept in raw nanoseconds; the accessors convert on demand, so a caller that does not expose
@@ -77,9 +91,21 @@ pub struct RateLimitBuilder {
     expose_headers: bool,
     dry_run: bool,
     clock: TimeSource,
+    #[cfg(feature = "redis")]
+    store: Option<super::redis::RedisStore>,
 }
 
 impl RateLimitBuilder {
+    /// Keep the limiter's state in Redis, shared by every instance built with the same store
+    /// settings (feature `redis`): see [`rate_limit::redis`](super::redis). Every other
+    /// setting keeps its meaning; `max_keys` then sizes the local limiter of
+    /// [`FailurePolicy::Local`](super::redis::FailurePolicy::Local).
+    #[cfg(feature = "redis")]
+    pub fn redis(mut self, store: super::redis::RedisStore) -> Self {
+        self.store = Some(store);
+        self
+    }
+
     /// Bucket capacity: how many requests a key may send at once after being idle. Default: the
     /// `limit`. Must be > 0, and `(burst + 1) × period / limit` at most about 146 years (the
     /// span the limiter's nanosecond arithmetic holds exactly; [`build`](Self::build) refuses
@@ -253,8 +279,21 @@ impl RateLimitBuilder {
         .min(MAX_SPAN);
         let window_secs = ceil_secs(self.period).max(1);
         let limiter = Limiter::new(Gcra::new(interval, burst, max_delay), self.max_keys);
+        #[cfg(feature = "redis")]
+        let remote = match self.store {
+            Some(store) => Some(super::redis::Remote::new(
+                store,
+                interval,
+                burst,
+                max_delay,
+                self.max_keys,
+            )?),
+            None => None,
+        };
         Ok(RateLimitLayer {
             shared: Arc::new(Shared {
+                #[cfg(feature = "redis")]
+                remote,
                 limiter,
                 clock: Clock::new(self.clock),
                 policy: policy_value(self.limit, window_secs),
@@ -308,6 +347,8 @@ fn span_checked(period: Duration, limit: u32, burst: u32) -> Result<u64, ConfigE
 
 #[derive(Debug)]
 pub(super) struct Shared {
+    #[cfg(feature = "redis")]
+    remote: Option<super::redis::Remote>,
     limiter: Limiter,
     clock: Clock,
     policy: HeaderValue,
@@ -350,6 +391,8 @@ impl RateLimitLayer {
             expose_headers: false,
             dry_run: false,
             clock: TimeSource::Auto,
+            #[cfg(feature = "redis")]
+            store: None,
         }
     }
 
@@ -386,6 +429,21 @@ impl RateLimitLayer {
         self.check_nanos(key, self.shared.clock.now_nanos())
     }
 
+    /// Counts one request of `key` and decides, asking Redis when the layer keeps its state
+    /// there (see [`RateLimitBuilder::redis`]); without a store it is
+    /// [`check_now`](Self::check_now). With a store, [`check_now`](Self::check_now) and
+    /// [`check`](Self::check) count in this process only.
+    pub async fn check_async(&self, key: &KeyValue<'_>) -> Decision {
+        #[cfg(feature = "redis")]
+        if self.has_remote() {
+            return match self.check_remote(key) {
+                Checked::Now(decision) => decision,
+                Checked::Later(decision) => decision.await,
+            };
+        }
+        self.check_now(key)
+    }
+
     /// Like [`check_now`](Self::check_now), at a tokio instant read by the caller: for a host
     /// that reads the time once per request for several uses, and for tests.
     pub fn check(&self, key: &KeyValue<'_>, now: Instant) -> Decision {
@@ -395,6 +453,45 @@ impl RateLimitLayer {
     /// [`check`](Self::check) at `now` on the limiter's timeline.
     pub(super) fn check_nanos(&self, key: &KeyValue<'_>, now: u64) -> Decision {
         self.decide(key, self.shared.limiter.step(key, now))
+    }
+
+    /// Whether the state lives in Redis.
+    #[cfg(feature = "redis")]
+    #[inline]
+    pub(super) fn has_remote(&self) -> bool {
+        self.shared.remote.is_some()
+    }
+
+    /// One request of `key` with the state in Redis: decided now when the instance knows
+    /// enough (a remembered rejection, a leased token, Redis down), else a future that asks
+    /// Redis. Without a store, [`check_now`](Self::check_now).
+    #[cfg(feature = "redis")]
+    pub(super) fn check_remote(&self, key: &KeyValue<'_>) -> Checked {
+        let Some(remote) = &self.shared.remote else {
+            return Checked::Now(self.check_now(key));
+        };
+        match remote.check(key) {
+            super::redis::Local::Decided(verdict) => {
+                Checked::Now(self.decide(key, self.shared.limiter.count(verdict)))
+            }
+            super::redis::Local::Call(call) => {
+                let layer = self.clone();
+                let key = key.clone().into_owned();
+                Checked::Later(Box::pin(async move {
+                    let Some(remote) = &layer.shared.remote else {
+                        return layer.check_now(&key);
+                    };
+                    let verdict = remote.call(call, &key).await;
+                    layer.decide(&key, layer.shared.limiter.count(verdict))
+                }))
+            }
+        }
+    }
+
+    /// Counters of the Redis store (`None` without one).
+    #[cfg(feature = "redis")]
+    pub fn redis_stats(&self) -> Option<super::redis::RedisStats> {
+        self.shared.remote.as_ref().map(super::redis::Remote::stats)
     }
 
     /// The clock the limiter reads: [`TimeSource::Tokio`] or [`TimeSource::Counter`] (what

@@ -335,7 +335,7 @@ impl Limiter {
 
     /// Counts a delay or a rejection; passes the verdict on.
     #[inline]
-    fn count(&self, verdict: Verdict) -> Verdict {
+    pub(super) fn count(&self, verdict: Verdict) -> Verdict {
         match verdict {
             Verdict::Allow { .. } => {}
             Verdict::Delay { .. } => {

@@ -123,6 +123,11 @@
 //! [`RateLimitLayer::check_now`], and renders a [`Decision::Reject`] with
 //! [`RateLimited`]'s [`Rejection`](crate::Rejection) rendering, so both hosts answer alike.
 //!
+//! # Many instances, one limit
+//! Each layer counts in its own process. With the `redis` feature,
+//! [`RateLimitBuilder::redis`] keeps the buckets in Redis instead, with every setting above
+//! unchanged, so instances behind a load balancer share one limit: see [`redis`].
+//!
 //! # Implementation: hand-written GCRA rather than `governor`
 //! Each bucket is one `u64` "theoretical arrival time" (TAT): an atomic updated with one
 //! compare-exchange for the global and unknown buckets, a plain value under a shard lock for
@@ -182,6 +187,8 @@ mod layer;
 mod limiter;
 #[cfg(feature = "pingora")]
 mod proxy;
+#[cfg(feature = "redis")]
+pub mod redis;
 
 use std::task::{Context, Poll};
 
@@ -228,6 +235,10 @@ where
 
     #[inline]
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        #[cfg(feature = "redis")]
+        if self.policy.has_remote() {
+            return self.call_remote(req);
+        }
         if !self.policy.is_global() {
             return self.call_keyed(req);
         }
@@ -283,6 +294,33 @@ impl<S> RateLimit<S> {
         let time = request_time::read();
         let decision = self.policy.check(&key, time.now());
         self.decided(req, decision)
+    }
+
+    /// `call` with the state in Redis: decided at once when the instance knows enough, else the
+    /// response future waits for Redis' answer (then carries it out as `decided` would).
+    #[cfg(feature = "redis")]
+    #[inline(never)]
+    fn call_remote<ReqBody, ResBody>(
+        &mut self,
+        req: Request<ReqBody>,
+    ) -> ResponseFuture<S::Future, S, ReqBody>
+    where
+        S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
+    {
+        let checked = match self.policy.key_for(&RequestInfo::from_request(&req)) {
+            Some(key) => self.policy.check_remote(&key),
+            // A custom key function exempted this request.
+            None => return ResponseFuture::called(self.inner.call(req), None),
+        };
+        match checked {
+            layer::Checked::Now(decision) => self.decided(req, decision),
+            layer::Checked::Later(decision) => {
+                // As for a queued request: the service made ready goes into the future.
+                let clone = self.inner.clone();
+                let ready = std::mem::replace(&mut self.inner, clone);
+                ResponseFuture::deciding(decision, self.policy.clone(), ready, req)
+            }
+        }
     }
 
     /// Carries out `decision` for `req`.

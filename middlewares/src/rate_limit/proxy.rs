@@ -9,6 +9,11 @@ use pingora_error::Result;
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 
+#[cfg(feature = "redis")]
+use std::sync::{Arc, Mutex, PoisonError};
+
+#[cfg(feature = "redis")]
+use super::layer::Checked;
 use super::{Decision, KeyValue, Quota, RateLimitLayer};
 use crate::proxy_host::{Admission, PeerStep, ProxyPolicy};
 use crate::{Rejection, RequestInfo};
@@ -18,6 +23,35 @@ use crate::{Rejection, RequestInfo};
 #[derive(Debug, Default)]
 pub struct RateLimitProxyCtx {
     quota: Option<Quota>,
+    /// The quota a decision that waited for Redis left, when headers are exposed (the pending
+    /// decision owns what it needs, so it cannot write `quota`).
+    #[cfg(feature = "redis")]
+    decided: Option<Arc<Mutex<Option<Quota>>>>,
+}
+
+impl RateLimitProxyCtx {
+    fn quota(&self) -> Option<Quota> {
+        #[cfg(feature = "redis")]
+        if let Some(slot) = &self.decided {
+            return *slot.lock().unwrap_or_else(PoisonError::into_inner);
+        }
+        self.quota
+    }
+}
+
+/// Carries out `decision` in a proxy: `quota` receives an admitted request's quota.
+fn admission(decision: Decision, quota: &mut Option<Quota>) -> Result<Admission> {
+    match decision {
+        Decision::Allow(q) => {
+            *quota = Some(q);
+            Ok(Admission::Continue)
+        }
+        Decision::Delay { delay, quota: q } => {
+            *quota = Some(q);
+            Ok(Admission::Wait(delay))
+        }
+        Decision::Reject(limited) => Ok(Admission::Respond(limited.to_response_head()?)),
+    }
 }
 
 impl ProxyPolicy for RateLimitLayer {
@@ -32,6 +66,10 @@ impl ProxyPolicy for RateLimitLayer {
         session: &mut Session,
         ctx: &mut RateLimitProxyCtx,
     ) -> Result<Admission> {
+        #[cfg(feature = "redis")]
+        if self.has_remote() {
+            return self.request_filter_remote(session, ctx);
+        }
         let decision = if self.is_global() {
             // Same fast path as the tower host: no request view, no client address.
             self.check_now(&KeyValue::Global)
@@ -46,17 +84,7 @@ impl ProxyPolicy for RateLimitLayer {
                 None => return Ok(Admission::Continue),
             }
         };
-        match decision {
-            Decision::Allow(quota) => {
-                ctx.quota = Some(quota);
-                Ok(Admission::Continue)
-            }
-            Decision::Delay { delay, quota } => {
-                ctx.quota = Some(quota);
-                Ok(Admission::Wait(delay))
-            }
-            Decision::Reject(limited) => Ok(Admission::Respond(limited.to_response_head()?)),
-        }
+        admission(decision, &mut ctx.quota)
     }
 
     fn before_upstream_peer(
@@ -73,11 +101,47 @@ impl ProxyPolicy for RateLimitLayer {
         response: &mut ResponseHeader,
         ctx: &mut RateLimitProxyCtx,
     ) -> Result<()> {
-        if let Some(quota) = ctx.quota.filter(|_| self.exposes_headers()) {
+        if let Some(quota) = ctx.quota().filter(|_| self.exposes_headers()) {
             for (name, value) in self.quota_headers(&quota) {
                 response.insert_header(name, value)?;
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(feature = "redis")]
+impl RateLimitLayer {
+    /// `request_filter` with the state in Redis: the key as usual, then a decision made now or
+    /// an [`Admission::Pending`] that waits for Redis (never blocking the thread).
+    fn request_filter_remote(
+        &self,
+        session: &mut Session,
+        ctx: &mut RateLimitProxyCtx,
+    ) -> Result<Admission> {
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let info = RequestInfo::from_parts(session.req_header());
+        let checked = match self.key_for_peer(&info, peer) {
+            Some(key) => self.check_remote(&key),
+            None => return Ok(Admission::Continue),
+        };
+        match checked {
+            Checked::Now(decision) => admission(decision, &mut ctx.quota),
+            Checked::Later(decision) => {
+                let slot = self.exposes_headers().then(|| Arc::new(Mutex::new(None)));
+                ctx.decided.clone_from(&slot);
+                Ok(Admission::Pending(Box::pin(async move {
+                    let mut quota = None;
+                    let admitted = admission(decision.await, &mut quota);
+                    if let Some(slot) = slot {
+                        *slot.lock().unwrap_or_else(PoisonError::into_inner) = quota;
+                    }
+                    admitted
+                })))
+            }
+        }
     }
 }
