@@ -26,6 +26,7 @@ mod http_head;
 pub mod proxy;
 pub mod serve;
 pub mod server;
+pub mod tls;
 
 /// The tower layers of the `middlewares` crate (timeout, rate limit, retry, circuit breaker),
 /// built with its `pingora` feature so each also wraps a `ProxyHttp`.

@@ -22,6 +22,7 @@ use super::timeouts::Timeouts;
 use super::upstream::UpstreamGroup;
 use crate::serve::DEFAULT_MAX_HEADER_BYTES;
 use crate::server::{self, ClientLimits, RunningServer};
+use crate::tls::TlsConfig;
 
 /// The proxy the builder's `.middleware(..)` layers wrap: [`RoutingProxy`] inside the timeout
 /// policy that enforces [`ProxyBuilder::request_timeout`] (`None` when no request timeout is
@@ -88,6 +89,7 @@ pub struct ProxyBuilder<L = Identity> {
     threads: Option<usize>,
     hygiene: Hygiene,
     limits: ClientLimits,
+    tls: Option<TlsConfig>,
 }
 
 impl ProxyBuilder<Identity> {
@@ -108,6 +110,7 @@ impl ProxyBuilder<Identity> {
             threads: None,
             hygiene: Hygiene::default(),
             limits: ClientLimits::default(),
+            tls: None,
         }
     }
 }
@@ -211,7 +214,16 @@ impl<L> ProxyBuilder<L> {
             threads: self.threads,
             hygiene: self.hygiene,
             limits: self.limits,
+            tls: self.tls,
         }
+    }
+
+    /// Terminates TLS on the listen address (certificates by SNI, ALPN `h2`/`http/1.1`,
+    /// optional client certificates; see [`crate::tls`]). Upstream requests then carry
+    /// `X-Forwarded-Proto: https`.
+    pub fn tls(mut self, tls: TlsConfig) -> Self {
+        self.tls = Some(tls);
+        self
     }
 
     /// Replaces the Pingora server configuration (only the upstream connector settings such
@@ -369,6 +381,7 @@ impl<L> ProxyBuilder<L> {
             h2c: self.h2c,
             threads: self.threads,
             limits: self.limits,
+            tls: self.tls,
         })
     }
 
@@ -411,6 +424,7 @@ pub struct ProxyServer<S> {
     h2c: bool,
     threads: Option<usize>,
     limits: ClientLimits,
+    tls: Option<TlsConfig>,
 }
 
 impl<S> ProxyServer<S>
@@ -455,11 +469,15 @@ where
             app.server_options = Some(options);
         }
         // On a bind error, dropping `stop` ends the health checks again.
-        let server = match self.threads {
-            Some(threads) => {
+        let server = match (self.threads, self.tls) {
+            (Some(threads), Some(tls)) => {
+                server::spawn_threads_tls(&self.addr, app, threads, self.limits, tls).await?
+            }
+            (Some(threads), None) => {
                 server::spawn_threads_with(&self.addr, app, threads, self.limits).await?
             }
-            None => server::spawn_with(&self.addr, app, self.limits).await?,
+            (None, Some(tls)) => server::spawn_tls(&self.addr, app, self.limits, tls).await?,
+            (None, None) => server::spawn_with(&self.addr, app, self.limits).await?,
         };
         Ok(RunningProxy {
             local_addr: server.local_addr(),

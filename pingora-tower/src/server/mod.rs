@@ -45,6 +45,8 @@ use pingora_core::services::Service as _;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
+use crate::tls::TlsConfig;
+
 mod connection;
 mod limits;
 mod timed_stream;
@@ -117,6 +119,34 @@ pub async fn spawn_with<A>(
 where
     A: HttpServerApp + Send + Sync + 'static,
 {
+    spawn_listener(addr, app, limits, None).await
+}
+
+/// [`spawn_with`] terminating TLS with `tls` (see [`crate::tls`]).
+///
+/// # Errors
+/// As [`spawn_with`].
+pub async fn spawn_tls<A>(
+    addr: &str,
+    app: A,
+    limits: ClientLimits,
+    tls: TlsConfig,
+) -> std::io::Result<RunningServer>
+where
+    A: HttpServerApp + Send + Sync + 'static,
+{
+    spawn_listener(addr, app, limits, Some(tls)).await
+}
+
+async fn spawn_listener<A>(
+    addr: &str,
+    app: A,
+    limits: ClientLimits,
+    tls: Option<TlsConfig>,
+) -> std::io::Result<RunningServer>
+where
+    A: HttpServerApp + Send + Sync + 'static,
+{
     limits.validate()?;
     let (listener, local_addr) = bind(addr)?;
     let connections = Arc::new(ConnectionCount::default());
@@ -126,7 +156,7 @@ where
         limits,
     };
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let accept = accept_loop(tracked, listener, local_addr, shutdown_rx);
+    let accept = accept_loop(tracked, listener, local_addr, shutdown_rx, tls.as_ref())?;
     Ok(RunningServer {
         local_addr,
         shutdown,
@@ -165,6 +195,36 @@ pub async fn spawn_threads_with<A>(
 where
     A: HttpServerApp + Send + Sync + 'static,
 {
+    spawn_threads_listener(addr, app, threads, limits, None).await
+}
+
+/// [`spawn_threads_with`] terminating TLS with `tls` (see [`crate::tls`]).
+///
+/// # Errors
+/// As [`spawn_threads_with`].
+pub async fn spawn_threads_tls<A>(
+    addr: &str,
+    app: A,
+    threads: usize,
+    limits: ClientLimits,
+    tls: TlsConfig,
+) -> std::io::Result<RunningServer>
+where
+    A: HttpServerApp + Send + Sync + 'static,
+{
+    spawn_threads_listener(addr, app, threads, limits, Some(tls)).await
+}
+
+async fn spawn_threads_listener<A>(
+    addr: &str,
+    app: A,
+    threads: usize,
+    limits: ClientLimits,
+    tls: Option<TlsConfig>,
+) -> std::io::Result<RunningServer>
+where
+    A: HttpServerApp + Send + Sync + 'static,
+{
     limits.validate()?;
     if threads == 0 {
         return Err(std::io::Error::new(
@@ -192,7 +252,13 @@ where
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let accept = accept_loop(tracked.clone(), listener, local_addr, shutdown_rx.clone());
+        let accept = accept_loop(
+            tracked.clone(),
+            listener,
+            local_addr,
+            shutdown_rx.clone(),
+            tls.as_ref(),
+        )?;
         let (done, accept_done) = oneshot::channel();
         let mut exit_rx = exit_rx.clone();
         let thread = std::thread::Builder::new()
@@ -233,21 +299,27 @@ fn accept_loop<A>(
     listener: TcpListener,
     local_addr: SocketAddr,
     shutdown: watch::Receiver<bool>,
-) -> impl std::future::Future<Output = ()> + Send + 'static
+    tls: Option<&TlsConfig>,
+) -> std::io::Result<impl std::future::Future<Output = ()> + Send + 'static>
 where
     A: HttpServerApp + Send + Sync + 'static,
 {
+    // Before the descriptor changes hands, so an error cannot leak it.
+    let tls = tls.map(TlsConfig::settings).transpose()?;
     let bind_key = local_addr.to_string();
     let mut fds = Fds::new();
     // Pingora takes ownership of the descriptor and closes it when the listener stops.
     fds.add(bind_key.clone(), listener.into_raw_fd());
     let mut service = ListeningService::new(format!("pingora-tower {bind_key}"), app);
-    service.add_tcp(&bind_key);
-    async move {
+    match tls {
+        Some(settings) => service.add_tls_with_settings(&bind_key, None, settings),
+        None => service.add_tcp(&bind_key),
+    }
+    Ok(async move {
         service
             .start_service(Some(Arc::new(Mutex::new(fds))), shutdown, 1)
             .await;
-    }
+    })
 }
 
 impl RunningServer {
