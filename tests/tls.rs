@@ -982,3 +982,59 @@ async fn a_connection_verified_under_one_ca_is_never_reused_for_a_route_trusting
     proxy.shutdown().await;
     upstream.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_demo_serves_tls_with_a_self_signed_certificate_that_curl_and_openssl_accept() {
+    use pingora_tower_examples::demo::{self, DemoConfig};
+    if !have("curl") || !have("openssl") {
+        return;
+    }
+    let args = ["--listen", "127.0.0.1:0", "--tls"].map(String::from);
+    let config = DemoConfig::from_env_and_args(args).unwrap();
+    assert!(config.tls);
+    let demo = demo::spawn(&config).await.unwrap();
+    let cert = demo.tls_cert_path().unwrap().to_owned();
+    let port = demo.proxy_addr().port();
+    assert_eq!(demo.base_url(), format!("https://localhost:{port}"));
+    let lines = demo.curl_lines();
+    assert!(
+        lines[0].starts_with(&format!("curl --cacert {}", cert.display())),
+        "{lines:?}"
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with("openssl s_client")),
+        "{lines:?}"
+    );
+
+    let mut curl = std::process::Command::new("curl");
+    curl.args(["-sS", "--max-time", "20", "--cacert"])
+        .arg(&cert)
+        .args(["--resolve", &format!("localhost:{port}:127.0.0.1")])
+        .arg(format!("https://localhost:{port}/"));
+    let out = run(curl).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hello from the demo upstream\n"
+    );
+
+    let mut s_client = std::process::Command::new("openssl");
+    s_client
+        .args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
+        .args(["-servername", "localhost", "-CAfile"])
+        .arg(&cert)
+        .stdin(std::process::Stdio::null());
+    let out = run(s_client).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Verify return code: 0 (ok)"), "{text}");
+    assert!(text.contains("TLSv1.3"), "{text}");
+    demo.shutdown().await;
+    assert!(
+        !cert.exists(),
+        "the certificate file is removed at shutdown"
+    );
+}
