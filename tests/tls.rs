@@ -1038,3 +1038,46 @@ async fn the_demo_serves_tls_with_a_self_signed_certificate_that_curl_and_openss
         "the certificate file is removed at shutdown"
     );
 }
+
+#[tokio::test]
+async fn sighup_reloads_the_certificate_files() {
+    use pingora_tower::tls::SignalKind;
+    let ca = Ca::new("test root");
+    let (first, second) = (
+        ca.leaf("first", &["a.test"]),
+        ca.leaf("second", &["a.test"]),
+    );
+    let dir = TempDir::new("sighup");
+    let cert = dir.write("a.pem", &first.cert_pem);
+    let key = dir.write("a.key", &first.key_pem);
+    let tls = TlsConfig::new(CertSet::new(
+        ServerCert::from_pem_files(&cert, &key).unwrap(),
+    ));
+    // Installed before any signal is sent: SIGHUP no longer ends this process.
+    let _watch = tls
+        .reloader()
+        .reload_on_signal(SignalKind::hangup())
+        .unwrap();
+    let server = serve_tls(tls).await;
+    let addr = server.local_addr();
+    let leaf = || async {
+        let stream = tls_connect(addr, client_config(&ca, &[]), "a.test")
+            .await
+            .unwrap();
+        peer_leaf(&stream)
+    };
+    assert!(leaf().await == first.der);
+    dir.write("a.pem", &second.cert_pem);
+    dir.write("a.key", &second.key_pem);
+    let mut kill = std::process::Command::new("kill");
+    kill.args(["-HUP", &std::process::id().to_string()]);
+    assert!(run(kill).await.status.success());
+    tokio::time::timeout(HANG_GUARD, async {
+        while leaf().await != second.der {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the signal reloaded the files");
+    server.shutdown().await;
+}

@@ -40,4 +40,9 @@ pub use serve::ServeTower;
 #[doc = include_str!("../../README.md")]
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
+
+/// `docs/tls.md`'s code blocks, compiled as doctests.
+#[doc = include_str!("../../docs/tls.md")]
+#[cfg(doctest)]
+pub struct TlsDocDoctests;
 pub use server::{spawn, ClientLimits, RunningServer};

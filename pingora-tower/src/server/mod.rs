@@ -18,6 +18,8 @@
 //! [`spawn_threads_with`] take other limits. See [`ClientLimits`] for the table and for which
 //! peer each default follows.
 //!
+//! [`spawn_tls`] and [`spawn_threads_tls`] terminate TLS on the listener (see [`crate::tls`]).
+//!
 //! # Example
 //! ```no_run
 //! use axum::{routing::get, Router};
