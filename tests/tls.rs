@@ -1081,3 +1081,69 @@ async fn sighup_reloads_the_certificate_files() {
     .expect("the signal reloaded the files");
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn health_checks_of_https_backends_use_the_upstreams_ca_and_client_certificate() {
+    use pingora_tower::proxy::HealthCheck;
+    let pki = Ca::new("internal root");
+    let checks = Arc::new(AtomicUsize::new(0));
+    let counted = checks.clone();
+    let app = tls_echo_app().route(
+        "/health",
+        get(move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            async { "ok" }
+        }),
+    );
+    let tls = TlsConfig::new(CertSet::new(
+        pki.leaf("upstream", &["upstream.internal"]).server_cert(),
+    ))
+    .client_auth(ClientAuth::required(pki.pem().as_bytes()).unwrap());
+    let upstream = server::spawn_tls(
+        "127.0.0.1:0",
+        ServeTower::new(app),
+        ClientLimits::default(),
+        tls,
+    )
+    .await
+    .unwrap();
+    let identity = pki.leaf("edge-proxy", &[]);
+    let proxy = PingoraProxy::builder("127.0.0.1:0")
+        .route(Route::prefix(
+            "/",
+            Upstream::new(format!("https://{}", upstream.local_addr()))
+                .tls(
+                    UpstreamTls::new()
+                        .ca_pem(pki.pem())
+                        .sni("upstream.internal")
+                        .client_cert_pem(identity.cert_pem.clone(), identity.key_pem.clone()),
+                )
+                .health_check(
+                    HealthCheck::http("/health")
+                        .interval(Duration::from_millis(20))
+                        .unhealthy_after(1),
+                ),
+        ))
+        .spawn()
+        .await
+        .unwrap();
+    // Checks that fail never reach the handler: this waits out the hang guard, then fails below.
+    let _ = tokio::time::timeout(HANG_GUARD, async {
+        while checks.load(Ordering::SeqCst) < 3 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let status = proxy.backends();
+    assert!(status.iter().all(|b| b.healthy), "{status:?}");
+    assert!(
+        checks.load(Ordering::SeqCst) >= 3,
+        "health checks got through"
+    );
+    assert_eq!(
+        http_get(proxy.local_addr(), "/subject").await,
+        (http::StatusCode::OK, "CN=edge-proxy".to_owned())
+    );
+    proxy.shutdown().await;
+    upstream.shutdown().await;
+}

@@ -269,7 +269,12 @@ impl UpstreamGroup {
         };
 
         let checks = match &upstream.health {
-            Some(check) => Some(BackendChecks::build(check, &label, &backends)?),
+            Some(check) => Some(BackendChecks::build(
+                check,
+                &label,
+                &backends,
+                peer_tls.as_ref(),
+            )?),
             None => None,
         };
         let health_interval = upstream.health.as_ref().map(HealthCheck::period);

@@ -4,7 +4,7 @@ use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use pingora_core::upstreams::peer::HttpPeer;
+use pingora_core::upstreams::peer::{HttpPeer, PeerOptions};
 use pingora_core::utils::tls::{parse_x509, CertKey, WrappedX509};
 use rustls::pki_types::CertificateDer;
 use rustls::sign::CertifiedKey;
@@ -219,12 +219,17 @@ impl PeerTls {
     /// Sets the peer's CA, client identity, verification and pool key (the SNI override is
     /// already the backend's SNI).
     pub(crate) fn apply(&self, peer: &mut HttpPeer) {
-        peer.options.ca.clone_from(&self.ca);
+        self.apply_options(&mut peer.options);
         peer.client_cert_key.clone_from(&self.client);
-        if self.insecure {
-            peer.options.verify_cert = false;
-            peer.options.verify_hostname = false;
-        }
         peer.group_key = self.group_key;
+    }
+
+    /// The CA and verification alone (for peers that carry no client certificate).
+    pub(crate) fn apply_options(&self, options: &mut PeerOptions) {
+        options.ca.clone_from(&self.ca);
+        if self.insecure {
+            options.verify_cert = false;
+            options.verify_hostname = false;
+        }
     }
 }
