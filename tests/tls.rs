@@ -17,6 +17,8 @@ use http::header::HOST;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use pingora_tower::middleware::circuit_breaker::{CircuitBreakerLayer, State, Window};
+use pingora_tower::middleware::proxy_host::ProxyPolicy;
+use pingora_tower::middleware::Layered;
 use pingora_tower::proxy::{PingoraProxy, Route, Upstream};
 use pingora_tower::tls::{
     CertSet, ClientAuth, ServerCert, TlsConfig, TlsConfigError, TlsInfo, UpstreamTls,
@@ -33,6 +35,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tower::layer::layer_fn;
 
 /// A test certificate authority.
 struct Ca {
@@ -240,6 +243,16 @@ fn tls_echo_app() -> Router {
             get(|req: Request| async move {
                 req.headers()
                     .get("x-forwarded-proto")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("-")
+                    .to_owned()
+            }),
+        )
+        .route(
+            "/who",
+            get(|req: Request| async move {
+                req.headers()
+                    .get("x-client-subject")
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or("-")
                     .to_owned()
@@ -1144,6 +1157,84 @@ async fn health_checks_of_https_backends_use_the_upstreams_ca_and_client_certifi
         http_get(proxy.local_addr(), "/subject").await,
         (http::StatusCode::OK, "CN=edge-proxy".to_owned())
     );
+    proxy.shutdown().await;
+    upstream.shutdown().await;
+}
+
+/// A proxy-side layer telling the upstream who the client is, from its verified certificate.
+struct ClientSubjectHeader;
+
+impl ProxyPolicy for ClientSubjectHeader {
+    type Ctx = ();
+    fn new_ctx(&self) {}
+    fn upstream_request_filter(
+        &self,
+        session: &mut pingora_proxy::Session,
+        upstream_request: &mut pingora_http::RequestHeader,
+        _: &mut (),
+    ) -> pingora_error::Result<()> {
+        // Whatever the client sent under this name is not what its certificate says.
+        upstream_request.remove_header("x-client-subject");
+        let subject = TlsInfo::of_session(session).and_then(|tls| tls.client_subject());
+        match subject {
+            Some(subject) => upstream_request.insert_header("x-client-subject", subject.to_owned()),
+            None => Ok(()),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_proxy_layer_reads_the_verified_client_subject() {
+    let ca = Ca::new("client root");
+    let certs = ThreeCerts::new();
+    let upstream = server::spawn("127.0.0.1:0", ServeTower::new(tls_echo_app()))
+        .await
+        .unwrap();
+    let proxy = PingoraProxy::builder("127.0.0.1:0")
+        .route(Route::prefix(
+            "/",
+            Upstream::new(format!("http://{}", upstream.local_addr())),
+        ))
+        .tls(
+            TlsConfig::new(certs.set())
+                .client_auth(ClientAuth::optional(ca.pem().as_bytes()).unwrap()),
+        )
+        .middleware(layer_fn(|inner| Layered::wrap(ClientSubjectHeader, inner)))
+        .spawn()
+        .await
+        .unwrap();
+    let addr = proxy.local_addr();
+
+    let alice = ca.leaf("alice", &[]);
+    let key = rustls::pki_types::PrivateKeyDer::try_from(
+        rcgen::KeyPair::from_pem(&alice.key_pem)
+            .unwrap()
+            .serialize_der(),
+    )
+    .unwrap();
+    let with_cert = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(certs.ca.roots())
+        .with_client_auth_cert(vec![CertificateDer::from(alice.der.clone())], key)
+        .unwrap();
+    let mut h1 = h1_over(tls_connect(addr, with_cert, "a.test").await.unwrap()).await;
+    assert_eq!(get_text(&mut h1, "a.test", "/who").await.1, "CN=alice");
+
+    // Optional: a client without a certificate is served, and a header it forges is dropped.
+    let mut h1 = h1_over(
+        tls_connect(addr, client_config(&certs.ca, &[b"http/1.1"]), "a.test")
+            .await
+            .unwrap(),
+    )
+    .await;
+    let req = http::Request::get("/who")
+        .header(HOST, "a.test")
+        .header("x-client-subject", "CN=admin")
+        .body(empty())
+        .unwrap();
+    let res = h1.send_request(req).await.unwrap();
+    assert_eq!(body_text(res).await, "-");
     proxy.shutdown().await;
     upstream.shutdown().await;
 }
