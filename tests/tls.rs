@@ -1238,3 +1238,48 @@ async fn a_proxy_layer_reads_the_verified_client_subject() {
     proxy.shutdown().await;
     upstream.shutdown().await;
 }
+
+#[tokio::test]
+async fn servetower_serves_h2_over_tls_and_plaintext_or_garbage_on_the_tls_port_is_closed() {
+    let certs = ThreeCerts::new();
+    let server = serve_tls(TlsConfig::new(certs.set())).await;
+    let addr = server.local_addr();
+
+    // Hostile or confused clients: plaintext HTTP, then random bytes, on the TLS port.
+    for junk in [
+        &b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n"[..],
+        b"\x16\x03\x01\x00\x05hello-not-tls",
+    ] {
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(junk).await.unwrap();
+        let answer = read_until_closed(&mut tcp, HANG_GUARD).await;
+        let answer = answer.expect("the connection is closed");
+        assert!(
+            !answer.windows(4).any(|w| w == b"HTTP"),
+            "no plaintext answer: {:?}",
+            String::from_utf8_lossy(&answer)
+        );
+    }
+
+    // The listener still serves, over HTTP/2 too.
+    let stream = tls_connect(addr, client_config(&certs.ca, &[b"h2"]), "x.b.test")
+        .await
+        .unwrap();
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut h2, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let req = http::Request::get("https://x.b.test/sni")
+        .body(empty())
+        .unwrap();
+    let res = tokio::time::timeout(HANG_GUARD, h2.send_request(req))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(res.version(), http::Version::HTTP_2);
+    assert_eq!(body_text(res).await, "x.b.test");
+    server.shutdown().await;
+}
