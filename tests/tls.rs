@@ -1283,3 +1283,36 @@ async fn servetower_serves_h2_over_tls_and_plaintext_or_garbage_on_the_tls_port_
     assert_eq!(body_text(res).await, "x.b.test");
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_client_that_never_finishes_the_handshake_is_closed_at_the_header_timeout() {
+    let certs = ThreeCerts::new();
+    let limits = ClientLimits::default().header_timeout(Duration::from_millis(200));
+    let server = server::spawn_tls(
+        "127.0.0.1:0",
+        ServeTower::new(tls_echo_app()),
+        limits,
+        TlsConfig::new(certs.set()),
+    )
+    .await
+    .unwrap();
+    let addr = server.local_addr();
+    // Connects and sends nothing, then half a ClientHello: both hold a handshake open.
+    let mut silent = TcpStream::connect(addr).await.unwrap();
+    let mut partial = TcpStream::connect(addr).await.unwrap();
+    partial
+        .write_all(b"\x16\x03\x01\x02\x00\x01")
+        .await
+        .unwrap();
+    for stream in [&mut silent, &mut partial] {
+        // Pingora's own handshake limit is 60 s; the header timeout applies instead.
+        let closed = read_until_closed(stream, Duration::from_secs(10)).await;
+        assert_eq!(closed.as_deref(), Some(&[][..]), "closed without an answer");
+    }
+    let stream = tls_connect(addr, client_config(&certs.ca, &[]), "a.test")
+        .await
+        .unwrap();
+    let mut h1 = h1_over(stream).await;
+    assert_eq!(get_text(&mut h1, "a.test", "/sni").await.1, "a.test");
+    server.shutdown().await;
+}

@@ -124,7 +124,9 @@ where
     spawn_listener(addr, app, limits, None).await
 }
 
-/// [`spawn_with`] terminating TLS with `tls` (see [`crate::tls`]).
+/// [`spawn_with`] terminating TLS with `tls` (see [`crate::tls`]). The handshake is part of
+/// the request head for the limits: it must finish within the header timeout, and a
+/// connection counts against the cap from its accept.
 ///
 /// # Errors
 /// As [`spawn_with`].
@@ -156,9 +158,10 @@ where
         app: Arc::new(app),
         connections: connections.clone(),
         limits,
+        tls: tls.as_ref().map(TlsConfig::acceptor).transpose()?,
     };
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let accept = accept_loop(tracked, listener, local_addr, shutdown_rx, tls.as_ref())?;
+    let accept = accept_loop(tracked, listener, local_addr, shutdown_rx);
     Ok(RunningServer {
         local_addr,
         shutdown,
@@ -240,6 +243,7 @@ where
         app: Arc::new(app),
         connections: connections.clone(),
         limits,
+        tls: tls.as_ref().map(TlsConfig::acceptor).transpose()?,
     };
     let (shutdown, shutdown_rx) = watch::channel(false);
     let (exit, exit_rx) = watch::channel(false);
@@ -254,13 +258,7 @@ where
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let accept = accept_loop(
-            tracked.clone(),
-            listener,
-            local_addr,
-            shutdown_rx.clone(),
-            tls.as_ref(),
-        )?;
+        let accept = accept_loop(tracked.clone(), listener, local_addr, shutdown_rx.clone());
         let (done, accept_done) = oneshot::channel();
         let mut exit_rx = exit_rx.clone();
         let thread = std::thread::Builder::new()
@@ -301,27 +299,21 @@ fn accept_loop<A>(
     listener: TcpListener,
     local_addr: SocketAddr,
     shutdown: watch::Receiver<bool>,
-    tls: Option<&TlsConfig>,
-) -> std::io::Result<impl std::future::Future<Output = ()> + Send + 'static>
+) -> impl std::future::Future<Output = ()> + Send + 'static
 where
     A: HttpServerApp + Send + Sync + 'static,
 {
-    // Before the descriptor changes hands, so an error cannot leak it.
-    let tls = tls.map(TlsConfig::settings).transpose()?;
     let bind_key = local_addr.to_string();
     let mut fds = Fds::new();
     // Pingora takes ownership of the descriptor and closes it when the listener stops.
     fds.add(bind_key.clone(), listener.into_raw_fd());
     let mut service = ListeningService::new(format!("pingora-tower {bind_key}"), app);
-    match tls {
-        Some(settings) => service.add_tls_with_settings(&bind_key, None, settings),
-        None => service.add_tcp(&bind_key),
-    }
-    Ok(async move {
+    service.add_tcp(&bind_key);
+    async move {
         service
             .start_service(Some(Arc::new(Mutex::new(fds))), shutdown, 1)
             .await;
-    })
+    }
 }
 
 impl RunningServer {

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use pingora_core::listeners::tls::TlsSettings;
+use pingora_core::listeners::tls::{Acceptor, TlsSettings};
 use pingora_core::protocols::ALPN;
 use rustls::server::danger::ClientCertVerifier;
 use rustls::server::WebPkiClientVerifier;
@@ -72,7 +72,14 @@ impl TlsConfig {
         TlsReloader::new(self.resolver.clone())
     }
 
-    /// Pingora's settings for one listening endpoint (each accept loop takes its own).
+    /// Pingora's rustls acceptor for these settings; the connection harness drives its
+    /// handshakes (under the client limits).
+    pub(crate) fn acceptor(&self) -> std::io::Result<Arc<Acceptor>> {
+        // `build` panics only without a certificate resolver, and one is always set.
+        Ok(Arc::new(self.settings()?.build()))
+    }
+
+    /// Pingora's settings for one listening endpoint.
     pub(crate) fn settings(&self) -> std::io::Result<TlsSettings> {
         let mut settings = TlsSettings::with_callbacks(Box::new(CaptureTlsInfo))
             .map_err(|e| std::io::Error::other(e.to_string()))?;

@@ -12,7 +12,9 @@
 //!   certificate for mutual TLS, and an explicitly named insecure mode.
 //!
 //! The listener uses Pingora's own rustls acceptor with a custom `ResolvesServerCert`
-//! (Pingora's certificate callback is not called under rustls).
+//! (Pingora's certificate callback is not called under rustls). The connection harness of
+//! [`server`](crate::server) drives the handshake: it must finish within the header timeout
+//! and counts against the connection cap of [`ClientLimits`](crate::ClientLimits).
 //!
 //! # Example
 //! ```no_run
