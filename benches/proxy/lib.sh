@@ -207,7 +207,8 @@ pb_scheme() { if [[ $1 == *-tls ]]; then echo https; else echo http; fi; }
 
 pb_tls_flags() { echo "--tls-cert $PB_WORK/tls/cert.pem --tls-key $PB_WORK/tls/key.pem"; }
 
-# A self-signed ECDSA P-256 certificate for 127.0.0.1 (made per run, never kept), and the nginx
+# A self-signed ECDSA P-256 certificate for 127.0.0.1 (made per run, never kept; not a CA, which
+# rustls refuses as a server certificate), and the nginx
 # and HAProxy configurations that terminate TLS with it on port $1 (same upstream settings as
 # their plain configurations). Run after pb_write_configs.
 pb_write_tls() {
@@ -215,6 +216,7 @@ pb_write_tls() {
   mkdir -p "$PB_WORK/tls"
   openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
     -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 \
+    -addext basicConstraints=critical,CA:FALSE \
     -keyout "$PB_WORK/tls/key.pem" -out "$PB_WORK/tls/cert.pem" 2>/dev/null
   cat "$PB_WORK/tls/cert.pem" "$PB_WORK/tls/key.pem" >"$PB_WORK/tls/haproxy.pem"
   sed -e "s|listen 127.0.0.1:$port;|listen 127.0.0.1:$port ssl;\n        ssl_certificate $PB_WORK/tls/cert.pem;\n        ssl_certificate_key $PB_WORK/tls/key.pem;\n        ssl_protocols TLSv1.2 TLSv1.3;|" \

@@ -293,7 +293,14 @@ async fn run_connection(target: Target, plan: Plan) -> Tally {
         if sender.is_none() {
             match tokio::time::timeout(REQUEST_TIMEOUT, connect(&target)).await {
                 Ok(Ok(s)) => sender = Some(s),
-                _ => {
+                failed => {
+                    // The first failure of each connection says why (a TLS error, a refusal).
+                    if tally.errors == 0 {
+                        match failed {
+                            Ok(Err(e)) => eprintln!("loadgen: connect failed: {e}"),
+                            _ => eprintln!("loadgen: connect timed out"),
+                        }
+                    }
                     tally.errors += 1;
                     continue;
                 }
