@@ -97,3 +97,16 @@ pub(crate) async fn stop_signal() -> std::io::Result<()> {
 
 /// The error type of the binaries' `main`.
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The listener's TLS settings from `--tls-cert` and `--tls-key` (both or neither).
+pub(crate) fn tls_config(args: &Args) -> Result<Option<pingora_tower::tls::TlsConfig>, BoxError> {
+    use pingora_tower::tls::{CertSet, ServerCert, TlsConfig};
+    match (args.opt("tls-cert"), args.opt("tls-key")) {
+        (None, None) => Ok(None),
+        (Some(cert), Some(key)) => {
+            let cert = ServerCert::from_pem_files(cert, key)?;
+            Ok(Some(TlsConfig::new(CertSet::new(cert))))
+        }
+        _ => Err("--tls-cert and --tls-key go together".into()),
+    }
+}

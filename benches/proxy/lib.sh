@@ -84,11 +84,14 @@ pb_forget() {
 pb_port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 # Waits (bounded: $3 seconds, default 15) until http://127.0.0.1:$1/ answers 200, failing early
-# when process $2 died. $4: curl's limit per attempt in seconds (default 2).
+# when process $2 died. $4: curl's limit per attempt in seconds (default 2). $5: `https` for a
+# TLS contender (checked against the bench's own CA).
 pb_wait_ready() {
-  local port=$1 pid=$2 secs=${3:-15} per_try=${4:-2} i
+  local port=$1 pid=$2 secs=${3:-15} per_try=${4:-2} scheme=${5:-http} i
+  local tls=()
+  [[ $scheme == https ]] && tls=(--cacert "$PB_WORK/tls/cert.pem")
   for ((i = 0; i < secs * 20; i++)); do
-    if curl -sf -o /dev/null --max-time "$per_try" "http://127.0.0.1:$port/"; then
+    if curl -sf -o /dev/null --max-time "$per_try" "${tls[@]}" "$scheme://127.0.0.1:$port/"; then
       return 0
     fi
     kill -0 "$pid" 2>/dev/null || pb_die "pid $pid (port $port) exited before it was ready"
@@ -167,6 +170,12 @@ pb_contender_cmd() {
     axum-hyper) echo "$PB_BIN/axum-hyper --listen 127.0.0.1:$port" ;;
     nginx) echo "nginx -p $PB_WORK/nginx -c $PB_WORK/nginx/nginx.conf -e $PB_WORK/nginx/error.log" ;;
     haproxy) echo "haproxy -db -f $PB_WORK/haproxy.cfg" ;;
+    # TLS termination (`pb_write_tls` makes the certificate; loadgen and wrk keep connections
+    # alive, so the handshake is amortised).
+    pingora-plain-tls) echo "$(pb_contender_cmd pingora-plain "$port") $(pb_tls_flags)" ;;
+    pingora-tower-tls) echo "$(pb_contender_cmd pingora-tower "$port") $(pb_tls_flags)" ;;
+    nginx-tls) echo "nginx -p $PB_WORK/nginx -c $PB_WORK/nginx/nginx-tls.conf -e $PB_WORK/nginx/error.log" ;;
+    haproxy-tls) echo "haproxy -db -f $PB_WORK/haproxy-tls.cfg" ;;
     *) pb_die "unknown contender $name" ;;
   esac
 }
@@ -224,6 +233,29 @@ frontend bench
 backend upstream
     server up 127.0.0.1:$UP_PORT
 CONF
+}
+
+# The URL scheme of contender $1: `https` for the `-tls` ones.
+pb_scheme() { if [[ $1 == *-tls ]]; then echo https; else echo http; fi; }
+
+pb_tls_flags() { echo "--tls-cert $PB_WORK/tls/cert.pem --tls-key $PB_WORK/tls/key.pem"; }
+
+# A self-signed ECDSA P-256 certificate for 127.0.0.1 (made per run, never kept; not a CA, which
+# rustls refuses as a server certificate), and the nginx
+# and HAProxy configurations that terminate TLS with it on port $1 (same upstream settings as
+# their plain configurations). Run after pb_write_configs.
+pb_write_tls() {
+  local port=$1
+  mkdir -p "$PB_WORK/tls"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+    -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 \
+    -addext basicConstraints=critical,CA:FALSE \
+    -keyout "$PB_WORK/tls/key.pem" -out "$PB_WORK/tls/cert.pem" 2>/dev/null
+  cat "$PB_WORK/tls/cert.pem" "$PB_WORK/tls/key.pem" >"$PB_WORK/tls/haproxy.pem"
+  sed -e "s|listen 127.0.0.1:$port;|listen 127.0.0.1:$port ssl;\n        ssl_certificate $PB_WORK/tls/cert.pem;\n        ssl_certificate_key $PB_WORK/tls/key.pem;\n        ssl_protocols TLSv1.2 TLSv1.3;|" \
+    "$PB_WORK/nginx/nginx.conf" >"$PB_WORK/nginx/nginx-tls.conf"
+  sed -e "s|bind 127.0.0.1:$port|bind 127.0.0.1:$port ssl crt $PB_WORK/tls/haproxy.pem alpn http/1.1|" \
+    "$PB_WORK/haproxy.cfg" >"$PB_WORK/haproxy-tls.cfg"
 }
 
 # Every PID of the process tree rooted at $1 (nginx's master and its worker).

@@ -14,7 +14,9 @@
 # pingora-plain and nginx), prints the table, and draws proxy.png when matplotlib is there.
 #
 # Environment: ROUNDS (3), RATE (3000), CONNS (16), CPU_SECS (6), WRK_SECS (5), WRK_CONNS (32),
-# LAT_RATE (500), LAT_SECS (4), CONTENDERS (space separated; `pingora-server` is the plain proxy
+# LAT_RATE (500), LAT_SECS (4), CONTENDERS (space separated; the TLS row is
+# `pingora-plain-tls pingora-tower-tls nginx-tls haproxy-tls`, best with REPORT=proxy-tls;
+# `pingora-server` is the plain proxy
 # on Pingora's own Server; the what-ifs `pingora-plain+fwd`, `pingora-plain+fwd-lean`,
 # `pingora-plain+timeouts` are not in the default list, nor are the thread layouts
 # `pingora-tower+4@th2` (two threads, one shared socket) and `pingora-tower+4@th2-reuseport`
@@ -46,7 +48,7 @@ for secs in "$CPU_SECS" "$WRK_SECS" "$LAT_SECS"; do
 done
 (($(nproc) >= 2)) || pb_die "needs 2 CPUs (contender on one, load on the other)"
 
-pb_install wrk:wrk nginx:nginx haproxy:haproxy curl:curl taskset:util-linux
+pb_install wrk:wrk nginx:nginx haproxy:haproxy curl:curl taskset:util-linux openssl:openssl
 # The `+redis` contenders need the `redis` feature (every binary of the run is then built with
 # it, so the contenders stay comparable) and a redis-server.
 if [[ $CONTENDERS == *redis* ]]; then
@@ -60,6 +62,7 @@ trap pb_cleanup EXIT
 trap 'exit 130' INT TERM
 pb_port_free "$PORT" || pb_die "port $PORT is in use"
 pb_write_configs "$PORT"
+pb_write_tls "$PORT"
 mkdir -p "$RESULTS"
 CSV=$RESULTS/$REPORT.csv
 RAW=$PB_WORK/raw.log
@@ -70,11 +73,13 @@ pb_log "upstream pid $UP_PID on 127.0.0.1:$UP_PORT (CPU $LOAD_CPU); work dir $PB
 
 echo "round,contender,offered_rps,achieved_rps,requests,errors,cpu_us_per_req,loaded_p50_us,loaded_p99_us,wrk_rps,wrk_errors,p50_us,p99_us" >"$CSV"
 
-loadgen() { taskset -c "$LOAD_CPU" "$PB_BIN/loadgen" "$@"; }
+# `--cacert` is used by https URLs only (the TLS contenders).
+loadgen() { taskset -c "$LOAD_CPU" "$PB_BIN/loadgen" --cacert "$PB_WORK/tls/cert.pem" "$@"; }
 
 # Measures contender $1 (pid $2 listening on $3) in round $4; appends one CSV row.
 measure() {
-  local name=$1 pid=$2 port=$3 round=$4 url="http://127.0.0.1:$3/"
+  local name=$1 pid=$2 port=$3 round=$4 url
+  url="$(pb_scheme "$name")://127.0.0.1:$3/"
   local out before after ok errors unsent requests cpu_us wrk_out wrk_rps wrk_err lat
   # Warm-up: connections, the upstream pool, caches.
   loadgen --url "$url" --rate "$RATE" --duration 1 --connections "$CONNS" >/dev/null
@@ -118,7 +123,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
     taskset -c "$PROXY_CPU" "${cmd[@]}" >"$PB_WORK/$name.log" 2>&1 &
     pid=$!
     PB_PIDS+=("$pid")
-    pb_wait_ready "$PORT" "$pid"
+    pb_wait_ready "$PORT" "$pid" 15 2 "$(pb_scheme "$name")"
     measure "$name" "$pid" "$PORT" "$round"
     pb_stop "$pid"
     pb_forget "$pid"

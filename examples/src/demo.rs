@@ -5,6 +5,8 @@
 //! Options (flags win over environment variables):
 //! - `--listen ADDR` / `DEMO_LISTEN`: the proxy's address (default [`DEFAULT_LISTEN`]).
 //! - `--upstream URL` / `DEMO_UPSTREAM`: proxy to this URL instead of the embedded upstream.
+//! - `--tls` / `DEMO_TLS=1`: terminate TLS with a self-signed certificate made at start-up
+//!   (see [`demo_tls`](crate::demo_tls)); the printed `curl` lines trust it with `--cacert`.
 //!
 //! The embedded upstream answers:
 //! - `/`: a greeting; `/health`: `ok`;
@@ -40,6 +42,8 @@ use pingora_tower::middleware::rate_limit::RateLimitLayer;
 use pingora_tower::proxy::{HealthCheck, PingoraProxy, Route, RunningProxy, Upstream};
 use pingora_tower::{server, RunningServer, ServeTower};
 
+use crate::demo_tls::{DemoCert, DEMO_TLS_NAME};
+
 /// Requests per second the demo's rate limiter admits (with a burst of the same size).
 pub const DEMO_RATE_PER_SECOND: u32 = 20;
 
@@ -56,6 +60,8 @@ pub struct DemoConfig {
     pub listen: String,
     /// An external upstream URL; `None` starts the embedded one.
     pub upstream: Option<String>,
+    /// Terminate TLS with a fresh self-signed certificate.
+    pub tls: bool,
 }
 
 impl DemoConfig {
@@ -64,6 +70,7 @@ impl DemoConfig {
         DemoConfig {
             listen: listen.into(),
             upstream: None,
+            tls: false,
         }
     }
 
@@ -78,6 +85,7 @@ impl DemoConfig {
             upstream: std::env::var("DEMO_UPSTREAM")
                 .ok()
                 .filter(|u| !u.is_empty()),
+            tls: std::env::var("DEMO_TLS").is_ok_and(|v| v == "1"),
         };
         let mut args = args.into_iter();
         while let Some(arg) = args.next() {
@@ -92,10 +100,13 @@ impl DemoConfig {
                     .ok_or_else(|| format!("{flag} needs a value"))
             };
             match flag.as_str() {
+                "--tls" => config.tls = true,
                 "--listen" => config.listen = value()?,
                 "--upstream" => config.upstream = Some(value()?),
                 "-h" | "--help" => {
-                    return Err("usage: pingora_demo [--listen ADDR] [--upstream URL]".to_owned())
+                    return Err(
+                        "usage: pingora_demo [--listen ADDR] [--upstream URL] [--tls]".to_owned(),
+                    )
                 }
                 other => return Err(format!("unknown argument {other:?}")),
             }
@@ -156,6 +167,7 @@ pub struct Demo {
     proxy: RunningProxy,
     upstream: Option<RunningServer>,
     upstream_url: String,
+    tls: Option<DemoCert>,
 }
 
 /// Starts the upstream (unless `config.upstream` is set) and the proxy in the background.
@@ -178,9 +190,16 @@ pub async fn spawn(config: &DemoConfig) -> Result<Demo, DemoError> {
         .map(|(url, _)| url.to_owned())
         .unwrap_or_default();
 
-    let builder = PingoraProxy::builder(&config.listen)
+    let mut builder = PingoraProxy::builder(&config.listen)
         .routes([Route::prefix("/", upstream)])
         .with_timeouts(2_000, 30_000);
+    let tls = if config.tls {
+        let cert = DemoCert::generate()?;
+        builder = builder.tls(cert.tls());
+        Some(cert)
+    } else {
+        None
+    };
 
     // The four layers, outermost first (each `.middleware` wraps the proxy built so far, like
     // `ServiceBuilder::layer`). The rate is low enough to trip by hand with curl.
@@ -198,6 +217,7 @@ pub async fn spawn(config: &DemoConfig) -> Result<Demo, DemoError> {
         proxy,
         upstream: embedded,
         upstream_url,
+        tls,
     })
 }
 
@@ -208,11 +228,7 @@ pub async fn spawn(config: &DemoConfig) -> Result<Demo, DemoError> {
 /// As [`spawn`], or when the signal handlers cannot be installed.
 pub async fn run(config: &DemoConfig) -> Result<(), DemoError> {
     let demo = spawn(config).await?;
-    println!(
-        "proxy on http://{} -> {}",
-        demo.proxy_addr(),
-        demo.upstream_url()
-    );
+    println!("proxy on {} -> {}", demo.base_url(), demo.upstream_url());
     println!("try:");
     for line in demo.curl_lines() {
         println!("  {line}");
@@ -234,29 +250,61 @@ impl Demo {
         &self.upstream_url
     }
 
-    /// `curl` commands that exercise the demo through the proxy.
-    pub fn curl_lines(&self) -> Vec<String> {
-        let base = format!("http://{}", self.proxy_addr());
-        vec![
-            format!("curl -i {base}/                      # proxied, with RateLimit headers"),
-            format!(
-                "for i in $(seq 30); do curl -s -o /dev/null -w '%{{http_code}} ' {base}/; done; echo   # rate limit: 429 past {DEMO_RATE_PER_SECOND}/s"
-            ),
-            format!(
-                "for i in $(seq 6); do curl -s {base}/flaky; done   # retry: every third call fails upstream, clients see 200"
-            ),
-            format!("curl -i '{base}/slow?ms=8000'        # timeout: 504 after 5 s"),
-            format!(
-                "for i in $(seq 12); do curl -s -o /dev/null -w '%{{http_code}} ' {base}/status/500; done; echo; curl -i {base}/   # breaker: opens, then 503 + Retry-After for 10 s"
-            ),
-        ]
+    /// The proxy's base URL: `http://ADDR`, or `https://localhost:PORT` with TLS.
+    pub fn base_url(&self) -> String {
+        match &self.tls {
+            None => format!("http://{}", self.proxy_addr()),
+            Some(_) => format!("https://{DEMO_TLS_NAME}:{}", self.proxy_addr().port()),
+        }
     }
 
-    /// Stops the proxy (in-flight requests finish), then the embedded upstream.
+    /// The self-signed certificate's file, when the demo terminates TLS.
+    pub fn tls_cert_path(&self) -> Option<&std::path::Path> {
+        self.tls.as_ref().map(DemoCert::cert_path)
+    }
+
+    /// `curl` commands that exercise the demo through the proxy.
+    pub fn curl_lines(&self) -> Vec<String> {
+        let base = self.base_url();
+        let (addr, port) = (self.proxy_addr(), self.proxy_addr().port());
+        let (curl, tls_lines) = match self.tls_cert_path() {
+            None => ("curl".to_owned(), vec![]),
+            Some(cert) => {
+                let cert = cert.display();
+                (
+                    format!("curl --cacert {cert} --resolve {DEMO_TLS_NAME}:{port}:{}", addr.ip()),
+                    vec![format!(
+                        "openssl s_client -connect {addr} -servername {DEMO_TLS_NAME} -CAfile {cert} </dev/null   # the certificate and the TLS version"
+                    )],
+                )
+            }
+        };
+        let mut lines = tls_lines;
+        lines.splice(0..0, [
+            format!("{curl} -i {base}/                      # proxied, with RateLimit headers"),
+            format!(
+                "for i in $(seq 30); do {curl} -s -o /dev/null -w '%{{http_code}} ' {base}/; done; echo   # rate limit: 429 past {DEMO_RATE_PER_SECOND}/s"
+            ),
+            format!(
+                "for i in $(seq 6); do {curl} -s {base}/flaky; done   # retry: every third call fails upstream, clients see 200"
+            ),
+            format!("{curl} -i '{base}/slow?ms=8000'        # timeout: 504 after 5 s"),
+            format!(
+                "for i in $(seq 12); do {curl} -s -o /dev/null -w '%{{http_code}} ' {base}/status/500; done; echo; {curl} -i {base}/   # breaker: opens, then 503 + Retry-After for 10 s"
+            ),
+        ]);
+        lines
+    }
+
+    /// Stops the proxy (in-flight requests finish), then the embedded upstream, and removes
+    /// the TLS certificate file.
     pub async fn shutdown(self) {
         self.proxy.shutdown().await;
         if let Some(upstream) = self.upstream {
             upstream.shutdown().await;
+        }
+        if let Some(cert) = self.tls {
+            cert.remove_file();
         }
     }
 }

@@ -26,6 +26,7 @@ mod http_head;
 pub mod proxy;
 pub mod serve;
 pub mod server;
+pub mod tls;
 
 /// The tower layers of the `middlewares` crate (timeout, rate limit, retry, circuit breaker),
 /// built with its `pingora` feature so each also wraps a `ProxyHttp`.
@@ -39,4 +40,9 @@ pub use serve::ServeTower;
 #[doc = include_str!("../../README.md")]
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
+
+/// `docs/tls.md`'s code blocks, compiled as doctests.
+#[doc = include_str!("../../docs/tls.md")]
+#[cfg(doctest)]
+pub struct TlsDocDoctests;
 pub use server::{spawn, ClientLimits, RunningServer};

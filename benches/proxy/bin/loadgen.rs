@@ -3,8 +3,11 @@
 //!
 //! ```text
 //! loadgen --url http://127.0.0.1:19001/ [--connections 1]
-//!         (--rate R --duration S | --count N)
+//!         (--rate R --duration S | --count N) [--cacert ca.pem]
 //! ```
+//! - **TLS** (`--url https://…`): each connection does one TLS handshake (rustls, TLS 1.3,
+//!   ALPN `http/1.1`, the server's certificate verified against `--cacert`) and then carries
+//!   its keep-alive requests, so the handshake is amortised as with `wrk`.
 //! - **Open loop** (`--rate`, `--duration`): request `i` is due at `start + i / R`; requests are
 //!   spread round robin over the connections, each connection sending its due requests one
 //!   after another (HTTP/1.1 has one request in flight per connection), so a slow server builds
@@ -35,10 +38,12 @@ use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper::Request;
 use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
 
 const USAGE: &str = "loadgen --url http://127.0.0.1:19001/ [--connections 1] \
-                     (--rate R --duration S | --count N)";
+                     (--rate R --duration S | --count N) [--cacert ca.pem]";
 
 /// How long one request may take before it counts as an error.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
@@ -50,6 +55,24 @@ struct Target {
     addr: SocketAddr,
     authority: String,
     path: String,
+    /// For `https://` URLs: the client configuration.
+    tls: Option<TlsConnector>,
+}
+
+/// A TLS client trusting only the certificates in `cacert`, offering HTTP/1.1.
+fn tls_connector(cacert: &str) -> Result<TlsConnector, common::BoxError> {
+    let pem = std::fs::read(cacert).map_err(|e| format!("--cacert {cacert}: {e}"))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut &pem[..]) {
+        roots.add(cert?)?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsConnector::from(std::sync::Arc::new(config)))
 }
 
 /// What one connection's task measured.
@@ -93,10 +116,19 @@ fn main() -> Result<(), common::BoxError> {
     let addr: SocketAddr = authority
         .parse()
         .map_err(|e| format!("--url: need an IP:port authority ({e})"))?;
+    let tls = match url.scheme_str() {
+        Some("https") => Some(tls_connector(
+            &args
+                .opt("cacert")
+                .ok_or("an https:// --url needs --cacert")?,
+        )?),
+        _ => None,
+    };
     let target = Target {
         addr,
         authority,
         path: url.path_and_query().map_or("/", |p| p.as_str()).to_owned(),
+        tls,
     };
     let connections: u64 = args.parse_or("connections", 1u64).max(1);
     let count: Option<u64> = args.opt("count").map(|_| args.parse_or("count", 0));
@@ -190,6 +222,15 @@ fn percentile(v: &[u64], p: f64) -> u64 {
 async fn connect(target: &Target) -> Result<SendRequest<Empty<Bytes>>, common::BoxError> {
     let stream = TcpStream::connect(target.addr).await?;
     stream.set_nodelay(true)?;
+    let Some(tls) = &target.tls else {
+        let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        return Ok(sender);
+    };
+    let name = ServerName::from(target.addr.ip());
+    let stream = tls.connect(name, stream).await?;
     let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(async move {
         let _ = conn.await;
@@ -252,7 +293,14 @@ async fn run_connection(target: Target, plan: Plan) -> Tally {
         if sender.is_none() {
             match tokio::time::timeout(REQUEST_TIMEOUT, connect(&target)).await {
                 Ok(Ok(s)) => sender = Some(s),
-                _ => {
+                failed => {
+                    // The first failure of each connection says why (a TLS error, a refusal).
+                    if tally.errors == 0 {
+                        match failed {
+                            Ok(Err(e)) => eprintln!("loadgen: connect failed: {e}"),
+                            _ => eprintln!("loadgen: connect timed out"),
+                        }
+                    }
                     tally.errors += 1;
                     continue;
                 }

@@ -6,7 +6,10 @@
 //! pingora-plain [--listen 127.0.0.1:19001] [--upstream 127.0.0.1:19000]
 //!               [--host spawn|server] [--workers 1] [--pool 128]
 //!               [--forwarded-headers no|yes|lean] [--peer-timeouts no|yes]
+//!               [--tls-cert cert.pem --tls-key key.pem]
 //! ```
+//! With `--tls-cert` and `--tls-key` (`--host spawn` only) the listener terminates TLS with
+//! `pingora_tower::server::spawn_tls`, the listener `PingoraProxy` uses.
 //! - `--host spawn` (default): served by `pingora_tower::server::spawn` on a multi-thread tokio
 //!   runtime with `--workers` worker threads (`0` = current-thread), the same host and runtime
 //!   as `pingora-tower-proxy`, so the two differ only in the `ProxyHttp` they run.
@@ -42,7 +45,8 @@ use pingora_proxy::{ProxyHttp, Session};
 
 const USAGE: &str = "pingora-plain [--listen 127.0.0.1:19001] [--upstream 127.0.0.1:19000] \
                      [--host spawn|server] [--workers 1] [--pool 128] \
-                     [--forwarded-headers no|yes|lean] [--peer-timeouts no|yes]";
+                     [--forwarded-headers no|yes|lean] [--peer-timeouts no|yes] \
+                     [--tls-cert cert.pem --tls-key key.pem]";
 
 /// One upstream, nothing else (unless a what-if switch is on).
 struct Plain {
@@ -204,9 +208,14 @@ fn main() -> Result<(), common::BoxError> {
     match args.get("host", "spawn").as_str() {
         "spawn" => common::runtime(workers)?.block_on(async move {
             let app = pingora_proxy::http_proxy(&Arc::new(conf), proxy);
-            let running = pingora_tower::server::spawn(&listen, app)
-                .await?
-                .with_shutdown_grace(Duration::from_secs(2));
+            let running = match common::tls_config(&args)? {
+                Some(tls) => {
+                    let limits = pingora_tower::ClientLimits::default();
+                    pingora_tower::server::spawn_tls(&listen, app, limits, tls).await?
+                }
+                None => pingora_tower::server::spawn(&listen, app).await?,
+            }
+            .with_shutdown_grace(Duration::from_secs(2));
             println!("listening on {}", running.local_addr());
             common::stop_signal().await?;
             running.shutdown().await;

@@ -6,7 +6,10 @@
 //!                     [--layers none|four] [--workers 1] [--pool 128]
 //!                     [--forwarded-headers yes|no] [--threads 0] [--reuse-port no|yes]
 //!                     [--layers rate-limit|redis|redis-lease --redis redis://127.0.0.1:6379/]
+//!                     [--tls-cert cert.pem --tls-key key.pem]
 //! ```
+//! With `--tls-cert` and `--tls-key` the listener terminates TLS (`ProxyBuilder::tls`, one
+//! certificate as the default of the SNI set).
 //! `--layers four` wraps the proxy, outermost first, in `timeout(30 s)`,
 //! `rate_limit(1e9 per second)`, `retry(2)` and `circuit_breaker(50 %, 10 s)`. The proxy runs on
 //! a multi-thread tokio runtime with `--workers` worker threads (`0` = current-thread), the same
@@ -37,7 +40,8 @@ const USAGE: &str = "pingora-tower-proxy [--listen 127.0.0.1:19002] \
                      [--upstream http://127.0.0.1:19000] [--layers none|four] [--workers 1] \
                      [--pool 128] [--forwarded-headers yes|no] [--threads 0] \
                      [--reuse-port no|yes] \
-                     [--layers rate-limit|redis|redis-lease --redis URL]";
+                     [--layers rate-limit|redis|redis-lease --redis URL] \
+                     [--tls-cert cert.pem --tls-key key.pem]";
 
 /// Requests per second the rate limiter admits: far above anything the bench offers.
 const NEVER_TRIPS_PER_SECOND: u32 = 1_000_000_000;
@@ -69,6 +73,9 @@ fn main() -> Result<(), common::BoxError> {
         .forwarded_headers(forwarded_headers);
     if threads > 0 {
         builder = builder.threads(threads).reuse_port(reuse_port);
+    }
+    if let Some(tls) = common::tls_config(&args)? {
+        builder = builder.tls(tls);
     }
     #[cfg(feature = "redis")]
     let redis_url = args.get("redis", "redis://127.0.0.1:6379/");

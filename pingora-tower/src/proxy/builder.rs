@@ -22,6 +22,7 @@ use super::timeouts::Timeouts;
 use super::upstream::UpstreamGroup;
 use crate::serve::DEFAULT_MAX_HEADER_BYTES;
 use crate::server::{self, AcceptFilter, ClientLimits, ListenOptions, RunningServer};
+use crate::tls::TlsConfig;
 
 /// The proxy the builder's `.middleware(..)` layers wrap: [`RoutingProxy`] inside the timeout
 /// policy that enforces [`ProxyBuilder::request_timeout`] (`None` when no request timeout is
@@ -91,11 +92,12 @@ pub struct ProxyBuilder<L = Identity> {
     listen: Listen,
 }
 
-/// Accept-time filter and socket layout, handed to the server as [`ListenOptions`].
+/// Accept-time filter, socket layout and TLS, handed to the server as [`ListenOptions`].
 #[derive(Debug, Clone, Default)]
 struct Listen {
     accept_filter: Option<AcceptFilter>,
     reuse_port: bool,
+    tls: Option<TlsConfig>,
 }
 
 impl ProxyBuilder<Identity> {
@@ -255,6 +257,14 @@ impl<L> ProxyBuilder<L> {
     /// `threads` it changes nothing. BENCHMARKS.md compares the two.
     pub fn reuse_port(mut self, enabled: bool) -> Self {
         self.listen.reuse_port = enabled;
+        self
+    }
+
+    /// Terminates TLS on the listen address (certificates by SNI, ALPN `h2`/`http/1.1`,
+    /// optional client certificates; see [`crate::tls`]). Upstream requests then carry
+    /// `X-Forwarded-Proto: https`.
+    pub fn tls(mut self, tls: TlsConfig) -> Self {
+        self.listen.tls = Some(tls);
         self
     }
 
@@ -506,6 +516,9 @@ where
             .reuse_port(self.listen.reuse_port);
         if let Some(filter) = self.listen.accept_filter {
             options = options.accept_filter(filter);
+        }
+        if let Some(tls) = self.listen.tls {
+            options = options.tls(tls);
         }
         let server = match self.threads {
             Some(threads) => {

@@ -15,6 +15,7 @@ use pingora_load_balancing::Backend;
 
 use super::error::ProxyConfigError;
 use super::upstream::BackendInfo;
+use crate::tls::PeerTls;
 
 /// Default time between two checks of a backend.
 pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(2);
@@ -171,6 +172,7 @@ impl BackendChecks {
         config: &HealthCheck,
         upstream: &str,
         backends: &[BackendInfo],
+        peer_tls: Option<&PeerTls>,
     ) -> Result<Self, ProxyConfigError> {
         config.validate(upstream)?;
         let mut checks: HashMap<SocketAddr, Box<dyn LbHealthCheck + Send + Sync>> =
@@ -183,6 +185,10 @@ impl BackendChecks {
                     } else {
                         TcpHealthCheck::new()
                     };
+                    if let Some(tls) = peer_tls {
+                        // A TCP check presents no client certificate (Pingora's `BasicPeer`).
+                        tls.apply_options(&mut tcp.peer_template.options);
+                    }
                     tcp.peer_template.options.connection_timeout = Some(config.timeout);
                     tcp.peer_template.options.total_connection_timeout = Some(config.timeout);
                     tcp
@@ -199,6 +205,10 @@ impl BackendChecks {
                     req.insert_header(http::header::HOST, b.authority.clone())
                         .map_err(invalid)?;
                     hc.req = req;
+                    // The checks verify and identify themselves like the requests do.
+                    if let Some(tls) = peer_tls {
+                        tls.apply(&mut hc.peer_template);
+                    }
                     let opts = &mut hc.peer_template.options;
                     opts.connection_timeout = Some(config.timeout);
                     opts.total_connection_timeout = Some(config.timeout);

@@ -393,6 +393,9 @@ impl ProxyHttp for RoutingProxy {
         ctx.attempts += 1;
 
         let mut peer = HttpPeer::new(backend.addr, backend.tls, backend.sni.clone());
+        if let Some(tls) = &group.peer_tls {
+            tls.apply(&mut peer);
+        }
         self.shared
             .timeouts
             .apply(&mut peer, &mut ctx.response_timeout);

@@ -18,6 +18,7 @@ use tokio::task::JoinHandle;
 
 use super::error::ProxyConfigError;
 use super::health::{BackendChecks, HealthCheck};
+use crate::tls::{PeerTls, UpstreamTls};
 
 /// The largest accepted backend weight. Weighted round robin keeps one slot per unit of weight
 /// and Ketama hashing 160 ring points per unit, so the weight bounds memory.
@@ -34,7 +35,7 @@ const MAX_SELECT_ITERATIONS: usize = 256;
 /// queries and credentials are rejected. Host names are resolved once, at `build()`, with the
 /// system resolver; a name with several addresses becomes one backend per address, each with
 /// the URL's weight. `https` backends are verified against the system roots with the URL's host
-/// as SNI and expected certificate name.
+/// as SNI and expected certificate name, unless [`tls`](Self::tls) says otherwise.
 ///
 /// By default the client's `Host` header is forwarded unchanged; see
 /// [`preserve_host`](Self::preserve_host).
@@ -56,6 +57,7 @@ pub struct Upstream {
     hashing: Option<HashKey>,
     health: Option<HealthCheck>,
     preserve_host: bool,
+    tls: Option<UpstreamTls>,
 }
 
 /// What consistent hashing ([`Upstream::hashing`]) hashes to pick a backend. Requests with the
@@ -80,6 +82,7 @@ impl Upstream {
             hashing: None,
             health: None,
             preserve_host: true,
+            tls: None,
         }
     }
 
@@ -98,6 +101,7 @@ impl Upstream {
             hashing: None,
             health: None,
             preserve_host: true,
+            tls: None,
         }
     }
 
@@ -118,6 +122,14 @@ impl Upstream {
     /// `host[:port]` instead, as virtual-hosted upstreams (CDNs, SaaS) usually need.
     pub fn preserve_host(mut self, preserve: bool) -> Self {
         self.preserve_host = preserve;
+        self
+    }
+
+    /// How `https://` backends are verified and which client certificate the proxy presents
+    /// (see [`UpstreamTls`]). Without it: verification against the system roots, SNI from the
+    /// URL, no client certificate.
+    pub fn tls(mut self, tls: UpstreamTls) -> Self {
+        self.tls = Some(tls);
         self
     }
 
@@ -178,6 +190,8 @@ pub(crate) struct UpstreamGroup {
     pub(crate) hash_key: Option<CompiledHashKey>,
     pub(crate) preserve_host: bool,
     health_interval: Option<Duration>,
+    /// The CA, client identity and verification of `https` backends, when configured.
+    pub(crate) peer_tls: Option<PeerTls>,
 }
 
 /// [`HashKey`] with its header name parsed once.
@@ -201,6 +215,13 @@ impl UpstreamGroup {
     /// Parses, resolves and validates `upstream`, and builds its load balancer.
     pub(crate) fn build(upstream: &Upstream) -> Result<Self, ProxyConfigError> {
         let label = upstream.label();
+        let peer_tls = match &upstream.tls {
+            None => None,
+            Some(tls) => Some(
+                tls.compile()
+                    .map_err(|e| invalid(&label, format!("tls: {e}")))?,
+            ),
+        };
         let mut backends: Vec<BackendInfo> = Vec::new();
         for (url, weight) in &upstream.targets {
             if !(1..=MAX_WEIGHT).contains(weight) {
@@ -210,7 +231,18 @@ impl UpstreamGroup {
                     max: MAX_WEIGHT,
                 });
             }
-            for info in parse_backend(url, *weight)? {
+            for mut info in parse_backend(url, *weight)? {
+                if upstream.tls.is_some() && !info.tls {
+                    return Err(invalid(
+                        url,
+                        "TLS settings given for a plain http:// backend".into(),
+                    ));
+                }
+                if let Some(sni) = peer_tls.as_ref().and_then(PeerTls::sni) {
+                    // The handshakes of requests and of health checks use this name; the
+                    // Host of `preserve_host(false)` keeps the URL's.
+                    sni.clone_into(&mut info.sni);
+                }
                 if let Some(other) = backends.iter().find(|b| b.addr == info.addr) {
                     return Err(invalid(
                         url,
@@ -237,7 +269,12 @@ impl UpstreamGroup {
         };
 
         let checks = match &upstream.health {
-            Some(check) => Some(BackendChecks::build(check, &label, &backends)?),
+            Some(check) => Some(BackendChecks::build(
+                check,
+                &label,
+                &backends,
+                peer_tls.as_ref(),
+            )?),
             None => None,
         };
         let health_interval = upstream.health.as_ref().map(HealthCheck::period);
@@ -253,6 +290,7 @@ impl UpstreamGroup {
             hash_key,
             preserve_host: upstream.preserve_host,
             health_interval,
+            peer_tls,
         })
     }
 

@@ -159,6 +159,13 @@ fn build_request(session: &ServerSession) -> (Request<PingoraBody>, BodyFeeder) 
         #[cfg(feature = "axum")]
         parts.extensions.insert(axum::extract::ConnectInfo(*addr));
     }
+    if let Some(info) = session
+        .digest()
+        .and_then(|d| d.ssl_digest.as_deref())
+        .and_then(crate::tls::TlsInfo::from_digest)
+    {
+        parts.extensions.insert(info.clone());
+    }
     let expects_continue = parts.version == Version::HTTP_11
         && parts
             .headers

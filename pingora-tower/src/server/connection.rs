@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora_core::apps::{HttpServerApp, ServerApp};
+use pingora_core::listeners::tls::Acceptor;
 use pingora_core::protocols::http::ServerSession;
+use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use pingora_core::protocols::{Peek, Ssl, Stream, ALPN};
 use pingora_core::server::ShutdownWatch;
 use tokio::sync::Notify;
@@ -76,6 +78,8 @@ pub(crate) struct Tracked<A> {
     pub(crate) app: Arc<A>,
     pub(crate) connections: Arc<ConnectionCount>,
     pub(crate) limits: ClientLimits,
+    /// Terminates TLS on each connection (see [`Tracked::tls_handshake`]).
+    pub(crate) tls: Option<Arc<Acceptor>>,
 }
 
 impl<A> Clone for Tracked<A> {
@@ -84,11 +88,33 @@ impl<A> Clone for Tracked<A> {
             app: self.app.clone(),
             connections: self.connections.clone(),
             limits: self.limits,
+            tls: self.tls.clone(),
         }
     }
 }
 
 impl<A: HttpServerApp + Send + Sync + 'static> Tracked<A> {
+    /// The TLS handshake, here rather than in Pingora's listener (which allows it 60 s, before
+    /// any connection cap): it counts against the cap and must finish within the header
+    /// timeout, like the request head that follows.
+    async fn tls_handshake(&self, acceptor: &Acceptor, stream: Stream) -> Option<Stream> {
+        let Ok(tcp) = stream.into_any().downcast::<L4Stream>() else {
+            tracing::error!("a TLS listener got a connection that is not TCP; closing it");
+            return None;
+        };
+        match tokio::time::timeout(self.limits.header_timeout, acceptor.tls_handshake(*tcp)).await {
+            Ok(Ok(tls)) => Some(Box::new(tls)),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "TLS handshake failed");
+                None
+            }
+            Err(_) => {
+                tracing::debug!("TLS handshake not done within the header timeout");
+                None
+            }
+        }
+    }
+
     /// Serves HTTP/1 requests on `stream` until the connection is not reusable.
     async fn serve_http1(&self, stream: Box<TimedStream>, shutdown: &ShutdownWatch) {
         let mut session = ServerSession::new_http1(stream);
@@ -139,6 +165,10 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Tracked<A> {
                 "connection limit reached, closing a new connection"
             );
             return None;
+        };
+        let stream = match &self.tls {
+            Some(acceptor) => self.tls_handshake(acceptor, stream).await?,
+            None => stream,
         };
         let mut stream = Box::new(TimedStream::new(stream, &self.limits));
         let options = self.app.server_options();

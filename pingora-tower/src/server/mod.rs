@@ -18,6 +18,9 @@
 //! [`spawn_threads_with`] take other limits. See [`ClientLimits`] for the table and for which
 //! peer each default follows.
 //!
+//! [`spawn_tls`] and [`spawn_threads_tls`] terminate TLS on the listener (see [`crate::tls`]);
+//! [`ListenOptions::tls`] does the same with the other options.
+//!
 //! # Example
 //! ```no_run
 //! use axum::{routing::get, Router};
@@ -44,6 +47,8 @@ use pingora_core::services::listening::Service as ListeningService;
 use pingora_core::services::Service as _;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
+
+use crate::tls::TlsConfig;
 
 mod accept_filter;
 mod connection;
@@ -126,6 +131,24 @@ where
     spawn_with_options(addr, app, limits.into()).await
 }
 
+/// [`spawn_with`] terminating TLS with `tls` (see [`crate::tls`]). The handshake is part of
+/// the request head for the limits: it must finish within the header timeout, and a
+/// connection counts against the cap from its accept.
+///
+/// # Errors
+/// As [`spawn_with`].
+pub async fn spawn_tls<A>(
+    addr: &str,
+    app: A,
+    limits: ClientLimits,
+    tls: TlsConfig,
+) -> std::io::Result<RunningServer>
+where
+    A: HttpServerApp + Send + Sync + 'static,
+{
+    spawn_with_options(addr, app, ListenOptions::from(limits).tls(tls)).await
+}
+
 /// [`spawn`] with these [`ListenOptions`] (client limits, accept filter).
 ///
 /// # Errors
@@ -146,6 +169,7 @@ where
         app: Arc::new(app),
         connections: connections.clone(),
         limits,
+        tls: options.tls.as_ref().map(TlsConfig::acceptor).transpose()?,
     };
     let (shutdown, shutdown_rx) = watch::channel(false);
     let accept = accept_loop(
@@ -196,6 +220,23 @@ where
     spawn_threads_with_options(addr, app, threads, limits.into()).await
 }
 
+/// [`spawn_threads_with`] terminating TLS with `tls` (see [`crate::tls`]).
+///
+/// # Errors
+/// As [`spawn_threads_with`].
+pub async fn spawn_threads_tls<A>(
+    addr: &str,
+    app: A,
+    threads: usize,
+    limits: ClientLimits,
+    tls: TlsConfig,
+) -> std::io::Result<RunningServer>
+where
+    A: HttpServerApp + Send + Sync + 'static,
+{
+    spawn_threads_with_options(addr, app, threads, ListenOptions::from(limits).tls(tls)).await
+}
+
 /// [`spawn_threads`] with these [`ListenOptions`]: client limits, an accept filter, and with
 /// [`reuse_port`](ListenOptions::reuse_port) one `SO_REUSEPORT` socket per thread instead of
 /// one socket shared by all.
@@ -231,6 +272,7 @@ where
         app: Arc::new(app),
         connections: connections.clone(),
         limits,
+        tls: options.tls.as_ref().map(TlsConfig::acceptor).transpose()?,
     };
     let (shutdown, shutdown_rx) = watch::channel(false);
     let (exit, exit_rx) = watch::channel(false);

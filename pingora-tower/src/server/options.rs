@@ -2,15 +2,17 @@
 
 use super::accept_filter::AcceptFilter;
 use super::limits::ClientLimits;
+use crate::tls::TlsConfig;
 
 /// How [`spawn_with_options`](super::spawn_with_options) and
 /// [`spawn_threads_with_options`](super::spawn_threads_with_options) listen: the client
-/// limits, an accept-time filter, and (for threads) one `SO_REUSEPORT` socket per thread.
+/// limits, an accept-time filter, TLS, and (for threads) one `SO_REUSEPORT` socket per thread.
 #[derive(Debug, Clone, Default)]
 pub struct ListenOptions {
     pub(super) limits: ClientLimits,
     pub(super) accept_filter: Option<AcceptFilter>,
     pub(super) reuse_port: bool,
+    pub(super) tls: Option<TlsConfig>,
 }
 
 impl ListenOptions {
@@ -28,6 +30,13 @@ impl ListenOptions {
     /// Closes the connections `filter` refuses as soon as they are accepted.
     pub fn accept_filter(mut self, filter: AcceptFilter) -> Self {
         self.accept_filter = Some(filter);
+        self
+    }
+
+    /// Terminates TLS with `tls` (see [`crate::tls`]). The handshake runs after the accept
+    /// filter, so a refused address costs no handshake, and within the header timeout.
+    pub fn tls(mut self, tls: TlsConfig) -> Self {
+        self.tls = Some(tls);
         self
     }
 
