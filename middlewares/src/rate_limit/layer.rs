@@ -77,6 +77,7 @@ pub struct RateLimitBuilder {
     expose_headers: bool,
     dry_run: bool,
     clock: TimeSource,
+    observer: crate::observe::MaybeObserver,
 }
 
 impl RateLimitBuilder {
@@ -191,6 +192,13 @@ impl RateLimitBuilder {
         self
     }
 
+    /// Tells `observer` about every request this limiter refuses (not the dry run's), e.g. the
+    /// `obs` feature's `Metrics`. None by default.
+    pub fn observer(mut self, observer: std::sync::Arc<dyn crate::observe::Observer>) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
     /// The clock the limiter reads (default [`TimeSource::Auto`]: tokio's when its clock is
     /// paused where the layer is built, as in a `start_paused` test; the CPU's counter
     /// otherwise). See [`TimeSource`].
@@ -268,6 +276,7 @@ impl RateLimitBuilder {
                 period: self.period,
                 window_secs,
                 max_delay: Duration::from_nanos(max_delay),
+                observer: self.observer,
             }),
         })
     }
@@ -321,6 +330,7 @@ pub(super) struct Shared {
     period: Duration,
     window_secs: u64,
     max_delay: Duration,
+    observer: crate::observe::MaybeObserver,
 }
 
 /// Limits the request rate of the inner service with a token bucket (GCRA), globally or per key.
@@ -350,6 +360,7 @@ impl RateLimitLayer {
             expose_headers: false,
             dry_run: false,
             clock: TimeSource::Auto,
+            observer: None,
         }
     }
 
@@ -475,6 +486,9 @@ impl RateLimitLayer {
             }
             Decision::Reject(err) => {
                 tracing::debug!(%key, retry_after = ?err.retry_after(), "rate limit: rejecting request");
+                if let Some(observer) = &s.observer {
+                    observer.rate_limited();
+                }
                 decision
             }
             Decision::Allow(_) => decision,
