@@ -313,6 +313,41 @@ impl Metrics {
             .as_secs()
     }
 
+    /// Upstream attempts so far per backend: `(server_address, answered, failed)`, where
+    /// answered attempts got a response head (any status) and failed ones an error.
+    pub fn attempts_by_backend(&self) -> Vec<(String, u64, u64)> {
+        use prometheus::core::Collector;
+        let mut out: Vec<(String, u64, u64)> = Vec::new();
+        for family in self.inner.client_duration.collect() {
+            for m in family.get_metric() {
+                let mut address = "";
+                let mut failed = false;
+                for l in m.get_label() {
+                    match l.name() {
+                        "server_address" => address = l.value(),
+                        "error_type" => failed = !l.value().is_empty(),
+                        _ => {}
+                    }
+                }
+                let count = m.get_histogram().get_sample_count();
+                let row = match out.iter_mut().position(|r| r.0 == address) {
+                    Some(i) => &mut out[i],
+                    None => {
+                        out.push((address.to_owned(), 0, 0));
+                        let last = out.len() - 1;
+                        &mut out[last]
+                    }
+                };
+                if failed {
+                    row.2 += count;
+                } else {
+                    row.1 += count;
+                }
+            }
+        }
+        out
+    }
+
     /// Requests refused by rate limiters so far.
     pub fn rate_limited_total(&self) -> u64 {
         self.inner.rate_limited.get()

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use middlewares::obs::{Metrics, ObsLayer};
 use middlewares::timeout::TimeoutLayer;
 use middlewares::Layered;
 
@@ -20,8 +21,10 @@ use super::route::{Route, RouteTable};
 use super::routing::{BackendStatus, Hygiene, RoutingProxy};
 use super::timeouts::Timeouts;
 use super::upstream::UpstreamGroup;
+use crate::admin::Admin;
 use crate::serve::DEFAULT_MAX_HEADER_BYTES;
 use crate::server::{self, ClientLimits, RunningServer};
+use crate::ServeTower;
 
 /// The proxy the builder's `.middleware(..)` layers wrap: [`RoutingProxy`] inside the timeout
 /// policy that enforces [`ProxyBuilder::request_timeout`] (`None` when no request timeout is
@@ -88,6 +91,14 @@ pub struct ProxyBuilder<L = Identity> {
     threads: Option<usize>,
     hygiene: Hygiene,
     limits: ClientLimits,
+    obs: ObsSettings,
+}
+
+/// The admin listener and metrics, as set on the builder.
+#[derive(Debug, Default)]
+struct ObsSettings {
+    admin: Option<String>,
+    metrics: Option<Metrics>,
 }
 
 impl ProxyBuilder<Identity> {
@@ -108,6 +119,7 @@ impl ProxyBuilder<Identity> {
             threads: None,
             hygiene: Hygiene::default(),
             limits: ClientLimits::default(),
+            obs: ObsSettings::default(),
         }
     }
 }
@@ -211,7 +223,30 @@ impl<L> ProxyBuilder<L> {
             threads: self.threads,
             hygiene: self.hygiene,
             limits: self.limits,
+            obs: self.obs,
         }
+    }
+
+    /// Serves the admin pages on `addr` (e.g. `"127.0.0.1:9901"`; off by default): `/metrics`
+    /// (Prometheus text), `/status` (JSON) and `/` (an HTML status page). With it, the proxy
+    /// records its metrics with no further call: the `obs` layer
+    /// ([`middlewares::obs::ObsLayer`]) runs outermost, around every `.middleware(..)`, and
+    /// routed requests carry their route's [`label`](super::Route::label). Bind it to
+    /// loopback or a private network. [`RunningProxy::admin_addr`] reports the bound address.
+    pub fn admin(mut self, addr: &str) -> Self {
+        self.obs.admin = Some(addr.to_owned());
+        self
+    }
+
+    /// Records into `metrics` (default: a fresh registry when [`admin`](Self::admin) is set),
+    /// so the layers can report into the same registry: give it to
+    /// `RateLimitBuilder::observer` and `RetryBuilder::observer`, its
+    /// `on_breaker_transition()` to `CircuitBreakerBuilder::on_state_transition`, and the
+    /// breaker layer's handle to `Metrics::watch_breakers`. Also turns on the `obs` layer
+    /// without an admin listener (serve [`Metrics::render`] yourself).
+    pub fn metrics(mut self, metrics: Metrics) -> Self {
+        self.obs.metrics = Some(metrics);
+        self
     }
 
     /// Replaces the Pingora server configuration (only the upstream connector settings such
@@ -341,6 +376,13 @@ impl<L> ProxyBuilder<L> {
             return Err(ProxyConfigError::InvalidThreads { threads: 0 });
         }
         let table = RouteTable::build(&self.routes)?;
+        let metrics = match (&self.obs.admin, self.obs.metrics) {
+            (_, Some(metrics)) => Some(metrics),
+            (Some(_), None) => Some(Metrics::new()),
+            (None, None) => None,
+        };
+        let route_labels: Arc<[Arc<str>]> =
+            self.routes.iter().map(|r| Arc::from(r.label())).collect();
         let mut groups = Vec::with_capacity(self.routes.len());
         for route in &self.routes {
             if route.upstream().is_empty() {
@@ -357,7 +399,15 @@ impl<L> ProxyBuilder<L> {
             self.max_header_bytes,
             self.forwarded_headers,
             self.hygiene,
+            metrics.as_ref().map(|_| route_labels.clone()),
         );
+        let obs = metrics.map(|metrics| ObsRun {
+            layer: ObsLayer::new().metrics(metrics.clone()),
+            admin: self
+                .obs
+                .admin
+                .map(|addr| (addr, Admin::new(metrics, base.clone(), route_labels))),
+        });
         Ok(ProxyServer {
             service: self.layers.service(Layered::wrap(
                 request_timeout.map(TimeoutLayer::new),
@@ -369,6 +419,7 @@ impl<L> ProxyBuilder<L> {
             h2c: self.h2c,
             threads: self.threads,
             limits: self.limits,
+            obs,
         })
     }
 
@@ -411,6 +462,14 @@ pub struct ProxyServer<S> {
     h2c: bool,
     threads: Option<usize>,
     limits: ClientLimits,
+    obs: Option<ObsRun>,
+}
+
+/// The `obs` layer the proxy runs outermost, and the admin listener to start with it.
+#[derive(Debug)]
+struct ObsRun {
+    layer: ObsLayer,
+    admin: Option<(String, Admin)>,
 }
 
 impl<S> ProxyServer<S>
@@ -448,22 +507,48 @@ where
             .iter()
             .filter_map(|g| g.spawn_health_checks(stop_rx.clone()))
             .collect();
-        let mut app = pingora_proxy::http_proxy(&self.conf, self.service);
-        if self.h2c {
-            let mut options = HttpServerOptions::default();
-            options.h2c = true;
-            app.server_options = Some(options);
-        }
+        let (layer, admin) = match self.obs {
+            Some(obs) => (Some(obs.layer), obs.admin),
+            None => (None, None),
+        };
+        let metrics = layer.as_ref().and_then(|l| l.metrics_ref().cloned());
         // On a bind error, dropping `stop` ends the health checks again.
-        let server = match self.threads {
-            Some(threads) => {
-                server::spawn_threads_with(&self.addr, app, threads, self.limits).await?
+        let server = match layer {
+            Some(layer) => {
+                let service = Layered::wrap(layer, self.service);
+                serve_proxy(
+                    &self.addr,
+                    &self.conf,
+                    service,
+                    self.h2c,
+                    self.threads,
+                    self.limits,
+                )
+                .await?
             }
-            None => server::spawn_with(&self.addr, app, self.limits).await?,
+            None => {
+                serve_proxy(
+                    &self.addr,
+                    &self.conf,
+                    self.service,
+                    self.h2c,
+                    self.threads,
+                    self.limits,
+                )
+                .await?
+            }
+        };
+        let admin = match admin {
+            Some((addr, admin)) => {
+                Some(server::spawn(&addr, ServeTower::new(admin.service())).await?)
+            }
+            None => None,
         };
         Ok(RunningProxy {
             local_addr: server.local_addr(),
             server: Some(server),
+            admin,
+            metrics,
             base: self.base,
             stop,
             health_tasks,
@@ -483,11 +568,38 @@ impl<S> ProxyServer<S> {
     }
 }
 
+/// Serves `service` as a Pingora proxy on `addr`.
+async fn serve_proxy<S>(
+    addr: &str,
+    conf: &Arc<ServerConf>,
+    service: S,
+    h2c: bool,
+    threads: Option<usize>,
+    limits: ClientLimits,
+) -> std::io::Result<RunningServer>
+where
+    S: ProxyHttp + Send + Sync + 'static,
+    S::CTX: Send + Sync,
+{
+    let mut app = pingora_proxy::http_proxy(conf, service);
+    if h2c {
+        let mut options = HttpServerOptions::default();
+        options.h2c = true;
+        app.server_options = Some(options);
+    }
+    match threads {
+        Some(threads) => server::spawn_threads_with(addr, app, threads, limits).await,
+        None => server::spawn_with(addr, app, limits).await,
+    }
+}
+
 /// A proxy serving in the background. Dropping it stops accepting and stops the health checks;
 /// [`shutdown`](Self::shutdown) also waits for in-flight requests.
 #[derive(Debug)]
 pub struct RunningProxy {
     server: Option<RunningServer>,
+    admin: Option<RunningServer>,
+    metrics: Option<Metrics>,
     local_addr: std::net::SocketAddr,
     base: RoutingProxy,
     stop: watch::Sender<bool>,
@@ -498,6 +610,17 @@ impl RunningProxy {
     /// The address actually bound.
     pub fn local_addr(&self) -> std::net::SocketAddr {
         self.local_addr
+    }
+
+    /// The admin listener's bound address, when [`ProxyBuilder::admin`] was set.
+    pub fn admin_addr(&self) -> Option<std::net::SocketAddr> {
+        self.admin.as_ref().map(RunningServer::local_addr)
+    }
+
+    /// The metrics the proxy records, when [`ProxyBuilder::admin`] or
+    /// [`ProxyBuilder::metrics`] was set.
+    pub fn metrics(&self) -> Option<&Metrics> {
+        self.metrics.as_ref()
     }
 
     /// Client connections being served right now.
@@ -517,6 +640,9 @@ impl RunningProxy {
     pub async fn shutdown(mut self) {
         if let Some(server) = self.server.take() {
             server.shutdown().await;
+        }
+        if let Some(admin) = self.admin.take() {
+            admin.shutdown().await;
         }
         let _ = self.stop.send(true);
         for task in std::mem::take(&mut self.health_tasks) {
