@@ -207,6 +207,17 @@ impl Metrics {
         String::from_utf8(out).unwrap_or_default()
     }
 
+    /// [`render`](Self::render) as an HTTP response with its `Content-Type`, for an app's
+    /// `/metrics` route: `.route("/metrics", get(move || std::future::ready(m.response())))`.
+    pub fn response(&self) -> http::Response<String> {
+        let mut res = http::Response::new(self.render());
+        res.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static(Self::CONTENT_TYPE),
+        );
+        res
+    }
+
     /// The `Content-Type` of [`render`](Self::render)'s text.
     pub const CONTENT_TYPE: &'static str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -296,8 +307,8 @@ impl Metrics {
         self.set_breaker_state(breaker, state);
     }
 
-    /// Requests per second and p95/p99 latency over the `seconds` (at most
-    /// [`SECONDS`](super::recent::SECONDS)) whole seconds before now.
+    /// Requests per second and p95/p99 latency over the last `seconds` (at most
+    /// [`SECONDS`](super::recent::SECONDS)) seconds, the current one included.
     pub fn recent(&self, seconds: u64) -> Summary {
         self.inner.recent.summary(self.second_now(), seconds)
     }

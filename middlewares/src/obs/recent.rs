@@ -67,10 +67,11 @@ impl Recent {
         slot.counts[bucket].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The `seconds` seconds ending before `now` (the current second is still filling).
+    /// The `seconds` seconds ending with `now` (the current second, still filling, included,
+    /// so a request is seen as soon as it ended).
     pub(crate) fn summary(&self, now: u64, seconds: u64) -> Summary {
         let mut counts = [0u64; BUCKETS.len() + 1];
-        for s in now.saturating_sub(seconds)..now {
+        for s in (now + 1).saturating_sub(seconds)..=now {
             self.add_second(s, &mut counts);
         }
         summarize(&counts, seconds)
@@ -135,14 +136,14 @@ mod tests {
         }
         recent.record(10, 0.8);
         recent.record(3, 20.0);
-        let s = recent.summary(11, 5);
+        let s = recent.summary(10, 5);
         assert_eq!(s.requests, 100);
         assert_eq!(s.qps, 20.0);
         assert_eq!(s.p95, 0.0025);
         assert_eq!(s.p99, 0.0025);
         // A slot reused SECONDS later starts from zero.
         recent.record(10 + SECONDS as u64, 1.0);
-        let s = recent.summary(11 + SECONDS as u64, 1);
+        let s = recent.summary(10 + SECONDS as u64, 1);
         assert_eq!((s.requests, s.p99), (1, 1.0));
         assert_eq!(recent.series(11 + SECONDS as u64, 3).len(), 3);
     }
