@@ -11,6 +11,7 @@ mod status;
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
@@ -103,22 +104,19 @@ impl Admin {
             ),
         }
     }
+}
 
-    /// The tower service serving the admin pages.
-    pub(crate) fn service(
-        self,
-    ) -> impl tower::Service<
-        Request<PingoraBody>,
-        Response = Response<Full<Bytes>>,
-        Error = Infallible,
-        Future = std::future::Ready<Result<Response<Full<Bytes>>, Infallible>>,
-    > + Clone
-           + Send
-           + Sync
-           + 'static {
-        tower::service_fn(move |req: Request<PingoraBody>| {
-            std::future::ready(Ok(self.answer(&req)))
-        })
+impl tower::Service<Request<PingoraBody>> for Admin {
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<PingoraBody>) -> Self::Future {
+        std::future::ready(Ok(self.answer(&req)))
     }
 }
 

@@ -539,16 +539,14 @@ where
             }
         };
         let admin = match admin {
-            Some((addr, admin)) => {
-                Some(server::spawn(&addr, ServeTower::new(admin.service())).await?)
-            }
+            Some((addr, admin)) => Some(server::spawn(&addr, ServeTower::new(admin)).await?),
             None => None,
         };
+        let obs = metrics.map(|metrics| Box::new((metrics, admin)));
         Ok(RunningProxy {
             local_addr: server.local_addr(),
             server: Some(server),
-            admin,
-            metrics,
+            obs,
             base: self.base,
             stop,
             health_tasks,
@@ -598,8 +596,8 @@ where
 #[derive(Debug)]
 pub struct RunningProxy {
     server: Option<RunningServer>,
-    admin: Option<RunningServer>,
-    metrics: Option<Metrics>,
+    /// The metrics and the admin listener; boxed, so the handle stays small without them.
+    obs: Option<Box<(Metrics, Option<RunningServer>)>>,
     local_addr: std::net::SocketAddr,
     base: RoutingProxy,
     stop: watch::Sender<bool>,
@@ -614,13 +612,16 @@ impl RunningProxy {
 
     /// The admin listener's bound address, when [`ProxyBuilder::admin`] was set.
     pub fn admin_addr(&self) -> Option<std::net::SocketAddr> {
-        self.admin.as_ref().map(RunningServer::local_addr)
+        self.obs
+            .as_ref()
+            .and_then(|obs| obs.1.as_ref())
+            .map(RunningServer::local_addr)
     }
 
     /// The metrics the proxy records, when [`ProxyBuilder::admin`] or
     /// [`ProxyBuilder::metrics`] was set.
     pub fn metrics(&self) -> Option<&Metrics> {
-        self.metrics.as_ref()
+        self.obs.as_ref().map(|obs| &obs.0)
     }
 
     /// Client connections being served right now.
@@ -641,7 +642,7 @@ impl RunningProxy {
         if let Some(server) = self.server.take() {
             server.shutdown().await;
         }
-        if let Some(admin) = self.admin.take() {
+        if let Some(admin) = self.obs.as_mut().and_then(|obs| obs.1.take()) {
             admin.shutdown().await;
         }
         let _ = self.stop.send(true);
