@@ -532,3 +532,33 @@ async fn promtool_accepts_the_metrics() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test]
+async fn the_demo_serves_its_metrics_on_the_admin_listener_it_prints() {
+    use pingora_tower_examples::demo::{self, DemoConfig};
+    init_tracing();
+    let demo = demo::spawn(&DemoConfig::new("127.0.0.1:0"))
+        .await
+        .expect("demo");
+    let admin = demo
+        .admin_addr()
+        .expect("the demo starts its admin listener");
+    assert!(admin.ip().is_loopback());
+    assert!(demo
+        .curl_lines()
+        .iter()
+        .any(|l| l.contains(&format!("http://{admin}/metrics"))));
+    assert_eq!(get_status(demo.proxy_addr(), "/").await, StatusCode::OK);
+    let (status, text) = admin_get(admin, "/metrics").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        sample(
+            &text,
+            "http_server_request_duration_seconds_count",
+            r#"http_request_method="GET",http_response_status_code="200",http_route="/""#
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    demo.shutdown().await;
+}

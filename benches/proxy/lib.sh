@@ -128,6 +128,8 @@ pb_contender_cmd() {
     pingora-server) echo "$PB_BIN/pingora-plain --host server --listen 127.0.0.1:$port --upstream 127.0.0.1:$UP_PORT" ;;
     pingora-tower) echo "$PB_BIN/pingora-tower-proxy --layers none --listen 127.0.0.1:$port --upstream http://127.0.0.1:$UP_PORT" ;;
     pingora-tower+4) echo "$PB_BIN/pingora-tower-proxy --layers four --listen 127.0.0.1:$port --upstream http://127.0.0.1:$UP_PORT" ;;
+    pingora-tower+4+obs) echo "$(pb_contender_cmd pingora-tower+4 "$port") --obs metrics" ;;
+    pingora-tower+4+obs-log) echo "$(pb_contender_cmd pingora-tower+4 "$port") --obs log --access-log $PB_WORK/access.log" ;;
     pingora-tower-nofwd) echo "$(pb_contender_cmd pingora-tower "$port") --forwarded-headers no" ;;
     pingora-tower+4-nofwd) echo "$(pb_contender_cmd pingora-tower+4 "$port") --forwarded-headers no" ;;
     servetower-axum) echo "$PB_BIN/servetower-axum --listen 127.0.0.1:$port" ;;

@@ -5,6 +5,12 @@
 //! Options (flags win over environment variables):
 //! - `--listen ADDR` / `DEMO_LISTEN`: the proxy's address (default [`DEFAULT_LISTEN`]).
 //! - `--upstream URL` / `DEMO_UPSTREAM`: proxy to this URL instead of the embedded upstream.
+//! - `--admin ADDR` / `DEMO_ADMIN`: the admin listener (`/metrics`, `/status`, the status page
+//!   at `/`; default [`DEFAULT_ADMIN`], loopback).
+//!
+//! Every layer reports into the proxy's metrics, and each request is logged on the
+//! `pingora_tower::access` target (the binary prints it, without colours when its output is
+//! not a terminal).
 //!
 //! The embedded upstream answers:
 //! - `/`: a greeting; `/health`: `ok`;
@@ -36,7 +42,10 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
 use pingora_tower::middleware;
+use pingora_tower::middleware::circuit_breaker::CircuitBreakerLayer;
+use pingora_tower::middleware::obs::Metrics;
 use pingora_tower::middleware::rate_limit::RateLimitLayer;
+use pingora_tower::middleware::retry::RetryLayer;
 use pingora_tower::proxy::{HealthCheck, PingoraProxy, Route, RunningProxy, Upstream};
 use pingora_tower::{server, RunningServer, ServeTower};
 
@@ -45,6 +54,9 @@ pub const DEMO_RATE_PER_SECOND: u32 = 20;
 
 /// The proxy's default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+
+/// The admin listener's default address (loopback only: it describes the backends).
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
 
 /// Errors of the demo (configuration, bind, I/O).
 pub type DemoError = Box<dyn std::error::Error + Send + Sync>;
@@ -56,14 +68,18 @@ pub struct DemoConfig {
     pub listen: String,
     /// An external upstream URL; `None` starts the embedded one.
     pub upstream: Option<String>,
+    /// The admin listener's address.
+    pub admin: String,
 }
 
 impl DemoConfig {
-    /// Listens on `listen`, with the embedded upstream.
+    /// Listens on `listen`, with the embedded upstream and the admin listener on a free
+    /// loopback port.
     pub fn new(listen: impl Into<String>) -> Self {
         DemoConfig {
             listen: listen.into(),
             upstream: None,
+            admin: "127.0.0.1:0".to_owned(),
         }
     }
 
@@ -78,6 +94,7 @@ impl DemoConfig {
             upstream: std::env::var("DEMO_UPSTREAM")
                 .ok()
                 .filter(|u| !u.is_empty()),
+            admin: std::env::var("DEMO_ADMIN").unwrap_or_else(|_| DEFAULT_ADMIN.to_owned()),
         };
         let mut args = args.into_iter();
         while let Some(arg) = args.next() {
@@ -94,8 +111,12 @@ impl DemoConfig {
             match flag.as_str() {
                 "--listen" => config.listen = value()?,
                 "--upstream" => config.upstream = Some(value()?),
+                "--admin" => config.admin = value()?,
                 "-h" | "--help" => {
-                    return Err("usage: pingora_demo [--listen ADDR] [--upstream URL]".to_owned())
+                    return Err(
+                        "usage: pingora_demo [--listen ADDR] [--upstream URL] [--admin ADDR]"
+                            .to_owned(),
+                    )
                 }
                 other => return Err(format!("unknown argument {other:?}")),
             }
@@ -183,15 +204,29 @@ pub async fn spawn(config: &DemoConfig) -> Result<Demo, DemoError> {
         .with_timeouts(2_000, 30_000);
 
     // The four layers, outermost first (each `.middleware` wraps the proxy built so far, like
-    // `ServiceBuilder::layer`). The rate is low enough to trip by hand with curl.
+    // `ServiceBuilder::layer`). The rate is low enough to trip by hand with curl. Each reports
+    // into the metrics the admin listener serves.
+    let metrics = Metrics::new();
     let rate_limit = RateLimitLayer::builder(DEMO_RATE_PER_SECOND, Duration::from_secs(1))
         .expose_headers(true)
+        .observer(Arc::new(metrics.clone()))
         .build()?;
+    let retry = RetryLayer::builder(2)
+        .observer(Arc::new(metrics.clone()))
+        .build()?;
+    let breaker = CircuitBreakerLayer::builder()
+        .failure_rate_threshold(50)
+        .wait_in_open(Duration::from_secs(10))
+        .on_state_transition(metrics.on_breaker_transition())
+        .build()?;
+    metrics.watch_breakers(breaker.handle());
     let builder = builder
+        .admin(&config.admin)
+        .metrics(metrics)
         .middleware(middleware::timeout(5_000))
         .middleware(rate_limit)
-        .middleware(middleware::retry(2))
-        .middleware(middleware::circuit_breaker(50, 10_000));
+        .middleware(retry)
+        .middleware(breaker);
 
     let proxy = builder.build()?.spawn().await?;
     Ok(Demo {
@@ -213,6 +248,9 @@ pub async fn run(config: &DemoConfig) -> Result<(), DemoError> {
         demo.proxy_addr(),
         demo.upstream_url()
     );
+    if let Some(admin) = demo.admin_addr() {
+        println!("admin on http://{admin}/ (status page), /status, /metrics");
+    }
     println!("try:");
     for line in demo.curl_lines() {
         println!("  {line}");
@@ -229,6 +267,11 @@ impl Demo {
         self.proxy.local_addr()
     }
 
+    /// The admin listener's address.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.proxy.admin_addr()
+    }
+
     /// Where the proxy sends requests.
     pub fn upstream_url(&self) -> &str {
         &self.upstream_url
@@ -237,6 +280,9 @@ impl Demo {
     /// `curl` commands that exercise the demo through the proxy.
     pub fn curl_lines(&self) -> Vec<String> {
         let base = format!("http://{}", self.proxy_addr());
+        let admin = self
+            .admin_addr()
+            .map_or_else(String::new, |a| format!("http://{a}"));
         vec![
             format!("curl -i {base}/                      # proxied, with RateLimit headers"),
             format!(
@@ -249,6 +295,8 @@ impl Demo {
             format!(
                 "for i in $(seq 12); do curl -s -o /dev/null -w '%{{http_code}} ' {base}/status/500; done; echo; curl -i {base}/   # breaker: opens, then 503 + Retry-After for 10 s"
             ),
+            format!("curl -s {admin}/metrics | grep -v '^#'   # Prometheus metrics"),
+            format!("curl -s {admin}/status               # JSON: backends, breakers, QPS, p95/p99"),
         ]
     }
 
