@@ -402,7 +402,7 @@ async fn traceparent_and_request_id_reach_the_upstream_and_the_span_has_route_an
     let res = send(addr, req).await;
     assert_eq!(res.status(), StatusCode::OK);
     body_text(res).await;
-    // None sent: both are made up, the request id from the trace id.
+    // None sent: a request id is made up; no trace is started unless asked.
     assert_eq!(get_status(addr, "/api/other").await, StatusCode::OK);
 
     let seen = up.script.seen.lock().unwrap().clone();
@@ -419,9 +419,12 @@ async fn traceparent_and_request_id_reach_the_upstream_and_the_span_has_route_an
         "the proxy is the upstream's parent"
     );
     assert_eq!(seen[0]["x-request-id"], "client-id-1");
-    let tp2 = seen[1]["traceparent"].to_str().unwrap();
-    assert_eq!(tp2.len(), 55);
-    assert_eq!(seen[1]["x-request-id"].to_str().unwrap(), &tp2[3..35]);
+    assert!(!seen[1].contains_key("traceparent"));
+    let made = seen[1]["x-request-id"].to_str().unwrap();
+    assert!(
+        made.len() == 32 && made.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{made}"
+    );
 
     let spans = spans.0.lock().unwrap().clone();
     let first = spans
@@ -436,6 +439,30 @@ async fn traceparent_and_request_id_reach_the_upstream_and_the_span_has_route_an
     assert_eq!(first["server.address"], up.addr().to_string());
     assert_eq!(first["attempts"], "1");
     assert!(first.contains_key("latency_ms"));
+    proxy.shutdown().await;
+
+    // Another header name, and traces started at the proxy: the request id is the trace id.
+    let proxy = PingoraProxy::builder("127.0.0.1:0")
+        .routes([Route::prefix("/api", Upstream::new(up.url()))])
+        .observability(
+            ObsLayer::new()
+                .request_id_header(Some(http::HeaderName::from_static("x-correlation-id")))
+                .start_traces(true)
+                .metrics(Metrics::new()),
+        )
+        .spawn()
+        .await
+        .unwrap();
+    assert_eq!(
+        get_status(proxy.local_addr(), "/api/x").await,
+        StatusCode::OK
+    );
+    let seen = up.script.seen.lock().unwrap().last().cloned().unwrap();
+    let tp = seen["traceparent"].to_str().unwrap();
+    assert_eq!(tp.len(), 55);
+    assert_eq!(seen["x-correlation-id"].to_str().unwrap(), &tp[3..35]);
+    assert!(!seen.contains_key("x-request-id"));
+    assert!(proxy.metrics().is_some());
     proxy.shutdown().await;
 }
 

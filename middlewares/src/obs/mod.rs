@@ -102,6 +102,7 @@ struct Shared {
     metrics: Option<Metrics>,
     request_id: Option<HeaderName>,
     traceparent: bool,
+    start_traces: bool,
 }
 
 impl Default for ObsLayer {
@@ -118,6 +119,7 @@ impl ObsLayer {
                 metrics: None,
                 request_id: Some(trace::X_REQUEST_ID),
                 traceparent: true,
+                start_traces: false,
             }),
         }
     }
@@ -127,6 +129,7 @@ impl ObsLayer {
             metrics: s.metrics.clone(),
             request_id: s.request_id.clone(),
             traceparent: s.traceparent,
+            start_traces: s.start_traces,
         });
         f(&mut shared);
         ObsLayer {
@@ -144,9 +147,27 @@ impl ObsLayer {
         self.with(|s| s.request_id = name)
     }
 
-    /// Whether `traceparent` is continued or started and passed on (default on).
+    /// Whether a valid incoming `traceparent` is continued and passed on with this hop as the
+    /// parent (default on).
     pub fn traceparent(self, enabled: bool) -> Self {
         self.with(|s| s.traceparent = enabled)
+    }
+
+    /// Whether a request without a valid `traceparent` starts a new trace, passed on (default
+    /// off: an edge proxy usually leaves that to a tracing agent, and each started trace is one
+    /// more header written into every upstream request).
+    pub fn start_traces(self, enabled: bool) -> Self {
+        self.with(|s| s.start_traces = enabled)
+    }
+
+    /// The trace context of a request with these headers, per the settings.
+    fn trace_of(&self, headers: &http::HeaderMap) -> Option<trace::TraceContext> {
+        let s = &self.shared;
+        if !s.traceparent {
+            return None;
+        }
+        trace::TraceContext::continued(headers)
+            .or_else(|| s.start_traces.then(trace::TraceContext::start))
     }
 
     /// The metrics this layer records into, if any.
@@ -193,20 +214,15 @@ where
         let active = shared.metrics.as_ref().map(Metrics::request_started);
         let method = labels::method(req.method());
         let route = tower_route(&req);
-        let trace_ctx = shared
-            .traceparent
-            .then(|| trace::TraceContext::from_headers(req.headers()));
+        let trace_ctx = self.policy.trace_of(req.headers());
         if let Some(t) = &trace_ctx {
-            if !req.headers().contains_key(&trace::TRACEPARENT) {
-                req.headers_mut()
-                    .insert(trace::TRACEPARENT, t.traceparent());
-            }
+            // The inner service continues this hop's span.
+            req.headers_mut()
+                .insert(trace::TRACEPARENT, t.traceparent());
         }
         let request_id = shared.request_id.as_ref().map(|name| {
             let (id, made) = trace::request_id(req.headers(), name, || {
-                trace_ctx.map(|t| t.trace_id_hex()).unwrap_or_else(|| {
-                    trace::TraceContext::from_headers(&http::HeaderMap::new()).trace_id_hex()
-                })
+                trace::id_value(trace_ctx.map_or_else(trace::new_id, |t| t.trace_id))
             });
             if made {
                 req.headers_mut().insert(name.clone(), id.clone());

@@ -114,15 +114,11 @@ impl ProxyPolicy for ObsLayer {
 
     fn request_filter(&self, session: &mut Session, ctx: &mut ObsCtx) -> Result<Admission> {
         let req = session.req_header();
-        if self.shared.traceparent {
-            ctx.trace = Some(TraceContext::from_headers(&req.headers));
-        }
+        ctx.trace = self.trace_of(&req.headers);
         if let Some(name) = &self.shared.request_id {
             let trace_ctx = ctx.trace;
             let (id, _) = trace::request_id(&req.headers, name, || {
-                trace_ctx
-                    .unwrap_or_else(|| TraceContext::from_headers(&http::HeaderMap::new()))
-                    .trace_id_hex()
+                trace::id_value(trace_ctx.map_or_else(trace::new_id, |t| t.trace_id))
             });
             ctx.request_id = Some(id);
         }

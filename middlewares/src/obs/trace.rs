@@ -41,29 +41,31 @@ pub struct TraceContext {
 }
 
 impl TraceContext {
-    /// Continues the caller's trace when `headers` hold a valid version-00 `traceparent`,
-    /// otherwise starts a new one (sampled).
-    pub fn from_headers(headers: &HeaderMap) -> Self {
-        let span_id = nonzero_u64();
-        match headers.get(&TRACEPARENT).and_then(|v| parse(v.as_bytes())) {
-            Some((trace_id, parent, flags)) => TraceContext {
-                trace_id,
-                parent_id: Some(parent),
-                span_id,
-                flags,
-            },
-            None => TraceContext {
-                trace_id: loop {
-                    let id = rand::random::<u128>();
-                    if id != 0 {
-                        break id;
-                    }
-                },
-                parent_id: None,
-                span_id,
-                flags: 1,
-            },
+    /// Continues the caller's trace when `headers` hold a valid version-00 `traceparent`.
+    pub fn continued(headers: &HeaderMap) -> Option<Self> {
+        let (trace_id, parent, flags) = parse(headers.get(&TRACEPARENT)?.as_bytes())?;
+        Some(TraceContext {
+            trace_id,
+            parent_id: Some(parent),
+            span_id: nonzero_u64(),
+            flags,
+        })
+    }
+
+    /// A new trace (sampled) with this hop as its root.
+    pub fn start() -> Self {
+        TraceContext {
+            trace_id: new_id(),
+            parent_id: None,
+            span_id: nonzero_u64(),
+            flags: 1,
         }
+    }
+
+    /// [`continued`](Self::continued), or a [new](Self::start) trace when the request has no
+    /// valid `traceparent`.
+    pub fn from_headers(headers: &HeaderMap) -> Self {
+        Self::continued(headers).unwrap_or_else(Self::start)
     }
 
     /// The `traceparent` to send upstream: this trace, with this hop's span as the parent.
@@ -80,9 +82,7 @@ impl TraceContext {
 
     /// The trace id as 32 lowercase hex digits.
     pub fn trace_id_hex(&self) -> HeaderValue {
-        let mut out = [0u8; 32];
-        hex(&mut out, &self.trace_id.to_be_bytes());
-        HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static(""))
+        id_value(self.trace_id)
     }
 }
 
@@ -104,6 +104,23 @@ pub fn request_id(
         }
         _ => (fallback(), true),
     }
+}
+
+/// A random non-zero 128-bit id (a trace id, or a request id when there is no trace).
+pub fn new_id() -> u128 {
+    loop {
+        let id = rand::random::<u128>();
+        if id != 0 {
+            return id;
+        }
+    }
+}
+
+/// `id` as 32 lowercase hex digits in a header value.
+pub fn id_value(id: u128) -> HeaderValue {
+    let mut out = [0u8; 32];
+    hex(&mut out, &id.to_be_bytes());
+    HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
 fn nonzero_u64() -> u64 {
@@ -179,6 +196,7 @@ mod tests {
         ] {
             let mut h = HeaderMap::new();
             h.insert(TRACEPARENT, HeaderValue::from_static(bad));
+            assert_eq!(TraceContext::continued(&h), None, "{bad}");
             let t = TraceContext::from_headers(&h);
             assert_eq!(t.parent_id, None, "{bad}");
             assert_eq!(t.flags, 1);

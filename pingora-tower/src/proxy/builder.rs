@@ -99,6 +99,7 @@ pub struct ProxyBuilder<L = Identity> {
 struct ObsSettings {
     admin: Option<String>,
     metrics: Option<Metrics>,
+    layer: Option<ObsLayer>,
 }
 
 impl ProxyBuilder<Identity> {
@@ -249,6 +250,14 @@ impl<L> ProxyBuilder<L> {
         self
     }
 
+    /// Runs this `obs` layer outermost instead of the default `ObsLayer::new()` (e.g. another
+    /// request id header, or `start_traces(true)`). Its metrics, if it has some, are the
+    /// proxy's unless [`metrics`](Self::metrics) is set too (then those win).
+    pub fn observability(mut self, layer: ObsLayer) -> Self {
+        self.obs.layer = Some(layer);
+        self
+    }
+
     /// Replaces the Pingora server configuration (only the upstream connector settings such
     /// as `upstream_keepalive_pool_size` and `max_retries` matter here; the proxy runs on the
     /// caller's tokio runtime, not on Pingora's threads).
@@ -376,7 +385,12 @@ impl<L> ProxyBuilder<L> {
             return Err(ProxyConfigError::InvalidThreads { threads: 0 });
         }
         let table = RouteTable::build(&self.routes)?;
-        let metrics = match (&self.obs.admin, self.obs.metrics) {
+        let layer_metrics = self
+            .obs
+            .layer
+            .as_ref()
+            .and_then(|l| l.metrics_ref().cloned());
+        let metrics = match (&self.obs.admin, self.obs.metrics.or(layer_metrics)) {
             (_, Some(metrics)) => Some(metrics),
             (Some(_), None) => Some(Metrics::new()),
             (None, None) => None,
@@ -401,8 +415,9 @@ impl<L> ProxyBuilder<L> {
             self.hygiene,
             metrics.as_ref().map(|_| route_labels.clone()),
         );
+        let layer = self.obs.layer.unwrap_or_default();
         let obs = metrics.map(|metrics| ObsRun {
-            layer: ObsLayer::new().metrics(metrics.clone()),
+            layer: layer.metrics(metrics.clone()),
             admin: self
                 .obs
                 .admin
