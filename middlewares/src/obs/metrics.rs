@@ -110,7 +110,14 @@ fn unreachable(e: prometheus::Error) -> ! {
 impl Metrics {
     /// A fresh registry holding every metric, at zero.
     pub fn new() -> Self {
-        let registry = Registry::new();
+        Self::in_registry(Registry::new())
+    }
+
+    /// Every metric, registered in `registry`: e.g. `prometheus::default_registry().clone()`,
+    /// which Pingora's Prometheus service (`pingora-prometheus`) serves. Only one `Metrics`
+    /// fits in one registry (the names would clash; the second one's metrics stay
+    /// unregistered and a `tracing` error says so).
+    pub fn in_registry(registry: Registry) -> Self {
         let server_duration = histogram(
             &registry,
             SERVER_DURATION,
