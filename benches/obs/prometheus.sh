@@ -9,7 +9,8 @@
 # API and prints them, then takes a screenshot of the status page with headless Chromium into
 # SCREENSHOT (default docs/status-page.png).
 #
-# Environment: DURATION (30), SCREENSHOT, KEEP_WORK=1 keeps the temp dir (logs, TSDB).
+# Environment: DURATION (30), SCREENSHOT, PROFILE (release; `debug` skips the release build),
+# KEEP_WORK=1 keeps the temp dir (logs, TSDB).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 
@@ -41,9 +42,14 @@ wait_http() { # url, seconds
   return 1
 }
 
-echo "building the demo (release)"
-cargo build --release --quiet --example pingora_demo
-DEMO_BIN=${CARGO_TARGET_DIR:-target}/release/examples/pingora_demo
+PROFILE=${PROFILE:-release}
+echo "building the demo ($PROFILE)"
+if [[ $PROFILE == release ]]; then
+  cargo build --release --quiet --example pingora_demo
+else
+  cargo build --quiet --example pingora_demo
+fi
+DEMO_BIN=${CARGO_TARGET_DIR:-target}/$PROFILE/examples/pingora_demo
 
 PROXY_PORT=$(free_port) ADMIN_PORT=$(free_port) PROM_PORT=$(free_port)
 "$DEMO_BIN" --listen "127.0.0.1:$PROXY_PORT" --admin "127.0.0.1:$ADMIN_PORT" >"$WORK/demo.log" 2>&1 &
@@ -94,7 +100,8 @@ import json, sys
 r = json.load(sys.stdin)["data"]["result"]
 for s in sorted(r, key=lambda s: sorted(s["metric"].items())):
     labels = ",".join(f"{k}=\"{v}\"" for k, v in sorted(s["metric"].items()))
-    print(f"  {{{labels}}} {float(s[\"value\"][1]):.4f}")
+    value = float(s["value"][1])
+    print(f"  {{{labels}}} {value:.4f}")
 if not r: print("  (empty)")'
 }
 W="${DURATION}s"
