@@ -103,6 +103,8 @@ struct Shared {
     request_id: Option<HeaderName>,
     traceparent: bool,
     start_traces: bool,
+    #[cfg(feature = "pingora")]
+    backends: proxy::BackendLabels,
 }
 
 impl Default for ObsLayer {
@@ -120,6 +122,8 @@ impl ObsLayer {
                 request_id: Some(trace::X_REQUEST_ID),
                 traceparent: true,
                 start_traces: false,
+                #[cfg(feature = "pingora")]
+                backends: proxy::BackendLabels::default(),
             }),
         }
     }
@@ -130,6 +134,8 @@ impl ObsLayer {
             request_id: s.request_id.clone(),
             traceparent: s.traceparent,
             start_traces: s.start_traces,
+            #[cfg(feature = "pingora")]
+            backends: proxy::BackendLabels::default(),
         });
         f(&mut shared);
         ObsLayer {

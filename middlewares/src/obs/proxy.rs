@@ -7,6 +7,8 @@
 //! `upstream_request_filter` sends the request id and `traceparent` upstream; `logging` records
 //! the request.
 
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use http::header::HeaderValue;
@@ -32,9 +34,9 @@ pub struct ObsCtx {
     request_id: Option<HeaderValue>,
     attempts: u32,
     /// The running attempt: its start and backend label, until its outcome is recorded.
-    attempt: Option<(Instant, String)>,
+    attempt: Option<(Instant, Arc<str>)>,
     /// The last attempt's backend.
-    upstream: Option<String>,
+    upstream: Option<Arc<str>>,
 }
 
 impl ObsCtx {
@@ -72,6 +74,35 @@ fn attempt_error(e: &Error) -> AttemptError {
     }
 }
 
+/// Most backend labels kept: backends come from the configuration, so this is only a bound
+/// against a proxy that makes peers up per request (their labels are then formatted each time).
+const MAX_BACKEND_LABELS: usize = 1_024;
+
+/// Backend labels by address, so an attempt does not format its peer's address: a short list
+/// scanned under a read lock (a proxy has few backends).
+#[derive(Debug, Default)]
+pub(crate) struct BackendLabels(RwLock<Vec<(SocketAddr, Arc<str>)>>);
+
+impl BackendLabels {
+    fn get(&self, peer: &HttpPeer) -> Arc<str> {
+        let Some(&addr) = peer.address().as_inet() else {
+            return Arc::from(peer.address().to_string());
+        };
+        if let Ok(list) = self.0.read() {
+            if let Some((_, label)) = list.iter().find(|(a, _)| *a == addr) {
+                return label.clone();
+            }
+        }
+        let label: Arc<str> = Arc::from(addr.to_string());
+        if let Ok(mut list) = self.0.write() {
+            if list.len() < MAX_BACKEND_LABELS && !list.iter().any(|(a, _)| *a == addr) {
+                list.push((addr, label.clone()));
+            }
+        }
+        label
+    }
+}
+
 impl ObsLayer {
     /// Records the running attempt's outcome, once.
     fn end_attempt(&self, ctx: &mut ObsCtx, outcome: Result<&'static str, AttemptError>) {
@@ -86,7 +117,7 @@ impl ObsLayer {
             target: ATTEMPT_TARGET,
             parent: &ctx.span,
             attempt = ctx.attempts,
-            server.address = backend.as_str(),
+            server.address = &*backend,
             status = outcome.ok(),
             error_type = outcome.err().map(AttemptError::as_str),
             took_ms = took.as_secs_f64() * 1e3,
@@ -149,7 +180,7 @@ impl ProxyPolicy for ObsLayer {
         if ctx.attempt.is_none() {
             ctx.attempts += 1;
         }
-        ctx.attempt = Some((Instant::now(), peer.address().to_string()));
+        ctx.attempt = Some((Instant::now(), self.shared.backends.get(peer)));
         Ok(PeerChoice::Accept)
     }
 
