@@ -7,7 +7,8 @@
 //! variant of a group back to back (`bare` among them, in an order that rotates every round),
 //! takes `variant - bare` of that round, and reports the median and quartiles of those
 //! differences over all rounds: drift slower than a round (a few milliseconds) cancels out. The
-//! groups and variants are those of `layers`, without its two non-comparable rate limiters. See
+//! groups and variants are those of `layers`, without its two non-comparable rate limiters, plus
+//! `obs` (the observability layer, with and without metrics). See
 //! `README.md` beside this file.
 
 use std::convert::Infallible;
@@ -15,6 +16,7 @@ use std::fmt::Debug;
 use std::num::NonZeroU32;
 
 use http::{Request, Response};
+use middlewares::obs::{Metrics, ObsLayer};
 use middlewares::retry::ReplayBody;
 use middlewares::TimeSource;
 use pingora_tower_benches::configs::{
@@ -59,6 +61,7 @@ macro_rules! for_each_inner {
             inner!($shape, ReplayBody<String>, String),
         );
         circuit_breaker($run, name, inner!($shape, String, String));
+        obs($run, name, inner!($shape, String, String));
         stack(
             $run,
             name,
@@ -211,6 +214,27 @@ where
             (
                 "tower_resilience",
                 batch(rt, tower_resilience_breaker().layer(make())),
+            ),
+        ],
+    );
+}
+
+/// The `obs` layer with no subscriber: span, trace context and request id alone, then with
+/// Prometheus metrics. A request without `traceparent` or `x-request-id`, so both are made.
+fn obs<S>(run: &Run<'_>, inner: &str, make: impl Fn() -> S)
+where
+    S: Service<Plain, Response = Response<String>, Error = Infallible>,
+{
+    let rt = run.rt;
+    run.group(
+        "obs",
+        inner,
+        vec![
+            ("bare", batch(rt, make())),
+            ("ours_no_metrics", batch(rt, ObsLayer::new().layer(make()))),
+            (
+                "ours",
+                batch(rt, ObsLayer::new().metrics(Metrics::new()).layer(make())),
             ),
         ],
     );

@@ -7,6 +7,12 @@
 //! - `--upstream URL` / `DEMO_UPSTREAM`: proxy to this URL instead of the embedded upstream.
 //! - `--tls` / `DEMO_TLS=1`: terminate TLS with a self-signed certificate made at start-up
 //!   (see [`demo_tls`](crate::demo_tls)); the printed `curl` lines trust it with `--cacert`.
+//! - `--admin ADDR` / `DEMO_ADMIN`: the admin listener (`/metrics`, `/status`, the status page
+//!   at `/`; default [`DEFAULT_ADMIN`], loopback).
+//!
+//! Every layer reports into the proxy's metrics, and each request is logged on the
+//! `pingora_tower::access` target (the binary prints it, without colours when its output is
+//! not a terminal).
 //!
 //! The embedded upstream answers:
 //! - `/`: a greeting; `/health`: `ok`;
@@ -38,7 +44,10 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
 use pingora_tower::middleware;
+use pingora_tower::middleware::circuit_breaker::CircuitBreakerLayer;
+use pingora_tower::middleware::obs::Metrics;
 use pingora_tower::middleware::rate_limit::RateLimitLayer;
+use pingora_tower::middleware::retry::RetryLayer;
 use pingora_tower::proxy::{HealthCheck, PingoraProxy, Route, RunningProxy, Upstream};
 use pingora_tower::{server, RunningServer, ServeTower};
 
@@ -49,6 +58,9 @@ pub const DEMO_RATE_PER_SECOND: u32 = 20;
 
 /// The proxy's default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+
+/// The admin listener's default address (loopback only: it describes the backends).
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
 
 /// Errors of the demo (configuration, bind, I/O).
 pub type DemoError = Box<dyn std::error::Error + Send + Sync>;
@@ -62,15 +74,19 @@ pub struct DemoConfig {
     pub upstream: Option<String>,
     /// Terminate TLS with a fresh self-signed certificate.
     pub tls: bool,
+    /// The admin listener's address.
+    pub admin: String,
 }
 
 impl DemoConfig {
-    /// Listens on `listen`, with the embedded upstream.
+    /// Listens on `listen`, with the embedded upstream and the admin listener on a free
+    /// loopback port.
     pub fn new(listen: impl Into<String>) -> Self {
         DemoConfig {
             listen: listen.into(),
             upstream: None,
             tls: false,
+            admin: "127.0.0.1:0".to_owned(),
         }
     }
 
@@ -86,6 +102,7 @@ impl DemoConfig {
                 .ok()
                 .filter(|u| !u.is_empty()),
             tls: std::env::var("DEMO_TLS").is_ok_and(|v| v == "1"),
+            admin: std::env::var("DEMO_ADMIN").unwrap_or_else(|_| DEFAULT_ADMIN.to_owned()),
         };
         let mut args = args.into_iter();
         while let Some(arg) = args.next() {
@@ -103,11 +120,11 @@ impl DemoConfig {
                 "--tls" => config.tls = true,
                 "--listen" => config.listen = value()?,
                 "--upstream" => config.upstream = Some(value()?),
-                "-h" | "--help" => {
-                    return Err(
-                        "usage: pingora_demo [--listen ADDR] [--upstream URL] [--tls]".to_owned(),
-                    )
-                }
+                "--admin" => config.admin = value()?,
+                "-h" | "--help" => return Err(
+                    "usage: pingora_demo [--listen ADDR] [--upstream URL] [--admin ADDR] [--tls]"
+                        .to_owned(),
+                ),
                 other => return Err(format!("unknown argument {other:?}")),
             }
         }
@@ -202,15 +219,29 @@ pub async fn spawn(config: &DemoConfig) -> Result<Demo, DemoError> {
     };
 
     // The four layers, outermost first (each `.middleware` wraps the proxy built so far, like
-    // `ServiceBuilder::layer`). The rate is low enough to trip by hand with curl.
+    // `ServiceBuilder::layer`). The rate is low enough to trip by hand with curl. Each reports
+    // into the metrics the admin listener serves.
+    let metrics = Metrics::new();
     let rate_limit = RateLimitLayer::builder(DEMO_RATE_PER_SECOND, Duration::from_secs(1))
         .expose_headers(true)
+        .observer(Arc::new(metrics.clone()))
         .build()?;
+    let retry = RetryLayer::builder(2)
+        .observer(Arc::new(metrics.clone()))
+        .build()?;
+    let breaker = CircuitBreakerLayer::builder()
+        .failure_rate_threshold(50)
+        .wait_in_open(Duration::from_secs(10))
+        .on_state_transition(metrics.on_breaker_transition())
+        .build()?;
+    metrics.watch_breakers(breaker.handle());
     let builder = builder
+        .admin(&config.admin)
+        .metrics(metrics)
         .middleware(middleware::timeout(5_000))
         .middleware(rate_limit)
-        .middleware(middleware::retry(2))
-        .middleware(middleware::circuit_breaker(50, 10_000));
+        .middleware(retry)
+        .middleware(breaker);
 
     let proxy = builder.build()?.spawn().await?;
     Ok(Demo {
@@ -229,6 +260,9 @@ pub async fn spawn(config: &DemoConfig) -> Result<Demo, DemoError> {
 pub async fn run(config: &DemoConfig) -> Result<(), DemoError> {
     let demo = spawn(config).await?;
     println!("proxy on {} -> {}", demo.base_url(), demo.upstream_url());
+    if let Some(admin) = demo.admin_addr() {
+        println!("admin on http://{admin}/ (status page), /status, /metrics");
+    }
     println!("try:");
     for line in demo.curl_lines() {
         println!("  {line}");
@@ -243,6 +277,11 @@ impl Demo {
     /// The proxy's address.
     pub fn proxy_addr(&self) -> SocketAddr {
         self.proxy.local_addr()
+    }
+
+    /// The admin listener's address.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.proxy.admin_addr()
     }
 
     /// Where the proxy sends requests.
@@ -293,6 +332,14 @@ impl Demo {
                 "for i in $(seq 12); do {curl} -s -o /dev/null -w '%{{http_code}} ' {base}/status/500; done; echo; {curl} -i {base}/   # breaker: opens, then 503 + Retry-After for 10 s"
             ),
         ]);
+        if let Some(admin) = self.admin_addr() {
+            lines.push(format!(
+                "curl -s http://{admin}/metrics | grep -v '^#'   # Prometheus metrics"
+            ));
+            lines.push(format!(
+                "curl -s http://{admin}/status               # JSON: backends, breakers, QPS, p95/p99"
+            ));
+        }
         lines
     }
 

@@ -69,6 +69,9 @@ pub mod acl;
 pub mod canonical;
 #[cfg(feature = "circuit-breaker")]
 pub mod circuit_breaker;
+#[cfg(feature = "obs")]
+pub mod obs;
+pub mod observe;
 #[cfg(feature = "rate-limit")]
 pub mod rate_limit;
 #[cfg(feature = "retry")]
@@ -96,6 +99,7 @@ mod request_time;
 pub use clock::TimeSource;
 pub use config_error::ConfigError;
 pub use layered::Layered;
+pub use observe::Observer;
 pub use rejection::Rejection;
 pub use request_info::RequestInfo;
 

@@ -21,6 +21,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod admin;
 pub mod body;
 mod http_head;
 pub mod proxy;

@@ -7,9 +7,15 @@
 //!                     [--forwarded-headers yes|no] [--threads 0] [--reuse-port no|yes]
 //!                     [--layers rate-limit|redis|redis-lease --redis redis://127.0.0.1:6379/]
 //!                     [--tls-cert cert.pem --tls-key key.pem]
+//!                     [--obs none|metrics|log] [--access-log PATH]
 //! ```
 //! With `--tls-cert` and `--tls-key` the listener terminates TLS (`ProxyBuilder::tls`, one
 //! certificate as the default of the SNI set).
+//! `--obs metrics` adds the `obs` layer recording Prometheus metrics (what
+//! `ProxyBuilder::admin` turns on; no subscriber, so spans and the access log cost only their
+//! interest check); `--obs log` also writes the access log (target `pingora_tower::access`) to
+//! `--access-log` (default `/dev/null`) through a `tracing_subscriber` fmt layer without ANSI
+//! colours.
 //! `--layers four` wraps the proxy, outermost first, in `timeout(30 s)`,
 //! `rate_limit(1e9 per second)`, `retry(2)` and `circuit_breaker(50 %, 10 s)`. The proxy runs on
 //! a multi-thread tokio runtime with `--workers` worker threads (`0` = current-thread), the same
@@ -32,6 +38,7 @@ use std::time::Duration;
 
 use pingora_core::server::configuration::ServerConf;
 use pingora_tower::middleware;
+use pingora_tower::middleware::obs::{Metrics, ACCESS_LOG_TARGET};
 use pingora_tower::proxy::{
     PingoraProxy, ProxyBuilder, Route, Upstream, DEFAULT_UPSTREAM_KEEPALIVE_POOL,
 };
@@ -41,7 +48,8 @@ const USAGE: &str = "pingora-tower-proxy [--listen 127.0.0.1:19002] \
                      [--pool 128] [--forwarded-headers yes|no] [--threads 0] \
                      [--reuse-port no|yes] \
                      [--layers rate-limit|redis|redis-lease --redis URL] \
-                     [--tls-cert cert.pem --tls-key key.pem]";
+                     [--tls-cert cert.pem --tls-key key.pem] \
+                     [--obs none|metrics|log] [--access-log PATH]";
 
 /// Requests per second the rate limiter admits: far above anything the bench offers.
 const NEVER_TRIPS_PER_SECOND: u32 = 1_000_000_000;
@@ -79,6 +87,27 @@ fn main() -> Result<(), common::BoxError> {
     }
     #[cfg(feature = "redis")]
     let redis_url = args.get("redis", "redis://127.0.0.1:6379/");
+    match args.get("obs", "none").as_str() {
+        "none" => {}
+        "metrics" => builder = builder.metrics(Metrics::new()),
+        "log" => {
+            builder = builder.metrics(Metrics::new());
+            let path = args.get("access-log", "/dev/null");
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(|e| format!("--access-log {path:?}: {e}"))?;
+            tracing_subscriber::fmt()
+                .with_ansi(false)
+                .with_writer(std::sync::Mutex::new(file))
+                .with_env_filter(tracing_subscriber::EnvFilter::new(format!(
+                    "off,{ACCESS_LOG_TARGET}=info"
+                )))
+                .init();
+        }
+        other => return Err(format!("--obs {other:?}: expected none, metrics or log").into()),
+    }
     common::runtime(workers)?.block_on(async move {
         #[cfg(feature = "redis")]
         let mut limiter = None;

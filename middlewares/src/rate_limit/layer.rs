@@ -93,6 +93,7 @@ pub struct RateLimitBuilder {
     clock: TimeSource,
     #[cfg(feature = "redis")]
     store: Option<super::redis::RedisStore>,
+    observer: crate::observe::MaybeObserver,
 }
 
 impl RateLimitBuilder {
@@ -217,6 +218,13 @@ impl RateLimitBuilder {
         self
     }
 
+    /// Tells `observer` about every request this limiter refuses (not the dry run's), e.g. the
+    /// `obs` feature's `Metrics`. None by default.
+    pub fn observer(mut self, observer: std::sync::Arc<dyn crate::observe::Observer>) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
     /// The clock the limiter reads (default [`TimeSource::Auto`]: tokio's when its clock is
     /// paused where the layer is built, as in a `start_paused` test; the CPU's counter
     /// otherwise). See [`TimeSource`].
@@ -307,6 +315,7 @@ impl RateLimitBuilder {
                 period: self.period,
                 window_secs,
                 max_delay: Duration::from_nanos(max_delay),
+                observer: self.observer,
             }),
         })
     }
@@ -362,6 +371,7 @@ pub(super) struct Shared {
     period: Duration,
     window_secs: u64,
     max_delay: Duration,
+    observer: crate::observe::MaybeObserver,
 }
 
 /// Limits the request rate of the inner service with a token bucket (GCRA), globally or per key.
@@ -393,6 +403,7 @@ impl RateLimitLayer {
             clock: TimeSource::Auto,
             #[cfg(feature = "redis")]
             store: None,
+            observer: None,
         }
     }
 
@@ -572,6 +583,9 @@ impl RateLimitLayer {
             }
             Decision::Reject(err) => {
                 tracing::debug!(%key, retry_after = ?err.retry_after(), "rate limit: rejecting request");
+                if let Some(observer) = &s.observer {
+                    observer.rate_limited();
+                }
                 decision
             }
             Decision::Allow(_) => decision,

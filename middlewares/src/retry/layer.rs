@@ -21,6 +21,8 @@ pub(crate) struct Shared {
     pub(crate) backoff: Backoff,
     /// Its own `Arc`, handed out by [`RetryLayer::budget`](super::RetryLayer::budget).
     pub(crate) budget: Arc<Budget>,
+    /// Told about granted retries and budget refusals.
+    pub(crate) observer: crate::observe::MaybeObserver,
 }
 
 impl Shared {
@@ -46,9 +48,15 @@ impl Shared {
         };
         if !self.budget.try_withdraw_at(now) {
             tracing::debug!("retry budget exhausted; not retrying");
+            if let Some(observer) = &self.observer {
+                observer.retry_budget_exhausted();
+            }
             return None;
         }
         tracing::debug!(retry = retries_done + 1, ?delay, "retrying");
+        if let Some(observer) = &self.observer {
+            observer.retried();
+        }
         Some(at)
     }
 }
@@ -75,6 +83,7 @@ impl RetryLayer {
                 policy: RetryPolicy::new(max_retries),
                 backoff: Backoff::default(),
                 budget: Arc::new(Budget::default()),
+                observer: None,
             }),
         }
     }
@@ -91,6 +100,7 @@ impl RetryLayer {
             budget_min_per_sec: Budget::DEFAULT_MIN_PER_SEC,
             budget_window: Budget::DEFAULT_WINDOW,
             clock: TimeSource::Auto,
+            observer: None,
         }
     }
 
@@ -129,6 +139,7 @@ pub struct RetryBuilder {
     budget_min_per_sec: u32,
     budget_window: Duration,
     clock: TimeSource,
+    observer: crate::observe::MaybeObserver,
 }
 
 impl RetryBuilder {
@@ -200,6 +211,13 @@ impl RetryBuilder {
         self
     }
 
+    /// Tells `observer` about every granted retry and every retry the budget refused, e.g. the
+    /// `obs` feature's `Metrics`. None by default.
+    pub fn observer(mut self, observer: Arc<dyn crate::observe::Observer>) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
     /// The clock the budget reads (default [`TimeSource::Auto`]: tokio's when its clock is
     /// paused where the layer is built, as in a `start_paused` test; the CPU's counter
     /// otherwise). See [`TimeSource`].
@@ -233,6 +251,7 @@ impl RetryBuilder {
                 policy: self.policy,
                 backoff,
                 budget: Arc::new(budget),
+                observer: self.observer,
             }),
         })
     }

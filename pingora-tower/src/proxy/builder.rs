@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use middlewares::obs::{Metrics, ObsLayer};
 use middlewares::timeout::TimeoutLayer;
 use middlewares::Layered;
 
@@ -20,9 +21,11 @@ use super::route::{Route, RouteTable};
 use super::routing::{BackendStatus, Hygiene, RoutingProxy};
 use super::timeouts::Timeouts;
 use super::upstream::UpstreamGroup;
+use crate::admin::Admin;
 use crate::serve::DEFAULT_MAX_HEADER_BYTES;
 use crate::server::{self, AcceptFilter, ClientLimits, ListenOptions, RunningServer};
 use crate::tls::TlsConfig;
+use crate::ServeTower;
 
 /// The proxy the builder's `.middleware(..)` layers wrap: [`RoutingProxy`] inside the timeout
 /// policy that enforces [`ProxyBuilder::request_timeout`] (`None` when no request timeout is
@@ -90,6 +93,7 @@ pub struct ProxyBuilder<L = Identity> {
     hygiene: Hygiene,
     limits: ClientLimits,
     listen: Listen,
+    obs: ObsSettings,
 }
 
 /// Accept-time filter, socket layout and TLS, handed to the server as [`ListenOptions`].
@@ -98,6 +102,14 @@ struct Listen {
     accept_filter: Option<AcceptFilter>,
     reuse_port: bool,
     tls: Option<TlsConfig>,
+}
+
+/// The admin listener and metrics, as set on the builder.
+#[derive(Debug, Default)]
+struct ObsSettings {
+    admin: Option<String>,
+    metrics: Option<Metrics>,
+    layer: Option<ObsLayer>,
 }
 
 impl ProxyBuilder<Identity> {
@@ -119,6 +131,7 @@ impl ProxyBuilder<Identity> {
             hygiene: Hygiene::default(),
             limits: ClientLimits::default(),
             listen: Listen::default(),
+            obs: ObsSettings::default(),
         }
     }
 }
@@ -223,6 +236,7 @@ impl<L> ProxyBuilder<L> {
             hygiene: self.hygiene,
             limits: self.limits,
             listen: self.listen,
+            obs: self.obs,
         }
     }
 
@@ -265,6 +279,36 @@ impl<L> ProxyBuilder<L> {
     /// `X-Forwarded-Proto: https`.
     pub fn tls(mut self, tls: TlsConfig) -> Self {
         self.listen.tls = Some(tls);
+        self
+    }
+
+    /// Serves the admin pages on `addr` (e.g. `"127.0.0.1:9901"`; off by default): `/metrics`
+    /// (Prometheus text), `/status` (JSON) and `/` (an HTML status page). With it, the proxy
+    /// records its metrics with no further call: the `obs` layer
+    /// ([`middlewares::obs::ObsLayer`]) runs outermost, around every `.middleware(..)`, and
+    /// routed requests carry their route's [`label`](super::Route::label). Bind it to
+    /// loopback or a private network. [`RunningProxy::admin_addr`] reports the bound address.
+    pub fn admin(mut self, addr: &str) -> Self {
+        self.obs.admin = Some(addr.to_owned());
+        self
+    }
+
+    /// Records into `metrics` (default: a fresh registry when [`admin`](Self::admin) is set),
+    /// so the layers can report into the same registry: give it to
+    /// `RateLimitBuilder::observer` and `RetryBuilder::observer`, its
+    /// `on_breaker_transition()` to `CircuitBreakerBuilder::on_state_transition`, and the
+    /// breaker layer's handle to `Metrics::watch_breakers`. Also turns on the `obs` layer
+    /// without an admin listener (serve [`Metrics::render`] yourself).
+    pub fn metrics(mut self, metrics: Metrics) -> Self {
+        self.obs.metrics = Some(metrics);
+        self
+    }
+
+    /// Runs this `obs` layer outermost instead of the default `ObsLayer::new()` (e.g. another
+    /// request id header, or `start_traces(true)`). Its metrics, if it has some, are the
+    /// proxy's unless [`metrics`](Self::metrics) is set too (then those win).
+    pub fn observability(mut self, layer: ObsLayer) -> Self {
+        self.obs.layer = Some(layer);
         self
     }
 
@@ -395,6 +439,18 @@ impl<L> ProxyBuilder<L> {
             return Err(ProxyConfigError::InvalidThreads { threads: 0 });
         }
         let table = RouteTable::build(&self.routes)?;
+        let layer_metrics = self
+            .obs
+            .layer
+            .as_ref()
+            .and_then(|l| l.metrics_ref().cloned());
+        let metrics = match (&self.obs.admin, self.obs.metrics.or(layer_metrics)) {
+            (_, Some(metrics)) => Some(metrics),
+            (Some(_), None) => Some(Metrics::new()),
+            (None, None) => None,
+        };
+        let route_labels: Arc<[Arc<str>]> =
+            self.routes.iter().map(|r| Arc::from(r.label())).collect();
         let mut groups = Vec::with_capacity(self.routes.len());
         for route in &self.routes {
             if route.upstream().is_empty() {
@@ -411,7 +467,16 @@ impl<L> ProxyBuilder<L> {
             self.max_header_bytes,
             self.forwarded_headers,
             self.hygiene,
+            metrics.as_ref().map(|_| route_labels.clone()),
         );
+        let layer = self.obs.layer.unwrap_or_default();
+        let obs = metrics.map(|metrics| ObsRun {
+            layer: layer.metrics(metrics.clone()),
+            admin: self
+                .obs
+                .admin
+                .map(|addr| (addr, Admin::new(metrics, base.clone(), route_labels))),
+        });
         Ok(ProxyServer {
             service: self.layers.service(Layered::wrap(
                 request_timeout.map(TimeoutLayer::new),
@@ -424,6 +489,7 @@ impl<L> ProxyBuilder<L> {
             threads: self.threads,
             limits: self.limits,
             listen: self.listen,
+            obs,
         })
     }
 
@@ -467,6 +533,14 @@ pub struct ProxyServer<S> {
     threads: Option<usize>,
     limits: ClientLimits,
     listen: Listen,
+    obs: Option<ObsRun>,
+}
+
+/// The `obs` layer the proxy runs outermost, and the admin listener to start with it.
+#[derive(Debug)]
+struct ObsRun {
+    layer: ObsLayer,
+    admin: Option<(String, Admin)>,
 }
 
 impl<S> ProxyServer<S>
@@ -504,13 +578,6 @@ where
             .iter()
             .filter_map(|g| g.spawn_health_checks(stop_rx.clone()))
             .collect();
-        let mut app = pingora_proxy::http_proxy(&self.conf, self.service);
-        if self.h2c {
-            let mut options = HttpServerOptions::default();
-            options.h2c = true;
-            app.server_options = Some(options);
-        }
-        // On a bind error, dropping `stop` ends the health checks again.
         let mut options = ListenOptions::new()
             .limits(self.limits)
             .reuse_port(self.listen.reuse_port);
@@ -520,15 +587,46 @@ where
         if let Some(tls) = self.listen.tls {
             options = options.tls(tls);
         }
-        let server = match self.threads {
-            Some(threads) => {
-                server::spawn_threads_with_options(&self.addr, app, threads, options).await?
-            }
-            None => server::spawn_with_options(&self.addr, app, options).await?,
+        let (layer, admin) = match self.obs {
+            Some(obs) => (Some(obs.layer), obs.admin),
+            None => (None, None),
         };
+        let metrics = layer.as_ref().and_then(|l| l.metrics_ref().cloned());
+        // On a bind error, dropping `stop` ends the health checks again.
+        let server = match layer {
+            Some(layer) => {
+                let service = Layered::wrap(layer, self.service);
+                serve_proxy(
+                    &self.addr,
+                    &self.conf,
+                    service,
+                    self.h2c,
+                    self.threads,
+                    options,
+                )
+                .await?
+            }
+            None => {
+                serve_proxy(
+                    &self.addr,
+                    &self.conf,
+                    self.service,
+                    self.h2c,
+                    self.threads,
+                    options,
+                )
+                .await?
+            }
+        };
+        let admin = match admin {
+            Some((addr, admin)) => Some(server::spawn(&addr, ServeTower::new(admin)).await?),
+            None => None,
+        };
+        let obs = metrics.map(|metrics| Box::new((metrics, admin)));
         Ok(RunningProxy {
             local_addr: server.local_addr(),
             server: Some(server),
+            obs,
             base: self.base,
             stop,
             health_tasks,
@@ -548,11 +646,38 @@ impl<S> ProxyServer<S> {
     }
 }
 
+/// Serves `service` as a Pingora proxy on `addr`.
+async fn serve_proxy<S>(
+    addr: &str,
+    conf: &Arc<ServerConf>,
+    service: S,
+    h2c: bool,
+    threads: Option<usize>,
+    options: ListenOptions,
+) -> std::io::Result<RunningServer>
+where
+    S: ProxyHttp + Send + Sync + 'static,
+    S::CTX: Send + Sync,
+{
+    let mut app = pingora_proxy::http_proxy(conf, service);
+    if h2c {
+        let mut http_options = HttpServerOptions::default();
+        http_options.h2c = true;
+        app.server_options = Some(http_options);
+    }
+    match threads {
+        Some(threads) => server::spawn_threads_with_options(addr, app, threads, options).await,
+        None => server::spawn_with_options(addr, app, options).await,
+    }
+}
+
 /// A proxy serving in the background. Dropping it stops accepting and stops the health checks;
 /// [`shutdown`](Self::shutdown) also waits for in-flight requests.
 #[derive(Debug)]
 pub struct RunningProxy {
     server: Option<RunningServer>,
+    /// The metrics and the admin listener; boxed, so the handle stays small without them.
+    obs: Option<Box<(Metrics, Option<RunningServer>)>>,
     local_addr: std::net::SocketAddr,
     base: RoutingProxy,
     stop: watch::Sender<bool>,
@@ -563,6 +688,20 @@ impl RunningProxy {
     /// The address actually bound.
     pub fn local_addr(&self) -> std::net::SocketAddr {
         self.local_addr
+    }
+
+    /// The admin listener's bound address, when [`ProxyBuilder::admin`] was set.
+    pub fn admin_addr(&self) -> Option<std::net::SocketAddr> {
+        self.obs
+            .as_ref()
+            .and_then(|obs| obs.1.as_ref())
+            .map(RunningServer::local_addr)
+    }
+
+    /// The metrics the proxy records, when [`ProxyBuilder::admin`] or
+    /// [`ProxyBuilder::metrics`] was set.
+    pub fn metrics(&self) -> Option<&Metrics> {
+        self.obs.as_ref().map(|obs| &obs.0)
     }
 
     /// Client connections being served right now.
@@ -582,6 +721,9 @@ impl RunningProxy {
     pub async fn shutdown(mut self) {
         if let Some(server) = self.server.take() {
             server.shutdown().await;
+        }
+        if let Some(admin) = self.obs.as_mut().and_then(|obs| obs.1.take()) {
+            admin.shutdown().await;
         }
         let _ = self.stop.send(true);
         for task in std::mem::take(&mut self.health_tasks) {

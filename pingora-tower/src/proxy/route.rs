@@ -96,6 +96,12 @@ impl Route {
         &self.upstream
     }
 
+    /// The route's name in metrics and logs (`http_route`): its host, if any, then its prefix
+    /// (`/api`, `api.example.com/v2`).
+    pub fn label(&self) -> String {
+        format!("{}{}", self.host.as_deref().unwrap_or(""), self.prefix)
+    }
+
     pub(crate) fn name(&self) -> RouteName {
         RouteName {
             host: self.host.clone(),

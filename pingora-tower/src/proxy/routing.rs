@@ -25,6 +25,7 @@ use super::timeouts::Timeouts;
 use super::upstream::{CompiledHashKey, UpstreamGroup};
 use crate::http_head::head_size;
 use middlewares::canonical::{self, PathOptions, Rejected};
+use middlewares::obs::RouteLabel;
 
 /// How requests are cleaned up before routing and forwarding (set on the builder).
 #[derive(Debug, Clone, Copy, Default)]
@@ -98,6 +99,9 @@ struct Shared {
     /// Whether `X-Forwarded-For/-Proto/-Host` are set on upstream requests.
     forwarded_headers: bool,
     hygiene: Hygiene,
+    /// One per route, same index: inserted into each routed request's extensions as its
+    /// `http_route` label when the proxy records metrics.
+    route_labels: Option<Arc<[Arc<str>]>>,
 }
 
 impl std::fmt::Debug for RoutingProxy {
@@ -134,6 +138,7 @@ impl RoutingProxy {
         max_header_bytes: usize,
         forwarded_headers: bool,
         hygiene: Hygiene,
+        route_labels: Option<Arc<[Arc<str>]>>,
     ) -> Self {
         RoutingProxy {
             shared: Arc::new(Shared {
@@ -143,6 +148,7 @@ impl RoutingProxy {
                 max_header_bytes,
                 forwarded_headers,
                 hygiene,
+                route_labels,
             }),
         }
     }
@@ -315,7 +321,15 @@ impl ProxyHttp for RoutingProxy {
             return Ok(true);
         }
         match self.route(session, ctx) {
-            RouteState::Matched(_) => return Ok(false),
+            RouteState::Matched(route) => {
+                if let Some(labels) = &self.shared.route_labels {
+                    session
+                        .req_header_mut()
+                        .extensions_mut()
+                        .insert(RouteLabel(labels[route].clone()));
+                }
+                return Ok(false);
+            }
             RouteState::BadRequest(why) => {
                 tracing::debug!(reason = why.0, "request target refused");
                 session

@@ -1,0 +1,222 @@
+//! W3C trace context (`traceparent`) and request ids: read from the request, made up when
+//! missing, passed on.
+
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+
+/// The W3C trace context header.
+pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+
+/// The default request id header.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Longest request id taken from a client; a longer one is replaced (it would bloat every log
+/// line and upstream request).
+pub const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// A trace id that displays as 32 lowercase hex digits (formatted only when a subscriber
+/// records it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceId(pub u128);
+
+impl std::fmt::Display for TraceId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// One request's place in a trace: the trace it belongs to, the caller's span (if it sent a
+/// `traceparent`) and our own span id, which the upstream sees as its parent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceContext {
+    /// The trace id (never zero).
+    pub trace_id: u128,
+    /// The caller's span id, when it sent a valid `traceparent`.
+    pub parent_id: Option<u64>,
+    /// This hop's span id (never zero).
+    pub span_id: u64,
+    /// The trace flags (bit 0: sampled), the caller's or `01`.
+    pub flags: u8,
+}
+
+impl TraceContext {
+    /// Continues the caller's trace when `headers` hold a valid version-00 `traceparent`.
+    pub fn continued(headers: &HeaderMap) -> Option<Self> {
+        let (trace_id, parent, flags) = parse(headers.get(&TRACEPARENT)?.as_bytes())?;
+        Some(TraceContext {
+            trace_id,
+            parent_id: Some(parent),
+            span_id: nonzero_u64(),
+            flags,
+        })
+    }
+
+    /// A new trace (sampled) with this hop as its root.
+    pub fn start() -> Self {
+        TraceContext {
+            trace_id: new_id(),
+            parent_id: None,
+            span_id: nonzero_u64(),
+            flags: 1,
+        }
+    }
+
+    /// [`continued`](Self::continued), or a [new](Self::start) trace when the request has no
+    /// valid `traceparent`.
+    pub fn from_headers(headers: &HeaderMap) -> Self {
+        Self::continued(headers).unwrap_or_else(Self::start)
+    }
+
+    /// The `traceparent` to send upstream: this trace, with this hop's span as the parent.
+    pub fn traceparent(&self) -> HeaderValue {
+        let mut out = [0u8; 55];
+        out[..3].copy_from_slice(b"00-");
+        hex(&mut out[3..35], &self.trace_id.to_be_bytes());
+        out[35] = b'-';
+        hex(&mut out[36..52], &self.span_id.to_be_bytes());
+        out[52] = b'-';
+        hex(&mut out[53..55], &[self.flags]);
+        HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static(""))
+    }
+
+    /// The trace id as 32 lowercase hex digits.
+    pub fn trace_id_hex(&self) -> HeaderValue {
+        id_value(self.trace_id)
+    }
+}
+
+/// The request id of a request: the client's `name` header when it is printable ASCII of at
+/// most [`MAX_REQUEST_ID_LEN`] bytes, else `fallback()` (the trace id, so logs and traces
+/// join).
+pub fn request_id(
+    headers: &HeaderMap,
+    name: &HeaderName,
+    fallback: impl FnOnce() -> HeaderValue,
+) -> (HeaderValue, bool) {
+    match headers.get(name) {
+        Some(v)
+            if !v.is_empty()
+                && v.len() <= MAX_REQUEST_ID_LEN
+                && v.as_bytes().iter().all(|b| b.is_ascii_graphic()) =>
+        {
+            (v.clone(), false)
+        }
+        _ => (fallback(), true),
+    }
+}
+
+/// A random non-zero 128-bit id (a trace id, or a request id when there is no trace).
+pub fn new_id() -> u128 {
+    loop {
+        let id = rand::random::<u128>();
+        if id != 0 {
+            return id;
+        }
+    }
+}
+
+/// `id` as 32 lowercase hex digits in a header value.
+pub fn id_value(id: u128) -> HeaderValue {
+    let mut out = [0u8; 32];
+    hex(&mut out, &id.to_be_bytes());
+    HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+fn nonzero_u64() -> u64 {
+    loop {
+        let id = rand::random::<u64>();
+        if id != 0 {
+            return id;
+        }
+    }
+}
+
+fn hex(out: &mut [u8], bytes: &[u8]) {
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = HEX[usize::from(b >> 4)];
+        pair[1] = HEX[usize::from(b & 0xf)];
+    }
+}
+
+fn unhex(s: &[u8]) -> Option<u128> {
+    let mut v: u128 = 0;
+    for &c in s {
+        let d = match c {
+            b'0'..=b'9' => c - b'0',
+            b'a'..=b'f' => c - b'a' + 10,
+            _ => return None,
+        };
+        v = (v << 4) | u128::from(d);
+    }
+    Some(v)
+}
+
+/// `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`, ids non-zero (W3C Trace Context).
+fn parse(v: &[u8]) -> Option<(u128, u64, u8)> {
+    if v.len() != 55 || &v[..3] != b"00-" || v[35] != b'-' || v[52] != b'-' {
+        return None;
+    }
+    let trace = unhex(&v[3..35])?;
+    let parent = u64::try_from(unhex(&v[36..52])?).ok()?;
+    let flags = u8::try_from(unhex(&v[53..55])?).ok()?;
+    (trace != 0 && parent != 0).then_some((trace, parent, flags))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn continues_a_valid_trace_and_replaces_the_parent() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            TRACEPARENT,
+            HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        );
+        let t = TraceContext::from_headers(&h);
+        assert_eq!(t.trace_id, 0x4bf92f3577b34da6a3ce929d0e0e4736);
+        assert_eq!(t.parent_id, Some(0x00f067aa0ba902b7));
+        let out = t.traceparent();
+        let out = out.to_str().unwrap();
+        assert!(out.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+        assert!(out.ends_with("-01"));
+        assert_ne!(&out[36..52], "00f067aa0ba902b7");
+        assert_eq!(parse(out.as_bytes()).unwrap().1, t.span_id);
+    }
+
+    #[test]
+    fn malformed_or_zero_ids_start_a_new_trace() {
+        for bad in [
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "garbage",
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(TRACEPARENT, HeaderValue::from_static(bad));
+            assert_eq!(TraceContext::continued(&h), None, "{bad}");
+            let t = TraceContext::from_headers(&h);
+            assert_eq!(t.parent_id, None, "{bad}");
+            assert_eq!(t.flags, 1);
+        }
+    }
+
+    #[test]
+    fn request_ids_are_kept_when_sane() {
+        let mut h = HeaderMap::new();
+        let made = || HeaderValue::from_static("made");
+        assert_eq!(request_id(&h, &X_REQUEST_ID, made).0, "made");
+        h.insert(X_REQUEST_ID, HeaderValue::from_static("abc-1"));
+        assert_eq!(
+            request_id(&h, &X_REQUEST_ID, made),
+            (HeaderValue::from_static("abc-1"), false)
+        );
+        h.insert(
+            X_REQUEST_ID,
+            HeaderValue::from_str(&"x".repeat(200)).unwrap(),
+        );
+        assert_eq!(request_id(&h, &X_REQUEST_ID, made).0, "made");
+    }
+}
