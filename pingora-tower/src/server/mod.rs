@@ -10,6 +10,9 @@
 //! current-thread tokio runtime (Pingora's `work_stealing: false` model): a connection stays on
 //! the thread that accepted it. On one core this is the cheaper runtime for a proxy
 //! (less CPU per request than a multi-thread runtime; see BENCHMARKS.md).
+//! With [`ListenOptions::reuse_port`] each thread accepts from a `SO_REUSEPORT` socket of its
+//! own instead of the one shared socket, and [`ListenOptions::accept_filter`] closes chosen
+//! connections as soon as they are accepted ([`AcceptFilter`], e.g. from an access list).
 //!
 //! Every connection is held to [`ClientLimits`]: a total deadline for each request head, an
 //! idle limit between keep-alive requests, idle limits on reading a body and on writing to
