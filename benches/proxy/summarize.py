@@ -10,7 +10,8 @@ import sys
 from collections import defaultdict
 
 ORDER = ["direct", "pingora-plain", "pingora-server", "pingora-tower", "pingora-tower+4",
-         "nginx", "haproxy", "servetower-axum", "axum-hyper"]
+         "nginx", "haproxy", "servetower-axum", "axum-hyper",
+         "pingora-plain-tls", "pingora-tower-tls", "nginx-tls", "haproxy-tls"]
 
 
 def med(xs):
@@ -52,7 +53,9 @@ def main():
             "errors": sum(int(r["errors"]) + int(r["wrk_errors"]) for r in rs),
         }
     names = [n for n in ORDER if n in stats] + sorted(n for n in stats if n not in ORDER)
-    plain, nginx = stats.get("pingora-plain", {}), stats.get("nginx", {})
+    # A TLS-only run compares with the TLS baselines.
+    plain = stats.get("pingora-plain") or stats.get("pingora-plain-tls", {})
+    nginx = stats.get("nginx") or stats.get("nginx-tls", {})
     rate = rows[0]["offered_rps"] if rows else "?"
 
     out = []
