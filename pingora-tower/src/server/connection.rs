@@ -19,6 +19,8 @@ use pingora_core::server::ShutdownWatch;
 use tokio::sync::Notify;
 
 use super::limits::ClientLimits;
+use super::options::ListenOptions;
+use crate::tls::TlsConfig;
 use super::timed_stream::TimedStream;
 
 /// The client preface of HTTP/2 with prior knowledge (RFC 9113 §3.4).
@@ -90,6 +92,20 @@ impl<A> Clone for Tracked<A> {
             limits: self.limits,
             tls: self.tls.clone(),
         }
+    }
+}
+
+impl<A> Tracked<A> {
+    /// `app` held to `options`' limits and TLS, with a fresh connection count; fails when a
+    /// limit is invalid or the TLS settings cannot make an acceptor.
+    pub(crate) fn new(app: A, options: &ListenOptions) -> std::io::Result<Self> {
+        options.limits.validate()?;
+        Ok(Tracked {
+            app: Arc::new(app),
+            connections: Arc::new(ConnectionCount::default()),
+            limits: options.limits,
+            tls: options.tls.as_ref().map(TlsConfig::acceptor).transpose()?,
+        })
     }
 }
 

@@ -164,16 +164,9 @@ pub async fn spawn_with_options<A>(
 where
     A: HttpServerApp + Send + Sync + 'static,
 {
-    let limits = options.limits;
-    limits.validate()?;
+    let tracked = Tracked::new(app, &options)?;
+    let connections = tracked.connections.clone();
     let (listener, local_addr) = bind(addr)?;
-    let connections = Arc::new(ConnectionCount::default());
-    let tracked = Tracked {
-        app: Arc::new(app),
-        connections: connections.clone(),
-        limits,
-        tls: options.tls.as_ref().map(TlsConfig::acceptor).transpose()?,
-    };
     let (shutdown, shutdown_rx) = watch::channel(false);
     let accept = accept_loop(
         tracked,
@@ -255,8 +248,8 @@ pub async fn spawn_threads_with_options<A>(
 where
     A: HttpServerApp + Send + Sync + 'static,
 {
-    let limits = options.limits;
-    limits.validate()?;
+    let tracked = Tracked::new(app, &options)?;
+    let connections = tracked.connections.clone();
     if threads == 0 {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
@@ -270,13 +263,6 @@ where
         (vec![listener], local_addr)
     };
     let listener = sockets.swap_remove(0);
-    let connections = Arc::new(ConnectionCount::default());
-    let tracked = Tracked {
-        app: Arc::new(app),
-        connections: connections.clone(),
-        limits,
-        tls: options.tls.as_ref().map(TlsConfig::acceptor).transpose()?,
-    };
     let (shutdown, shutdown_rx) = watch::channel(false);
     let (exit, exit_rx) = watch::channel(false);
     let mut started = ServerThreads {
