@@ -542,6 +542,16 @@ fn bad_configurations_are_rejected_naming_the_value() {
         .unwrap_err()
         .to_string();
     assert_eq!(threads, "threads must be greater than 0, got 0");
+    let reuse_port = proxy()
+        .route(Route::prefix("/", Upstream::new("http://127.0.0.1:9")))
+        .reuse_port(true)
+        .build()
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        reuse_port,
+        "reuse_port(true) needs threads(n): one SO_REUSEPORT socket per thread, and no thread was set"
+    );
     assert_eq!(
         err(Route::prefix("/", Upstream::new("htp://x"))),
         r#"upstream "htp://x": unsupported scheme "htp""#

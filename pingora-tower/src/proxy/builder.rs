@@ -268,7 +268,7 @@ impl<L> ProxyBuilder<L> {
     /// With [`threads`](Self::threads): one `SO_REUSEPORT` listening socket per thread, so
     /// the kernel spreads new connections over the threads, instead of one socket every
     /// thread accepts from (see [`ListenOptions::reuse_port`]). Off by default; without
-    /// `threads` it changes nothing. BENCHMARKS.md compares the two.
+    /// `threads`, [`build`](Self::build) refuses it. BENCHMARKS.md compares the two.
     pub fn reuse_port(mut self, enabled: bool) -> Self {
         self.listen.reuse_port = enabled;
         self
@@ -437,6 +437,9 @@ impl<L> ProxyBuilder<L> {
             })?;
         if self.threads == Some(0) {
             return Err(ProxyConfigError::InvalidThreads { threads: 0 });
+        }
+        if self.listen.reuse_port && self.threads.is_none() {
+            return Err(ProxyConfigError::ReusePortWithoutThreads);
         }
         let table = RouteTable::build(&self.routes)?;
         let layer_metrics = self

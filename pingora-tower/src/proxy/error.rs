@@ -84,6 +84,10 @@ pub enum ProxyConfigError {
         /// The count as given.
         threads: usize,
     },
+    /// `reuse_port(true)` without `threads(n)`: there is one accept loop, so one socket, and
+    /// the setting would do nothing.
+    #[error("reuse_port(true) needs threads(n): one SO_REUSEPORT socket per thread, and no thread was set")]
+    ReusePortWithoutThreads,
 }
 
 /// How a route shows up in error messages: `host "api.example.com" prefix "/v1"`.

@@ -20,8 +20,8 @@ use tokio::sync::Notify;
 
 use super::limits::ClientLimits;
 use super::options::ListenOptions;
-use crate::tls::TlsConfig;
 use super::timed_stream::TimedStream;
+use crate::tls::TlsConfig;
 
 /// The client preface of HTTP/2 with prior knowledge (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
