@@ -472,3 +472,46 @@ async fn a_redis_cluster_holds_the_same_limits() {
         "every node holds buckets: {per_node:?}"
     );
 }
+
+/// The call timeout bounds the wait exactly: with tokio's clock paused, a frozen Redis (it
+/// accepts bytes and never answers) lets the runtime go idle, so the clock jumps straight to the
+/// next timer. The request is decided by the failure policy at the call timeout, measured on
+/// that clock (deterministic: only the timer wheel's 1 ms rounding), and the next request does not call
+/// Redis at all while it backs off.
+#[tokio::test(flavor = "current_thread")]
+async fn a_frozen_redis_holds_a_request_for_the_call_timeout_exactly() {
+    init_tracing();
+    let redis = RedisServer::start();
+    let limiter = layer(store(&redis).on_failure(FailurePolicy::Closed), 10);
+    let key = KeyValue::from("frozen");
+    // Connected and answering, on the real clock.
+    assert!(matches!(
+        limiter.check_async(&key).await,
+        Decision::Allow(_)
+    ));
+    redis.pause();
+    tokio::time::pause();
+    let started = Instant::now();
+    let decision = timeout(REQUEST_GUARD, limiter.check_async(&key)).await;
+    assert!(matches!(decision, Ok(Decision::Reject(_))), "{decision:?}");
+    // tokio's timers fire on whole milliseconds: the deadline, rounded up.
+    let waited = started.elapsed();
+    assert!(
+        (CALL_TIMEOUT..=CALL_TIMEOUT + Duration::from_millis(1)).contains(&waited),
+        "{waited:?}"
+    );
+    let calls = limiter.redis_stats().unwrap().calls;
+    let started = Instant::now();
+    assert!(matches!(
+        limiter.check_async(&key).await,
+        Decision::Reject(_)
+    ));
+    assert_eq!(
+        started.elapsed(),
+        Duration::ZERO,
+        "no wait while Redis is known down"
+    );
+    assert_eq!(limiter.redis_stats().unwrap().calls, calls);
+    tokio::time::resume();
+    redis.resume();
+}
