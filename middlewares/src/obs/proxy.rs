@@ -169,6 +169,10 @@ impl ProxyPolicy for ObsLayer {
         Ok(Admission::Continue)
     }
 
+    fn span<'a>(&self, ctx: &'a ObsCtx) -> Option<&'a Span> {
+        Some(&ctx.span)
+    }
+
     fn select_peer(
         &self,
         _session: &mut Session,

@@ -616,6 +616,12 @@ where
         'life4: 'async_trait,
         Self: 'async_trait,
     {
+        if let Err(e) = self
+            .policy
+            .connected_to_upstream(session, reused, peer, &mut ctx.own)
+        {
+            return Box::pin(std::future::ready(Err(e)));
+        }
         self.inner.connected_to_upstream(
             session,
             reused,

@@ -221,6 +221,19 @@ pub trait ProxyPolicy: Send + Sync {
         e
     }
 
+    /// Before the inner proxy's `connected_to_upstream`, once the attempt has its connection
+    /// (`reused` from the pool or new): the peer of the attempt, without wrapping peer
+    /// selection. `Err` fails the attempt.
+    fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        _ctx: &mut Self::Ctx,
+    ) -> Result<()> {
+        Ok(())
+    }
+
     /// Before the inner proxy's `upstream_request_filter`: may change the request head sent to
     /// the upstream (add a request id, strip a header). `Err` fails the attempt.
     fn upstream_request_filter(
@@ -319,6 +332,13 @@ pub trait ProxyPolicy: Send + Sync {
         _e: &Error,
         _ctx: &mut Self::Ctx,
     ) -> Option<Box<Error>> {
+        None
+    }
+
+    /// The span the inner layers and the inner proxy run in for this request (an observability
+    /// layer's request span), so their events land inside it. `None` (the default), or a
+    /// disabled span, costs nothing: phases are neither entered nor wrapped.
+    fn span<'a>(&self, _ctx: &'a Self::Ctx) -> Option<&'a tracing::Span> {
         None
     }
 

@@ -48,6 +48,26 @@ impl<P: ProxyPolicy> ProxyPolicy for Option<P> {
         }
     }
 
+    fn connected_to_upstream(
+        &self,
+        session: &mut Session,
+        reused: bool,
+        peer: &HttpPeer,
+        ctx: &mut Self::Ctx,
+    ) -> Result<()> {
+        match (self, ctx) {
+            (Some(p), Some(ctx)) => p.connected_to_upstream(session, reused, peer, ctx),
+            _ => Ok(()),
+        }
+    }
+
+    fn span<'a>(&self, ctx: &'a Self::Ctx) -> Option<&'a tracing::Span> {
+        match (self, ctx) {
+            (Some(p), Some(ctx)) => p.span(ctx),
+            _ => None,
+        }
+    }
+
     fn upstream_request_filter(
         &self,
         session: &mut Session,
