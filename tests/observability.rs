@@ -474,7 +474,11 @@ async fn an_axum_app_gets_the_same_metrics_and_serves_them_in_one_line() {
     let app = Router::new()
         .route("/users/{id}", get(|| async { "user" }))
         .route("/users", post(|| async { StatusCode::CREATED }))
-        .route_layer(ObsLayer::new().metrics(metrics.clone()))
+        .route_layer(
+            ObsLayer::new()
+                .metrics(metrics.clone())
+                .echo_request_id(true),
+        )
         .route("/metrics", get(move || std::future::ready(m.response())));
     let server = server::spawn("127.0.0.1:0", ServeTower::new(app))
         .await

@@ -3,30 +3,38 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
-use http::header::{HeaderName, HeaderValue};
+use http::header::HeaderName;
 use http::{Response, StatusCode};
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tracing::Span;
 
-use super::{labels, ActiveGuard, Metrics, ACCESS_LOG_TARGET};
+use super::trace::RequestId;
+use super::{labels, ActiveGuard, Route, ACCESS_LOG_TARGET};
 
 /// What the future needs once the response head is there.
 #[derive(Debug)]
 pub(crate) struct Finish {
     pub(crate) span: Span,
     pub(crate) start: Instant,
-    pub(crate) metrics: Option<Metrics>,
-    pub(crate) _active: Option<ActiveGuard>,
+    /// The request in the active gauge, and the metrics to record it in.
+    pub(crate) active: Option<ActiveGuard>,
     pub(crate) method: &'static str,
-    pub(crate) route: Option<Arc<str>>,
-    pub(crate) request_id: Option<(HeaderName, HeaderValue)>,
+    pub(crate) route: Option<Route>,
+    pub(crate) request_id: Option<RequestId>,
+    /// The header to set the request id in on the response, when asked to.
+    pub(crate) echo: Option<HeaderName>,
+    /// Kept only when the access log is enabled.
+    pub(crate) log: Option<LogFields>,
+}
+
+/// The access log's fields taken from the request.
+#[derive(Debug)]
+pub(crate) struct LogFields {
     pub(crate) client: Option<SocketAddr>,
-    /// The request target, kept only when the access log is enabled.
-    pub(crate) target: Option<String>,
+    pub(crate) target: String,
 }
 
 pin_project! {
@@ -57,15 +65,17 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let result = {
-            let _enter = this.finish.as_ref().map(|f| f.span.enter());
-            ready!(this.inner.poll(cx))
+        let mut result = match this.finish.as_ref().map(|f| &f.span) {
+            Some(span) if !span.is_disabled() => {
+                let _enter = span.enter();
+                ready!(this.inner.poll(cx))
+            }
+            _ => ready!(this.inner.poll(cx)),
         };
-        let mut result = result;
         if let Some(finish) = this.finish.take() {
             let status = match &mut result {
                 Ok(res) => {
-                    super::set_response_id(res, &finish.request_id);
+                    finish.echo_id(res);
                     res.status()
                 }
                 Err(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -77,33 +87,95 @@ where
 }
 
 impl Finish {
+    fn echo_id<B>(&self, res: &mut Response<B>) {
+        if let (Some(name), Some(id)) = (&self.echo, &self.request_id) {
+            if !res.headers().contains_key(name) {
+                res.headers_mut().insert(name.clone(), id.header_value());
+            }
+        }
+    }
+
     fn done(self, status: StatusCode) {
         let now = Instant::now();
         let latency = now.saturating_duration_since(self.start);
-        let status_label = labels::status(status);
-        if let Some(m) = &self.metrics {
-            m.record_request(
+        if let Some(active) = &self.active {
+            active.metrics().record_request(
                 self.method,
-                status_label,
-                self.route.as_deref().unwrap_or(""),
+                labels::status(status),
+                self.route.as_ref().map_or("", Route::as_str),
                 latency,
                 now,
             );
         }
-        let latency_ms = latency.as_secs_f64() * 1e3;
-        self.span
-            .record("http.response.status_code", status.as_u16())
-            .record("latency_ms", latency_ms);
-        tracing::info!(
-            target: ACCESS_LOG_TARGET,
-            parent: &self.span,
-            client = self.client.map(tracing::field::display),
-            method = self.method,
-            target = self.target.as_deref(),
-            status = status.as_u16(),
-            duration_ms = latency_ms,
-            request_id = self.request_id.as_ref().and_then(|(_, v)| v.to_str().ok()),
-            "request"
-        );
+        if !self.span.is_disabled() {
+            self.span
+                .record("http.response.status_code", status.as_u16())
+                .record("latency_ms", latency.as_secs_f64() * 1e3);
+        }
+        if let Some(log) = &self.log {
+            tracing::info!(
+                target: ACCESS_LOG_TARGET,
+                parent: &self.span,
+                client = log.client.map(tracing::field::display),
+                method = self.method,
+                target = log.target.as_str(),
+                status = status.as_u16(),
+                duration_ms = latency.as_secs_f64() * 1e3,
+                request_id = self.request_id.as_ref().map(tracing::field::display),
+                "request"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use http::Request;
+    use tower::{ServiceBuilder, ServiceExt};
+
+    use crate::obs::trace::X_REQUEST_ID;
+    use crate::obs::ObsLayer;
+
+    async fn call(layer: ObsLayer, req: Request<String>) -> (Option<String>, Response<String>) {
+        let svc =
+            ServiceBuilder::new()
+                .layer(layer)
+                .service_fn(|req: Request<String>| async move {
+                    let seen = req
+                        .headers()
+                        .get(X_REQUEST_ID)
+                        .map(|v| v.to_str().unwrap().to_owned());
+                    Ok::<_, Infallible>(Response::new(seen.unwrap_or_default()))
+                });
+        let res = svc.oneshot(req).await.unwrap();
+        let seen = Some(res.body().clone()).filter(|s| !s.is_empty());
+        (seen, res)
+    }
+
+    use super::Response;
+
+    #[tokio::test]
+    async fn a_made_id_reaches_the_inner_service_and_the_response_only_when_asked() {
+        let (seen, res) = call(ObsLayer::new(), Request::new(String::new())).await;
+        let seen = seen.expect("the inner service sees an id");
+        assert_eq!(seen.len(), 32);
+        assert!(!res.headers().contains_key(X_REQUEST_ID));
+
+        let (seen, res) = call(
+            ObsLayer::new().echo_request_id(true),
+            Request::new(String::new()),
+        )
+        .await;
+        assert_eq!(res.headers()[X_REQUEST_ID], seen.unwrap().as_str());
+
+        let req = Request::builder()
+            .header(X_REQUEST_ID, "abc")
+            .body(String::new())
+            .unwrap();
+        let (seen, res) = call(ObsLayer::new().echo_request_id(true), req).await;
+        assert_eq!(seen.as_deref(), Some("abc"));
+        assert_eq!(res.headers()[X_REQUEST_ID], "abc");
     }
 }

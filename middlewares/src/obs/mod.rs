@@ -13,8 +13,9 @@
 //! - **Trace context**: a valid incoming `traceparent` is continued (the proxy sends its own
 //!   span id as the upstream's parent), a missing one started. The request id header
 //!   (`x-request-id` unless [`ObsLayer::request_id_header`]) is kept when the client sent a sane
-//!   one, made from the trace id otherwise, passed to the upstream (or the inner service) and
-//!   returned on the response by the tower host.
+//!   one, made from the trace id (or a new id) otherwise, and passed to the upstream (or the
+//!   inner service); the tower host also returns it on the response with
+//!   [`ObsLayer::echo_request_id`].
 //! - **Metrics** when [`ObsLayer::metrics`] is set; see [`Metrics`] for names and labels.
 //!
 //! The route label: the proxy host reads a [`RouteLabel`] from the request's extensions (the
@@ -35,7 +36,7 @@
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
 //! let metrics = Metrics::new();
 //! let svc = ServiceBuilder::new()
-//!     .layer(ObsLayer::new().metrics(metrics.clone()))
+//!     .layer(ObsLayer::new().metrics(metrics.clone()).echo_request_id(true))
 //!     .service_fn(|_req: Request<String>| async {
 //!         Ok::<_, Infallible>(Response::new(String::from("hello")))
 //!     });
@@ -67,7 +68,7 @@ pub use proxy::ObsCtx;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::header::{HeaderName, HeaderValue};
+use http::header::HeaderName;
 use http::{Request, Response};
 use tokio::time::Instant;
 use tower_layer::Layer;
@@ -101,6 +102,11 @@ pub struct ObsLayer {
 struct Shared {
     metrics: Option<Metrics>,
     request_id: Option<HeaderName>,
+    /// `request_id`'s text for Pingora's `insert_header` (which copies a `HeaderName`'s text on
+    /// every call, a shared `Bytes` only once).
+    #[cfg(feature = "pingora")]
+    request_id_text: Option<bytes::Bytes>,
+    echo_request_id: bool,
     traceparent: bool,
     start_traces: bool,
     #[cfg(feature = "pingora")]
@@ -120,6 +126,9 @@ impl ObsLayer {
             shared: Arc::new(Shared {
                 metrics: None,
                 request_id: Some(trace::X_REQUEST_ID),
+                #[cfg(feature = "pingora")]
+                request_id_text: Some(bytes::Bytes::from_static(b"x-request-id")),
+                echo_request_id: false,
                 traceparent: true,
                 start_traces: false,
                 #[cfg(feature = "pingora")]
@@ -132,12 +141,22 @@ impl ObsLayer {
         let mut shared = Arc::try_unwrap(self.shared).unwrap_or_else(|s| Shared {
             metrics: s.metrics.clone(),
             request_id: s.request_id.clone(),
+            #[cfg(feature = "pingora")]
+            request_id_text: None,
+            echo_request_id: s.echo_request_id,
             traceparent: s.traceparent,
             start_traces: s.start_traces,
             #[cfg(feature = "pingora")]
             backends: proxy::BackendLabels::default(),
         });
         f(&mut shared);
+        #[cfg(feature = "pingora")]
+        {
+            shared.request_id_text = shared
+                .request_id
+                .as_ref()
+                .map(|n| bytes::Bytes::copy_from_slice(n.as_str().as_bytes()));
+        }
         ObsLayer {
             shared: Arc::new(shared),
         }
@@ -151,6 +170,13 @@ impl ObsLayer {
     /// The request id header (default `x-request-id`); `None` neither reads nor sets one.
     pub fn request_id_header(self, name: Option<HeaderName>) -> Self {
         self.with(|s| s.request_id = name)
+    }
+
+    /// Whether the tower host also sets the request id on the response when the inner service
+    /// did not (default off, as Envoy's `always_set_request_id_in_response`: it is one more
+    /// header on every response). The proxy passes the upstream's response through as is.
+    pub fn echo_request_id(self, enabled: bool) -> Self {
+        self.with(|s| s.echo_request_id = enabled)
     }
 
     /// Whether a valid incoming `traceparent` is continued and passed on with this hop as the
@@ -190,14 +216,31 @@ impl<S> Layer<S> for ObsLayer {
     }
 }
 
-/// The route label of a request in the tower host.
-fn tower_route<B>(req: &Request<B>) -> Option<Arc<str>> {
+/// The route label of a request in the tower host: a shared string, never copied.
+#[derive(Debug, Clone)]
+pub(crate) enum Route {
+    Label(Arc<str>),
+    #[cfg(feature = "axum")]
+    Matched(axum::extract::MatchedPath),
+}
+
+impl Route {
+    pub(crate) fn as_str(&self) -> &str {
+        match self {
+            Route::Label(r) => r,
+            #[cfg(feature = "axum")]
+            Route::Matched(m) => m.as_str(),
+        }
+    }
+}
+
+fn tower_route<B>(req: &Request<B>) -> Option<Route> {
     if let Some(RouteLabel(r)) = req.extensions().get::<RouteLabel>() {
-        return Some(r.clone());
+        return Some(Route::Label(r.clone()));
     }
     #[cfg(feature = "axum")]
     if let Some(m) = req.extensions().get::<axum::extract::MatchedPath>() {
-        return Some(Arc::from(m.as_str()));
+        return Some(Route::Matched(m.clone()));
     }
     None
 }
@@ -227,36 +270,39 @@ where
                 .insert(trace::TRACEPARENT, t.traceparent());
         }
         let request_id = shared.request_id.as_ref().map(|name| {
-            let (id, made) = trace::request_id(req.headers(), name, || {
-                trace::id_value(trace_ctx.map_or_else(trace::new_id, |t| t.trace_id))
-            });
-            if made {
-                req.headers_mut().insert(name.clone(), id.clone());
+            match trace::client_request_id(req.headers(), name) {
+                Some(v) => trace::RequestId::Client(v.clone()),
+                None => {
+                    let id = trace_ctx.map_or_else(trace::new_id, |t| t.trace_id);
+                    req.headers_mut().insert(name.clone(), trace::id_value(id));
+                    trace::RequestId::Made(id)
+                }
             }
-            (name.clone(), id)
         });
         let span = tracing::info_span!(
             target: SPAN_TARGET,
             "request",
             http.request.method = method,
             url.path = req.uri().path(),
-            http.route = route.as_deref(),
+            http.route = route.as_ref().map(Route::as_str),
             http.response.status_code = tracing::field::Empty,
             latency_ms = tracing::field::Empty,
-            request_id = request_id.as_ref().and_then(|(_, id)| id.to_str().ok()),
+            request_id = request_id.as_ref().map(tracing::field::display),
             trace_id = trace_ctx.map(|t| tracing::field::display(trace::TraceId(t.trace_id))),
         );
-        let client = req
-            .extensions()
-            .get::<std::net::SocketAddr>()
-            .copied()
-            .or_else(|| client_from_axum(&req));
-        let target = if tracing::enabled!(target: ACCESS_LOG_TARGET, tracing::Level::INFO) {
-            Some(req.uri().to_string())
+        let log = tracing::enabled!(target: ACCESS_LOG_TARGET, tracing::Level::INFO).then(|| {
+            future::LogFields {
+                client: req
+                    .extensions()
+                    .get::<std::net::SocketAddr>()
+                    .copied()
+                    .or_else(|| client_from_axum(&req)),
+                target: req.uri().to_string(),
+            }
+        });
+        let inner = if span.is_disabled() {
+            self.inner.call(req)
         } else {
-            None
-        };
-        let inner = {
             let _enter = span.enter();
             self.inner.call(req)
         };
@@ -265,13 +311,15 @@ where
             future::Finish {
                 span,
                 start,
-                metrics: shared.metrics.clone(),
-                _active: active,
+                active,
                 method,
                 route,
                 request_id,
-                client,
-                target,
+                echo: shared
+                    .echo_request_id
+                    .then(|| shared.request_id.clone())
+                    .flatten(),
+                log,
             },
         )
     }
@@ -287,13 +335,4 @@ fn client_from_axum<B>(req: &Request<B>) -> Option<std::net::SocketAddr> {
 #[cfg(not(feature = "axum"))]
 fn client_from_axum<B>(_req: &Request<B>) -> Option<std::net::SocketAddr> {
     None
-}
-
-/// The request id header value of a response, for the tower host.
-pub(crate) fn set_response_id<B>(res: &mut Response<B>, id: &Option<(HeaderName, HeaderValue)>) {
-    if let Some((name, value)) = id {
-        if !res.headers().contains_key(name) {
-            res.headers_mut().insert(name.clone(), value.clone());
-        }
-    }
 }

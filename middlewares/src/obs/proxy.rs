@@ -2,10 +2,11 @@
 //!
 //! `new_ctx` stamps the start (Pingora makes the context once the request head is read) and
 //! holds the request in the active gauge; `request_filter` opens the span and settles the trace
-//! context and request id; every attempt is timed from its peer selection to the upstream's head
-//! (`upstream_response_filter`) or its failure (`fail_to_connect`, `error_while_proxy`);
-//! `upstream_request_filter` sends the request id and `traceparent` upstream; `logging` records
-//! the request.
+//! context and request id; every attempt is timed from the start of its peer selection
+//! (`before_upstream_peer`, which leaves the selection itself unwrapped) to the upstream's head
+//! (`upstream_response_filter`) or its failure (`fail_to_connect`, `error_while_proxy`), and
+//! learns its backend and connect time from `connected_to_upstream`; `upstream_request_filter`
+//! sends the request id and `traceparent` upstream; `logging` records the request.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
@@ -20,9 +21,9 @@ use tokio::time::Instant;
 use tracing::Span;
 
 use super::labels::{self, AttemptError};
-use super::trace::{self, TraceContext};
+use super::trace::{self, RequestId, TraceContext};
 use super::{ActiveGuard, ObsLayer, RouteLabel, ACCESS_LOG_TARGET, ATTEMPT_TARGET, SPAN_TARGET};
-use crate::proxy_host::{Admission, PeerChoice, ProxyPolicy};
+use crate::proxy_host::{Admission, PeerStep, ProxyPolicy};
 
 /// Per-request state of [`ObsLayer`] in the proxy.
 #[derive(Debug)]
@@ -31,21 +32,32 @@ pub struct ObsCtx {
     _active: Option<ActiveGuard>,
     span: Span,
     trace: Option<TraceContext>,
-    request_id: Option<HeaderValue>,
+    request_id: Option<RequestId>,
     attempts: u32,
-    /// The running attempt: its start and backend label, until its outcome is recorded.
-    attempt: Option<(Instant, Arc<str>)>,
+    /// When the running attempt's peer selection began, until the attempt has a peer.
+    selecting: Option<Instant>,
+    /// The running attempt, until its outcome is recorded.
+    attempt: Option<Attempt>,
     /// The last attempt's backend.
     upstream: Option<Arc<str>>,
 }
 
+/// One upstream attempt that has its peer.
+#[derive(Debug)]
+struct Attempt {
+    start: Instant,
+    backend: Arc<str>,
+    /// Time to the connection (`None`: it failed to connect), and whether it came from the pool.
+    connected: Option<(Duration, bool)>,
+}
+
 impl ObsCtx {
     /// The request id sent upstream, once `request_filter` ran.
-    pub fn request_id(&self) -> Option<&HeaderValue> {
-        self.request_id.as_ref()
+    pub fn request_id(&self) -> Option<HeaderValue> {
+        self.request_id.as_ref().map(RequestId::header_value)
     }
 
-    /// Upstream attempts so far.
+    /// Upstream attempts so far (those that reached a peer).
     pub fn attempts(&self) -> u32 {
         self.attempts
     }
@@ -104,26 +116,47 @@ impl BackendLabels {
 }
 
 impl ObsLayer {
+    /// The running attempt now has `peer`: counted from here on.
+    fn attempt_reached(
+        &self,
+        ctx: &mut ObsCtx,
+        peer: &HttpPeer,
+        connected: Option<(Duration, bool)>,
+    ) {
+        let now = Instant::now();
+        let start = ctx.selecting.take().unwrap_or(now);
+        ctx.attempts += 1;
+        ctx.attempt = Some(Attempt {
+            start,
+            backend: self.shared.backends.get(peer),
+            connected: connected.map(|(_, reused)| (now.saturating_duration_since(start), reused)),
+        });
+    }
+
     /// Records the running attempt's outcome, once.
     fn end_attempt(&self, ctx: &mut ObsCtx, outcome: Result<&'static str, AttemptError>) {
-        let Some((start, backend)) = ctx.attempt.take() else {
+        let Some(attempt) = ctx.attempt.take() else {
             return;
         };
-        let took = start.elapsed();
+        let took = attempt.start.elapsed();
         if let Some(m) = &self.shared.metrics {
-            m.record_attempt(&backend, outcome, took);
+            m.record_attempt(&attempt.backend, outcome, took);
         }
-        tracing::debug!(
-            target: ATTEMPT_TARGET,
-            parent: &ctx.span,
-            attempt = ctx.attempts,
-            server.address = &*backend,
-            status = outcome.ok(),
-            error_type = outcome.err().map(AttemptError::as_str),
-            took_ms = took.as_secs_f64() * 1e3,
-            "upstream attempt"
-        );
-        ctx.upstream = Some(backend);
+        if !ctx.span.is_disabled() {
+            tracing::debug!(
+                target: ATTEMPT_TARGET,
+                parent: &ctx.span,
+                attempt = ctx.attempts,
+                server.address = &*attempt.backend,
+                status = outcome.ok(),
+                error_type = outcome.err().map(AttemptError::as_str),
+                connect_ms = attempt.connected.map(|(d, _)| d.as_secs_f64() * 1e3),
+                reused = attempt.connected.map(|(_, r)| r),
+                took_ms = took.as_secs_f64() * 1e3,
+                "upstream attempt"
+            );
+        }
+        ctx.upstream = Some(attempt.backend);
     }
 }
 
@@ -138,6 +171,7 @@ impl ProxyPolicy for ObsLayer {
             trace: None,
             request_id: None,
             attempts: 0,
+            selecting: None,
             attempt: None,
             upstream: None,
         }
@@ -147,11 +181,10 @@ impl ProxyPolicy for ObsLayer {
         let req = session.req_header();
         ctx.trace = self.trace_of(&req.headers);
         if let Some(name) = &self.shared.request_id {
-            let trace_ctx = ctx.trace;
-            let (id, _) = trace::request_id(&req.headers, name, || {
-                trace::id_value(trace_ctx.map_or_else(trace::new_id, |t| t.trace_id))
+            ctx.request_id = Some(match trace::client_request_id(&req.headers, name) {
+                Some(v) => RequestId::Client(v.clone()),
+                None => RequestId::Made(ctx.trace.map_or_else(trace::new_id, |t| t.trace_id)),
             });
-            ctx.request_id = Some(id);
         }
         ctx.span = tracing::info_span!(
             target: SPAN_TARGET,
@@ -163,7 +196,7 @@ impl ProxyPolicy for ObsLayer {
             latency_ms = tracing::field::Empty,
             server.address = tracing::field::Empty,
             attempts = tracing::field::Empty,
-            request_id = ctx.request_id.as_ref().and_then(|v| v.to_str().ok()),
+            request_id = ctx.request_id.as_ref().map(|id| tracing::field::display(id)),
             trace_id = ctx.trace.map(|t| tracing::field::display(trace::TraceId(t.trace_id))),
         );
         Ok(Admission::Continue)
@@ -173,19 +206,22 @@ impl ProxyPolicy for ObsLayer {
         Some(&ctx.span)
     }
 
-    fn select_peer(
+    fn before_upstream_peer(&self, _session: &mut Session, ctx: &mut ObsCtx) -> Result<PeerStep> {
+        // Timed from here; counted once it has a peer (`connected_to_upstream`,
+        // `fail_to_connect`), so a selection an inner layer refuses is no attempt.
+        ctx.selecting = Some(Instant::now());
+        Ok(PeerStep::PassThrough)
+    }
+
+    fn connected_to_upstream(
         &self,
         _session: &mut Session,
-        peer: &mut HttpPeer,
+        reused: bool,
+        peer: &HttpPeer,
         ctx: &mut ObsCtx,
-    ) -> Result<PeerChoice> {
-        // A peer skipped by an inner layer comes back here with the next one: only the last
-        // offer of an attempt is recorded, as the earlier one never started.
-        if ctx.attempt.is_none() {
-            ctx.attempts += 1;
-        }
-        ctx.attempt = Some((Instant::now(), self.shared.backends.get(peer)));
-        Ok(PeerChoice::Accept)
+    ) -> Result<()> {
+        self.attempt_reached(ctx, peer, Some((Duration::ZERO, reused)));
+        Ok(())
     }
 
     fn upstream_request_filter(
@@ -194,13 +230,14 @@ impl ProxyPolicy for ObsLayer {
         upstream_request: &mut RequestHeader,
         ctx: &mut ObsCtx,
     ) -> Result<()> {
-        if let (Some(name), Some(id)) = (&self.shared.request_id, &ctx.request_id) {
-            if upstream_request.headers.get(name) != Some(id) {
-                upstream_request.insert_header(name.clone(), id.clone())?;
+        // A client's id is in the upstream head already (it is the client's head).
+        if let Some(RequestId::Made(id)) = ctx.request_id {
+            if let Some(name) = &self.shared.request_id_text {
+                upstream_request.insert_header(name.clone(), trace::id_value(id))?;
             }
         }
         if let Some(t) = &ctx.trace {
-            upstream_request.insert_header(trace::TRACEPARENT, t.traceparent())?;
+            upstream_request.insert_header(TRACEPARENT_NAME, t.traceparent())?;
         }
         Ok(())
     }
@@ -218,10 +255,11 @@ impl ProxyPolicy for ObsLayer {
     fn fail_to_connect(
         &self,
         _session: &mut Session,
-        _peer: &HttpPeer,
+        peer: &HttpPeer,
         ctx: &mut ObsCtx,
         e: Box<Error>,
     ) -> Box<Error> {
+        self.attempt_reached(ctx, peer, None);
         self.end_attempt(ctx, Err(attempt_error(&e)));
         e
     }
@@ -253,14 +291,15 @@ impl ProxyPolicy for ObsLayer {
         if let Some(m) = &self.shared.metrics {
             m.record_request(method, status_label, route.unwrap_or(""), latency, now);
         }
-        let latency_ms = latency.as_secs_f64() * 1e3;
         let code = status.map_or(499, |s| s.as_u16());
-        ctx.span
-            .record("http.route", route)
-            .record("http.response.status_code", code)
-            .record("latency_ms", latency_ms)
-            .record("server.address", ctx.upstream.as_deref())
-            .record("attempts", ctx.attempts);
+        if !ctx.span.is_disabled() {
+            ctx.span
+                .record("http.route", route)
+                .record("http.response.status_code", code)
+                .record("latency_ms", latency.as_secs_f64() * 1e3)
+                .record("server.address", ctx.upstream.as_deref())
+                .record("attempts", ctx.attempts);
+        }
         tracing::info!(
             target: ACCESS_LOG_TARGET,
             parent: &ctx.span,
@@ -269,12 +308,16 @@ impl ProxyPolicy for ObsLayer {
             target = tracing::field::display(&req.uri),
             status = code,
             bytes = session.body_bytes_sent(),
-            duration_ms = latency_ms,
+            duration_ms = latency.as_secs_f64() * 1e3,
             upstream = ctx.upstream.as_deref(),
             attempts = ctx.attempts,
-            request_id = ctx.request_id.as_ref().and_then(|v| v.to_str().ok()),
+            request_id = ctx.request_id.as_ref().map(|id| tracing::field::display(id)),
             error = e.map(tracing::field::display),
             "request"
         );
     }
 }
+
+/// `traceparent` for Pingora's `insert_header`, which copies a `HeaderName`'s text on every
+/// call but takes a static string as is.
+const TRACEPARENT_NAME: &str = "traceparent";

@@ -86,34 +86,105 @@ impl TraceContext {
     }
 }
 
-/// The request id of a request: the client's `name` header when it is printable ASCII of at
-/// most [`MAX_REQUEST_ID_LEN`] bytes, else `fallback()` (the trace id, so logs and traces
-/// join).
-pub fn request_id(
-    headers: &HeaderMap,
-    name: &HeaderName,
-    fallback: impl FnOnce() -> HeaderValue,
-) -> (HeaderValue, bool) {
-    match headers.get(name) {
-        Some(v)
-            if !v.is_empty()
-                && v.len() <= MAX_REQUEST_ID_LEN
-                && v.as_bytes().iter().all(|b| b.is_ascii_graphic()) =>
-        {
-            (v.clone(), false)
+/// A request's id: the client's (kept as it came), or made here from a 128-bit id (written as
+/// 32 hex digits only where it is sent or logged).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestId {
+    /// The client's, from [`client_request_id`].
+    Client(HeaderValue),
+    /// Made here (the trace id, or [`new_id`]).
+    Made(u128),
+}
+
+impl RequestId {
+    /// The id as a header value.
+    pub fn header_value(&self) -> HeaderValue {
+        match self {
+            RequestId::Client(v) => v.clone(),
+            RequestId::Made(id) => id_value(*id),
         }
-        _ => (fallback(), true),
     }
 }
 
-/// A random non-zero 128-bit id (a trace id, or a request id when there is no trace).
-pub fn new_id() -> u128 {
-    loop {
-        let id = rand::random::<u128>();
-        if id != 0 {
-            return id;
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            // Printable ASCII, by `client_request_id`.
+            RequestId::Client(v) => f.write_str(v.to_str().unwrap_or("")),
+            RequestId::Made(id) => TraceId(*id).fmt(f),
         }
     }
+}
+
+/// The client's request id: its `name` header when that is printable ASCII of at most
+/// [`MAX_REQUEST_ID_LEN`] bytes. Otherwise the caller makes one (from the trace id, so logs and
+/// traces join).
+pub fn client_request_id<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a HeaderValue> {
+    headers.get(name).filter(|v| {
+        !v.is_empty()
+            && v.len() <= MAX_REQUEST_ID_LEN
+            && v.as_bytes().iter().all(|b| b.is_ascii_graphic())
+    })
+}
+
+/// A non-zero 128-bit id (a trace id, or a request id when there is no trace): unique, not
+/// secret. The high half is random per thread; the low half walks a bijection of a per-thread
+/// counter (SplitMix64), so two ids of one thread never repeat and ids of two threads differ
+/// unless their random halves collide (one chance in 2^64). A `rand` draw per request costs
+/// several times more, and nothing asks trace or request ids to be unpredictable.
+pub fn new_id() -> u128 {
+    IDS.with(|ids| {
+        let (high, low) = ids.next();
+        (u128::from(high) << 64) | u128::from(low)
+    })
+}
+
+/// A non-zero span id from the same per-thread sequence as [`new_id`].
+fn nonzero_u64() -> u64 {
+    IDS.with(|ids| {
+        let (high, low) = ids.next();
+        let id = high.rotate_left(32) ^ low;
+        if id == 0 {
+            1
+        } else {
+            id
+        }
+    })
+}
+
+thread_local! {
+    static IDS: IdSequence = IdSequence::seeded();
+}
+
+/// One thread's id sequence: a random non-zero tag and a SplitMix64 state.
+struct IdSequence {
+    tag: u64,
+    state: std::cell::Cell<u64>,
+}
+
+impl IdSequence {
+    fn seeded() -> Self {
+        // Once per thread: `rand`'s generator seeded from the OS.
+        let (tag, state): (u64, u64) = rand::random();
+        IdSequence {
+            tag: tag | 1,
+            state: std::cell::Cell::new(state),
+        }
+    }
+
+    /// The thread's tag and the next value of its sequence.
+    fn next(&self) -> (u64, u64) {
+        let state = self.state.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
+        self.state.set(state);
+        (self.tag, splitmix64(state))
+    }
+}
+
+/// SplitMix64's output function: a bijection on `u64` that spreads a counter's bits.
+fn splitmix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// `id` as 32 lowercase hex digits in a header value.
@@ -121,15 +192,6 @@ pub fn id_value(id: u128) -> HeaderValue {
     let mut out = [0u8; 32];
     hex(&mut out, &id.to_be_bytes());
     HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static(""))
-}
-
-fn nonzero_u64() -> u64 {
-    loop {
-        let id = rand::random::<u64>();
-        if id != 0 {
-            return id;
-        }
-    }
 }
 
 fn hex(out: &mut [u8], bytes: &[u8]) {
@@ -206,17 +268,28 @@ mod tests {
     #[test]
     fn request_ids_are_kept_when_sane() {
         let mut h = HeaderMap::new();
-        let made = || HeaderValue::from_static("made");
-        assert_eq!(request_id(&h, &X_REQUEST_ID, made).0, "made");
+        assert_eq!(client_request_id(&h, &X_REQUEST_ID), None);
         h.insert(X_REQUEST_ID, HeaderValue::from_static("abc-1"));
-        assert_eq!(
-            request_id(&h, &X_REQUEST_ID, made),
-            (HeaderValue::from_static("abc-1"), false)
-        );
-        h.insert(
-            X_REQUEST_ID,
-            HeaderValue::from_str(&"x".repeat(200)).unwrap(),
-        );
-        assert_eq!(request_id(&h, &X_REQUEST_ID, made).0, "made");
+        assert_eq!(client_request_id(&h, &X_REQUEST_ID).unwrap(), "abc-1");
+        for bad in ["x".repeat(200), String::new(), "a b".into()] {
+            h.insert(X_REQUEST_ID, HeaderValue::from_str(&bad).unwrap());
+            assert_eq!(client_request_id(&h, &X_REQUEST_ID), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn ids_do_not_repeat_within_or_across_threads() {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..10_000 {
+            assert!(seen.insert(new_id()));
+        }
+        let other: Vec<u128> = std::thread::spawn(|| (0..10_000).map(|_| new_id()).collect())
+            .join()
+            .unwrap();
+        for id in other {
+            assert!(seen.insert(id));
+        }
+        assert!(seen.iter().all(|&id| id != 0 && (id >> 64) != 0));
+        assert!((0..1_000).all(|_| nonzero_u64() != 0));
     }
 }
