@@ -16,6 +16,7 @@ use prometheus::{
 };
 use tokio::time::Instant;
 
+use super::handles::HandleCache;
 use super::labels;
 use super::recent::{Recent, Summary};
 use crate::observe::Observer;
@@ -60,8 +61,10 @@ pub struct Metrics {
 struct Inner {
     registry: Registry,
     server_duration: HistogramVec,
+    server_handles: HandleCache,
     active: IntGauge,
     client_duration: HistogramVec,
+    client_handles: HandleCache,
     backend_up: IntGaugeVec,
     breaker_state: IntGaugeVec,
     breaker_transitions: IntCounterVec,
@@ -177,8 +180,10 @@ impl Metrics {
         Metrics {
             inner: Arc::new(Inner {
                 server_duration,
+                server_handles: HandleCache::new(),
                 active,
                 client_duration,
+                client_handles: HandleCache::new(),
                 backend_up,
                 breaker_state,
                 breaker_transitions,
@@ -246,13 +251,11 @@ impl Metrics {
         now: Instant,
     ) {
         let secs = latency.as_secs_f64();
-        if let Ok(h) = self
-            .inner
-            .server_duration
-            .get_metric_with_label_values(&[method, status, route])
-        {
-            h.observe(secs);
-        }
+        self.inner.server_handles.observe(
+            &self.inner.server_duration,
+            [method, status, route],
+            secs,
+        );
         let second = now.saturating_duration_since(self.inner.origin).as_secs();
         self.inner.recent.record(second, secs);
     }
@@ -268,13 +271,11 @@ impl Metrics {
             Ok(status) => (status, ""),
             Err(e) => ("", e.as_str()),
         };
-        if let Ok(h) = self.inner.client_duration.get_metric_with_label_values(&[
-            server_address,
-            status,
-            error,
-        ]) {
-            h.observe(latency.as_secs_f64());
-        }
+        self.inner.client_handles.observe(
+            &self.inner.client_duration,
+            [server_address, status, error],
+            latency.as_secs_f64(),
+        );
     }
 
     /// Sets a backend's health.

@@ -47,6 +47,7 @@
 //! ```
 
 mod future;
+mod handles;
 pub mod labels;
 mod metrics;
 #[cfg(feature = "pingora")]
@@ -73,6 +74,7 @@ use http::{Request, Response};
 use tokio::time::Instant;
 use tower_layer::Layer;
 use tower_service::Service;
+use tracing::Span;
 
 use crate::Layered;
 
@@ -279,17 +281,22 @@ where
                 }
             }
         });
-        let span = tracing::info_span!(
-            target: SPAN_TARGET,
-            "request",
-            http.request.method = method,
-            url.path = req.uri().path(),
-            http.route = route.as_ref().map(Route::as_str),
-            http.response.status_code = tracing::field::Empty,
-            latency_ms = tracing::field::Empty,
-            request_id = request_id.as_ref().map(tracing::field::display),
-            trace_id = trace_ctx.map(|t| tracing::field::display(trace::TraceId(t.trace_id))),
-        );
+        let span = if !tracing::dispatcher::has_been_set() {
+            // No subscriber: skip the macro's fallback to the `log` crate for spans.
+            Span::none()
+        } else {
+            tracing::info_span!(
+                target: SPAN_TARGET,
+                "request",
+                http.request.method = method,
+                url.path = req.uri().path(),
+                http.route = route.as_ref().map(Route::as_str),
+                http.response.status_code = tracing::field::Empty,
+                latency_ms = tracing::field::Empty,
+                request_id = request_id.as_ref().map(tracing::field::display),
+                trace_id = trace_ctx.map(|t| tracing::field::display(trace::TraceId(t.trace_id))),
+            )
+        };
         let log = tracing::enabled!(target: ACCESS_LOG_TARGET, tracing::Level::INFO).then(|| {
             future::LogFields {
                 client: req

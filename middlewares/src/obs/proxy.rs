@@ -186,6 +186,10 @@ impl ProxyPolicy for ObsLayer {
                 None => RequestId::Made(ctx.trace.map_or_else(trace::new_id, |t| t.trace_id)),
             });
         }
+        if !tracing::dispatcher::has_been_set() {
+            // No subscriber: skip the macro's fallback to the `log` crate for spans.
+            return Ok(Admission::Continue);
+        }
         ctx.span = tracing::info_span!(
             target: SPAN_TARGET,
             "request",
@@ -196,7 +200,7 @@ impl ProxyPolicy for ObsLayer {
             latency_ms = tracing::field::Empty,
             server.address = tracing::field::Empty,
             attempts = tracing::field::Empty,
-            request_id = ctx.request_id.as_ref().map(|id| tracing::field::display(id)),
+            request_id = ctx.request_id.as_ref().map(tracing::field::display),
             trace_id = ctx.trace.map(|t| tracing::field::display(trace::TraceId(t.trace_id))),
         );
         Ok(Admission::Continue)
@@ -311,7 +315,7 @@ impl ProxyPolicy for ObsLayer {
             duration_ms = latency.as_secs_f64() * 1e3,
             upstream = ctx.upstream.as_deref(),
             attempts = ctx.attempts,
-            request_id = ctx.request_id.as_ref().map(|id| tracing::field::display(id)),
+            request_id = ctx.request_id.as_ref().map(tracing::field::display),
             error = e.map(tracing::field::display),
             "request"
         );
