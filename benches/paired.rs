@@ -220,7 +220,8 @@ where
 }
 
 /// The `obs` layer with no subscriber: span, trace context and request id alone, then with
-/// Prometheus metrics. A request without `traceparent` or `x-request-id`, so both are made.
+/// Prometheus metrics. A request without `traceparent` or `x-request-id`, so an id is made
+/// (and written into the request's empty header map); `ours_client_ids` makes none.
 fn obs<S>(run: &Run<'_>, inner: &str, make: impl Fn() -> S)
 where
     S: Service<Plain, Response = Response<String>, Error = Infallible>,
@@ -235,6 +236,16 @@ where
             (
                 "ours",
                 batch(rt, ObsLayer::new().metrics(Metrics::new()).layer(make())),
+            ),
+            (
+                "ours_client_ids",
+                batch(
+                    rt,
+                    ObsLayer::new()
+                        .metrics(Metrics::new())
+                        .generate_request_ids(false)
+                        .layer(make()),
+                ),
             ),
         ],
     );

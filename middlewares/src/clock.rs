@@ -66,6 +66,7 @@ impl Clock {
     }
 
     /// [`TimeSource::Tokio`] or [`TimeSource::Counter`]: what `Auto` resolved to.
+    #[cfg_attr(not(any(feature = "rate-limit", feature = "retry")), allow(dead_code))]
     pub(crate) fn kind(&self) -> TimeSource {
         match self.counter {
             Some(_) => TimeSource::Counter,
@@ -85,6 +86,11 @@ impl Clock {
     pub(crate) fn now_nanos(&self) -> u64 {
         self.counter_nanos()
             .unwrap_or_else(|| self.nanos(Instant::now()))
+    }
+
+    /// The tokio instant `nanos` into the timeline (for APIs that take an instant).
+    pub(crate) fn instant(&self, nanos: u64) -> Instant {
+        self.epoch + std::time::Duration::from_nanos(nanos)
     }
 
     /// `now` (a tokio instant) on the timeline; instants before the start count as the start.

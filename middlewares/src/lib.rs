@@ -79,7 +79,7 @@ pub mod retry;
 #[cfg(feature = "timeout")]
 pub mod timeout;
 
-#[cfg(any(feature = "rate-limit", feature = "retry"))]
+#[cfg(any(feature = "rate-limit", feature = "retry", feature = "obs"))]
 mod clock;
 mod config_error;
 #[cfg(any(feature = "timeout", feature = "retry", feature = "circuit-breaker"))]
@@ -95,7 +95,7 @@ mod request_info;
 ))]
 mod request_time;
 
-#[cfg(any(feature = "rate-limit", feature = "retry"))]
+#[cfg(any(feature = "rate-limit", feature = "retry", feature = "obs"))]
 pub use clock::TimeSource;
 pub use config_error::ConfigError;
 pub use layered::Layered;

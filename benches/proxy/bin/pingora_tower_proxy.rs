@@ -7,7 +7,7 @@
 //!                     [--forwarded-headers yes|no] [--threads 0] [--reuse-port no|yes]
 //!                     [--layers rate-limit|redis|redis-lease --redis redis://127.0.0.1:6379/]
 //!                     [--tls-cert cert.pem --tls-key key.pem]
-//!                     [--obs none|metrics|log] [--access-log PATH]
+//!                     [--obs none|metrics|metrics-client-ids|log] [--access-log PATH]
 //! ```
 //! With `--tls-cert` and `--tls-key` the listener terminates TLS (`ProxyBuilder::tls`, one
 //! certificate as the default of the SNI set).
@@ -38,7 +38,7 @@ use std::time::Duration;
 
 use pingora_core::server::configuration::ServerConf;
 use pingora_tower::middleware;
-use pingora_tower::middleware::obs::{Metrics, ACCESS_LOG_TARGET};
+use pingora_tower::middleware::obs::{Metrics, ObsLayer, ACCESS_LOG_TARGET};
 use pingora_tower::proxy::{
     PingoraProxy, ProxyBuilder, Route, Upstream, DEFAULT_UPSTREAM_KEEPALIVE_POOL,
 };
@@ -49,7 +49,7 @@ const USAGE: &str = "pingora-tower-proxy [--listen 127.0.0.1:19002] \
                      [--reuse-port no|yes] \
                      [--layers rate-limit|redis|redis-lease --redis URL] \
                      [--tls-cert cert.pem --tls-key key.pem] \
-                     [--obs none|metrics|log] [--access-log PATH]";
+                     [--obs none|metrics|metrics-client-ids|log] [--access-log PATH]";
 
 /// Requests per second the rate limiter admits: far above anything the bench offers.
 const NEVER_TRIPS_PER_SECOND: u32 = 1_000_000_000;
@@ -90,6 +90,12 @@ fn main() -> Result<(), common::BoxError> {
     match args.get("obs", "none").as_str() {
         "none" => {}
         "metrics" => builder = builder.metrics(Metrics::new()),
+        // Ids are kept from clients but not made: no header written into upstream requests.
+        "metrics-client-ids" => {
+            builder = builder
+                .metrics(Metrics::new())
+                .observability(ObsLayer::new().generate_request_ids(false))
+        }
         "log" => {
             builder = builder.metrics(Metrics::new());
             let path = args.get("access-log", "/dev/null");
@@ -106,7 +112,12 @@ fn main() -> Result<(), common::BoxError> {
                 )))
                 .init();
         }
-        other => return Err(format!("--obs {other:?}: expected none, metrics or log").into()),
+        other => {
+            return Err(format!(
+                "--obs {other:?}: expected none, metrics, metrics-client-ids or log"
+            )
+            .into())
+        }
     }
     common::runtime(workers)?.block_on(async move {
         #[cfg(feature = "redis")]

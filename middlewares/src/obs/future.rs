@@ -8,17 +8,20 @@ use std::task::{ready, Context, Poll};
 use http::header::HeaderName;
 use http::{Response, StatusCode};
 use pin_project_lite::pin_project;
-use tokio::time::Instant;
+use std::sync::Arc;
+use std::time::Duration;
 use tracing::Span;
 
 use super::trace::RequestId;
-use super::{labels, ActiveGuard, Route, ACCESS_LOG_TARGET};
+use super::{labels, ActiveGuard, Route, Shared, ACCESS_LOG_TARGET};
 
 /// What the future needs once the response head is there.
 #[derive(Debug)]
 pub(crate) struct Finish {
+    pub(crate) shared: Arc<Shared>,
     pub(crate) span: Span,
-    pub(crate) start: Instant,
+    /// On `shared.clock`.
+    pub(crate) start: u64,
     /// The request in the active gauge, and the metrics to record it in.
     pub(crate) active: Option<ActiveGuard>,
     pub(crate) method: &'static str,
@@ -96,15 +99,16 @@ impl Finish {
     }
 
     fn done(self, status: StatusCode) {
-        let now = Instant::now();
-        let latency = now.saturating_duration_since(self.start);
+        let clock = &self.shared.clock;
+        let now = clock.now_nanos();
+        let latency = Duration::from_nanos(now.saturating_sub(self.start));
         if let Some(active) = &self.active {
             active.metrics().record_request(
                 self.method,
                 labels::status(status),
                 self.route.as_ref().map_or("", Route::as_str),
                 latency,
-                now,
+                clock.instant(now),
             );
         }
         if !self.span.is_disabled() {
@@ -175,6 +179,25 @@ mod tests {
             .body(String::new())
             .unwrap();
         let (seen, res) = call(ObsLayer::new().echo_request_id(true), req).await;
+        assert_eq!(seen.as_deref(), Some("abc"));
+        assert_eq!(res.headers()[X_REQUEST_ID], "abc");
+    }
+
+    #[tokio::test]
+    async fn without_generated_ids_only_a_client_id_is_passed_on() {
+        let layer = || {
+            ObsLayer::new()
+                .generate_request_ids(false)
+                .echo_request_id(true)
+        };
+        let (seen, res) = call(layer(), Request::new(String::new())).await;
+        assert_eq!(seen, None);
+        assert!(!res.headers().contains_key(X_REQUEST_ID));
+        let req = Request::builder()
+            .header(X_REQUEST_ID, "abc")
+            .body(String::new())
+            .unwrap();
+        let (seen, res) = call(layer(), req).await;
         assert_eq!(seen.as_deref(), Some("abc"));
         assert_eq!(res.headers()[X_REQUEST_ID], "abc");
     }

@@ -71,7 +71,6 @@ use std::task::{Context, Poll};
 
 use http::header::HeaderName;
 use http::{Request, Response};
-use tokio::time::Instant;
 use tower_layer::Layer;
 use tower_service::Service;
 use tracing::Span;
@@ -101,7 +100,9 @@ pub struct ObsLayer {
 }
 
 #[derive(Debug)]
-struct Shared {
+pub(crate) struct Shared {
+    /// Request and attempt times: the CPU's counter unless tokio's clock is paused.
+    clock: crate::clock::Clock,
     metrics: Option<Metrics>,
     request_id: Option<HeaderName>,
     /// `request_id`'s text for Pingora's `insert_header` (which copies a `HeaderName`'s text on
@@ -109,6 +110,7 @@ struct Shared {
     #[cfg(feature = "pingora")]
     request_id_text: Option<bytes::Bytes>,
     echo_request_id: bool,
+    generate_request_ids: bool,
     traceparent: bool,
     start_traces: bool,
     #[cfg(feature = "pingora")]
@@ -126,11 +128,13 @@ impl ObsLayer {
     pub fn new() -> Self {
         ObsLayer {
             shared: Arc::new(Shared {
+                clock: crate::clock::Clock::new(crate::clock::TimeSource::Auto),
                 metrics: None,
                 request_id: Some(trace::X_REQUEST_ID),
                 #[cfg(feature = "pingora")]
                 request_id_text: Some(bytes::Bytes::from_static(b"x-request-id")),
                 echo_request_id: false,
+                generate_request_ids: true,
                 traceparent: true,
                 start_traces: false,
                 #[cfg(feature = "pingora")]
@@ -141,11 +145,13 @@ impl ObsLayer {
 
     fn with(self, f: impl FnOnce(&mut Shared)) -> Self {
         let mut shared = Arc::try_unwrap(self.shared).unwrap_or_else(|s| Shared {
+            clock: crate::clock::Clock::new(crate::clock::TimeSource::Auto),
             metrics: s.metrics.clone(),
             request_id: s.request_id.clone(),
             #[cfg(feature = "pingora")]
             request_id_text: None,
             echo_request_id: s.echo_request_id,
+            generate_request_ids: s.generate_request_ids,
             traceparent: s.traceparent,
             start_traces: s.start_traces,
             #[cfg(feature = "pingora")]
@@ -179,6 +185,14 @@ impl ObsLayer {
     /// header on every response). The proxy passes the upstream's response through as is.
     pub fn echo_request_id(self, enabled: bool) -> Self {
         self.with(|s| s.echo_request_id = enabled)
+    }
+
+    /// Whether a request without a (sane) request id gets one made here (default on, as in
+    /// Envoy). Off, a client's id is still kept and passed on, and requests without one have
+    /// none: no header is written into their upstream request, the cheaper setting where
+    /// something in front (a load balancer, a CDN) already sets ids.
+    pub fn generate_request_ids(self, enabled: bool) -> Self {
+        self.with(|s| s.generate_request_ids = enabled)
     }
 
     /// Whether a valid incoming `traceparent` is continued and passed on with this hop as the
@@ -261,7 +275,7 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let shared = &self.policy.shared;
-        let start = Instant::now();
+        let start = shared.clock.now_nanos();
         let active = shared.metrics.as_ref().map(Metrics::request_started);
         let method = labels::method(req.method());
         let route = tower_route(&req);
@@ -271,16 +285,18 @@ where
             req.headers_mut()
                 .insert(trace::TRACEPARENT, t.traceparent());
         }
-        let request_id = shared.request_id.as_ref().map(|name| {
-            match trace::client_request_id(req.headers(), name) {
-                Some(v) => trace::RequestId::Client(v.clone()),
-                None => {
-                    let id = trace_ctx.map_or_else(trace::new_id, |t| t.trace_id);
-                    req.headers_mut().insert(name.clone(), trace::id_value(id));
-                    trace::RequestId::Made(id)
+        let request_id =
+            shared.request_id.as_ref().and_then(|name| {
+                match trace::client_request_id(req.headers(), name) {
+                    Some(v) => Some(trace::RequestId::Client(v.clone())),
+                    None if shared.generate_request_ids => {
+                        let id = trace_ctx.map_or_else(trace::new_id, |t| t.trace_id);
+                        req.headers_mut().insert(name.clone(), trace::id_value(id));
+                        Some(trace::RequestId::Made(id))
+                    }
+                    None => None,
                 }
-            }
-        });
+            });
         let span = if !tracing::dispatcher::has_been_set() {
             // No subscriber: skip the macro's fallback to the `log` crate for spans.
             Span::none()
@@ -316,6 +332,7 @@ where
         ResponseFuture::new(
             inner,
             future::Finish {
+                shared: self.policy.shared.clone(),
                 span,
                 start,
                 active,

@@ -17,7 +17,6 @@ use pingora_core::upstreams::peer::{HttpPeer, Peer};
 use pingora_error::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::Session;
-use tokio::time::Instant;
 use tracing::Span;
 
 use super::labels::{self, AttemptError};
@@ -28,14 +27,15 @@ use crate::proxy_host::{Admission, PeerStep, ProxyPolicy};
 /// Per-request state of [`ObsLayer`] in the proxy.
 #[derive(Debug)]
 pub struct ObsCtx {
-    start: Instant,
+    /// Times are nanoseconds on the layer's clock.
+    start: u64,
     _active: Option<ActiveGuard>,
     span: Span,
     trace: Option<TraceContext>,
     request_id: Option<RequestId>,
     attempts: u32,
     /// When the running attempt's peer selection began, until the attempt has a peer.
-    selecting: Option<Instant>,
+    selecting: Option<u64>,
     /// The running attempt, until its outcome is recorded.
     attempt: Option<Attempt>,
     /// The last attempt's backend.
@@ -45,7 +45,7 @@ pub struct ObsCtx {
 /// One upstream attempt that has its peer.
 #[derive(Debug)]
 struct Attempt {
-    start: Instant,
+    start: u64,
     backend: Arc<str>,
     /// Time to the connection (`None`: it failed to connect), and whether it came from the pool.
     connected: Option<(Duration, bool)>,
@@ -123,13 +123,14 @@ impl ObsLayer {
         peer: &HttpPeer,
         connected: Option<(Duration, bool)>,
     ) {
-        let now = Instant::now();
+        let now = self.shared.clock.now_nanos();
         let start = ctx.selecting.take().unwrap_or(now);
         ctx.attempts += 1;
         ctx.attempt = Some(Attempt {
             start,
             backend: self.shared.backends.get(peer),
-            connected: connected.map(|(_, reused)| (now.saturating_duration_since(start), reused)),
+            connected: connected
+                .map(|(_, reused)| (Duration::from_nanos(now.saturating_sub(start)), reused)),
         });
     }
 
@@ -138,7 +139,8 @@ impl ObsLayer {
         let Some(attempt) = ctx.attempt.take() else {
             return;
         };
-        let took = attempt.start.elapsed();
+        let took =
+            Duration::from_nanos(self.shared.clock.now_nanos().saturating_sub(attempt.start));
         if let Some(m) = &self.shared.metrics {
             m.record_attempt(&attempt.backend, outcome, took);
         }
@@ -165,7 +167,7 @@ impl ProxyPolicy for ObsLayer {
 
     fn new_ctx(&self) -> ObsCtx {
         ObsCtx {
-            start: Instant::now(),
+            start: self.shared.clock.now_nanos(),
             _active: self.shared.metrics.as_ref().map(|m| m.request_started()),
             span: Span::none(),
             trace: None,
@@ -181,10 +183,13 @@ impl ProxyPolicy for ObsLayer {
         let req = session.req_header();
         ctx.trace = self.trace_of(&req.headers);
         if let Some(name) = &self.shared.request_id {
-            ctx.request_id = Some(match trace::client_request_id(&req.headers, name) {
-                Some(v) => RequestId::Client(v.clone()),
-                None => RequestId::Made(ctx.trace.map_or_else(trace::new_id, |t| t.trace_id)),
-            });
+            ctx.request_id = match trace::client_request_id(&req.headers, name) {
+                Some(v) => Some(RequestId::Client(v.clone())),
+                None if self.shared.generate_request_ids => Some(RequestId::Made(
+                    ctx.trace.map_or_else(trace::new_id, |t| t.trace_id),
+                )),
+                None => None,
+            };
         }
         if !tracing::dispatcher::has_been_set() {
             // No subscriber: skip the macro's fallback to the `log` crate for spans.
@@ -213,7 +218,7 @@ impl ProxyPolicy for ObsLayer {
     fn before_upstream_peer(&self, _session: &mut Session, ctx: &mut ObsCtx) -> Result<PeerStep> {
         // Timed from here; counted once it has a peer (`connected_to_upstream`,
         // `fail_to_connect`), so a selection an inner layer refuses is no attempt.
-        ctx.selecting = Some(Instant::now());
+        ctx.selecting = Some(self.shared.clock.now_nanos());
         Ok(PeerStep::PassThrough)
     }
 
@@ -284,8 +289,9 @@ impl ProxyPolicy for ObsLayer {
         if let Some(e) = e {
             self.end_attempt(ctx, Err(attempt_error(e)));
         }
-        let now = Instant::now();
-        let latency: Duration = now.saturating_duration_since(ctx.start);
+        let clock = &self.shared.clock;
+        let now = clock.now_nanos();
+        let latency = Duration::from_nanos(now.saturating_sub(ctx.start));
         let status = session.response_written().map(|h| h.status);
         // No head written: the client left (nginx's 499).
         let status_label = status.map_or("499", labels::status);
@@ -293,6 +299,7 @@ impl ProxyPolicy for ObsLayer {
         let method = labels::method(&req.method);
         let route = req.extensions.get::<RouteLabel>().map(|r| &*r.0);
         if let Some(m) = &self.shared.metrics {
+            let now = clock.instant(now);
             m.record_request(method, status_label, route.unwrap_or(""), latency, now);
         }
         let code = status.map_or(499, |s| s.as_u16());

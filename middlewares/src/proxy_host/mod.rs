@@ -71,6 +71,7 @@ mod host;
 mod optional;
 
 pub use attempt::AttemptTimeout;
+#[cfg(feature = "timeout")]
 pub(crate) use attempt::Clamped;
 
 use std::future::Future;
