@@ -192,6 +192,15 @@ async fn forced_open_backend_gets_no_traffic_until_reset() {
     assert_eq!(s.status_breaker(&s.b).await, r#""closed""#);
     let (_, _, page) = s.admin("GET", "/").await;
     assert!(page.contains(&a), "the status page lists {a}");
+    let (_, _, metrics) = s.admin("GET", "/metrics").await;
+    for line in [
+        format!(r#"pingora_tower_circuit_breaker_state{{breaker="{a}",state="open"}} 1"#),
+        format!(
+            r#"pingora_tower_circuit_breaker_transitions_total{{breaker="{a}",state="open"}} 1"#
+        ),
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in {metrics}");
+    }
 
     // Every request avoids `a`; `b` answers them all.
     let (a_before, b_before) = (s.a.hits(), s.b.hits());
@@ -336,4 +345,66 @@ fn breaker_control_without_admin_is_a_config_error_naming_both_settings() {
         .admin_breaker_control(false)
         .build()
         .is_ok());
+}
+
+/// Keeps the `warn` events of the admin control module as `key=value` lines.
+#[derive(Clone, Default)]
+struct Overrides(Arc<std::sync::Mutex<Vec<String>>>);
+
+struct Line<'a>(&'a mut String);
+
+impl tracing::field::Visit for Line<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0.push_str(&format!("{}={value:?} ", field.name()));
+    }
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.0.push_str(&format!("{}={value} ", field.name()));
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Overrides {
+    fn on_event(
+        &self,
+        event: &tracing::Event<'_>,
+        _ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        let meta = event.metadata();
+        if meta.target() == "pingora_tower::admin::control" && *meta.level() == tracing::Level::WARN
+        {
+            let mut line = String::new();
+            event.record(&mut Line(&mut line));
+            self.0.lock().unwrap().push(line);
+        }
+    }
+}
+
+#[tokio::test]
+async fn each_override_is_logged_at_warn_with_key_and_state() {
+    use tracing_subscriber::layer::SubscriberExt;
+    let overrides = Overrides::default();
+    // The current-thread test runtime runs the admin listener on this thread.
+    let _guard =
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(overrides.clone()));
+    tracing::callsite::rebuild_interest_cache();
+    let s = setup(true).await;
+    let a = s.a.key();
+    for action in ["open", "closed", "reset"] {
+        assert_eq!(
+            s.post(&format!("/breakers/{a}/{action}")).await.0,
+            StatusCode::OK
+        );
+    }
+    assert_eq!(
+        s.post("/breakers/127.0.0.1:1/open").await.0,
+        StatusCode::NOT_FOUND
+    );
+    let lines = overrides.0.lock().unwrap().clone();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    for (line, state) in lines.iter().zip(["forced-open", "forced-closed", "closed"]) {
+        assert!(
+            line.contains(&format!("breaker={a} ")) && line.contains(&format!("state={state} ")),
+            "{line}"
+        );
+    }
+    s.proxy.shutdown().await;
 }
