@@ -408,3 +408,50 @@ async fn each_override_is_logged_at_warn_with_key_and_state() {
     }
     s.proxy.shutdown().await;
 }
+
+#[tokio::test]
+async fn hostile_control_requests_get_clean_answers_and_change_nothing() {
+    let s = setup(true).await;
+    let before = s.handle.keys().len();
+    let long = "9".repeat(4096);
+    let a = s.a.key();
+    let post = |target: &str, rest: &str| format!("POST {target} HTTP/1.1\r\nHost: t\r\n{rest}");
+    let no_body = "Content-Length: 0\r\n\r\n";
+    for (raw, want) in [
+        // Raw brackets and colons of an IPv6 key (unknown here).
+        (post("/breakers/[::1]:1/open", no_body), 404),
+        // A NUL, and a slash inside the key.
+        (post("/breakers/%00/open", no_body), 404),
+        (post(&format!("/breakers/{a}%2F/open"), no_body), 404),
+        // An escape that decodes to invalid UTF-8.
+        (post("/breakers/%E0%80/open", no_body), 400),
+        (post(&format!("/breakers/{long}/open"), no_body), 404),
+        // A body nobody reads, a query string, a chunked body.
+        (
+            post("/breakers/nope/open?x=1", "Content-Length: 5\r\n\r\nhello"),
+            404,
+        ),
+        (
+            post(
+                &format!("/breakers/{a}/nope"),
+                "Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            ),
+            404,
+        ),
+    ] {
+        let answer = raw_exchange(s.admin, raw.as_bytes()).await;
+        assert_eq!(raw_status(&answer), Some(want), "{raw:.80}: {answer:.200}");
+    }
+    assert_eq!(s.handle.keys().len(), before);
+    for up in [&s.a, &s.b, &s.c] {
+        assert_eq!(s.handle.state(&up.key()), Some(BreakerState::Closed));
+    }
+    // Both listeners keep serving.
+    assert_eq!(s.admin("GET", "/status").await.0, StatusCode::OK);
+    assert_eq!(
+        s.post(&format!("/breakers/{a}/reset")).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(s.get("/").await, StatusCode::OK);
+    s.proxy.shutdown().await;
+}

@@ -289,6 +289,7 @@ impl<L> ProxyBuilder<L> {
     /// ([`middlewares::obs::ObsLayer`]) runs outermost, around every `.middleware(..)`, and
     /// routed requests carry their route's [`label`](super::Route::label). Bind it to
     /// loopback or a private network. [`RunningProxy::admin_addr`] reports the bound address.
+    /// Read-only unless [`admin_breaker_control`](Self::admin_breaker_control) is set.
     pub fn admin(mut self, addr: &str) -> Self {
         self.obs.admin = Some(addr.to_owned());
         self
