@@ -479,6 +479,17 @@ impl Drop for ActiveGuard {
     }
 }
 
+#[cfg(feature = "circuit-breaker")]
+impl Metrics {
+    /// The breaker for `key` among the watched handles (see
+    /// [`watch_breakers`](Self::watch_breakers)), if one exists. Never creates one, so a
+    /// caller naming unknown keys (an admin request) cannot grow a registry.
+    pub fn find_breaker(&self, key: &str) -> Option<crate::circuit_breaker::Breaker> {
+        let watched = self.inner.watched.lock().ok()?;
+        watched.iter().find_map(|handle| handle.breaker(key))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,7 +4,10 @@
 //! Turned on by [`ProxyBuilder::admin`](crate::proxy::ProxyBuilder::admin); the proxy then
 //! records the `obs` layer's metrics (see [`middlewares::obs::Metrics`]) itself. Bind it to
 //! loopback or a private network: it tells whoever asks which backends exist and how they fare.
+//! With [`ProxyBuilder::admin_breaker_control`](crate::proxy::ProxyBuilder::admin_breaker_control)
+//! it also takes `POST /breakers/{key}/open|closed|reset` (see `control`).
 
+mod control;
 mod json;
 mod page;
 mod status;
@@ -29,6 +32,8 @@ pub use status::{BackendView, RouteView, StatusView};
 #[derive(Clone, Debug)]
 pub(crate) struct Admin {
     inner: Arc<Inner>,
+    /// Whether `POST /breakers/..` may change a breaker.
+    breaker_control: bool,
 }
 
 #[derive(Debug)]
@@ -48,7 +53,14 @@ impl Admin {
                 route_labels,
                 started: Instant::now(),
             }),
+            breaker_control: false,
         }
+    }
+
+    /// Allows (or not) forcing breakers through `POST /breakers/{key}/..`.
+    pub(crate) fn breaker_control(mut self, enabled: bool) -> Self {
+        self.breaker_control = enabled;
+        self
     }
 
     /// Sets the backend health gauges from the balancers' current view.
@@ -75,6 +87,14 @@ impl Admin {
 
     /// Answers one admin request.
     pub(crate) fn answer<B>(&self, req: &Request<B>) -> Response<Full<Bytes>> {
+        if let Some(rest) = req.uri().path().strip_prefix(control::PREFIX) {
+            return control::answer(
+                &self.inner.metrics,
+                self.breaker_control,
+                req.method(),
+                rest,
+            );
+        }
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return text(
                 StatusCode::METHOD_NOT_ALLOWED,

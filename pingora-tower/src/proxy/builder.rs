@@ -110,6 +110,7 @@ struct ObsSettings {
     admin: Option<String>,
     metrics: Option<Metrics>,
     layer: Option<ObsLayer>,
+    breaker_control: bool,
 }
 
 impl ProxyBuilder<Identity> {
@@ -288,8 +289,22 @@ impl<L> ProxyBuilder<L> {
     /// ([`middlewares::obs::ObsLayer`]) runs outermost, around every `.middleware(..)`, and
     /// routed requests carry their route's [`label`](super::Route::label). Bind it to
     /// loopback or a private network. [`RunningProxy::admin_addr`] reports the bound address.
+    /// Read-only unless [`admin_breaker_control`](Self::admin_breaker_control) is set.
     pub fn admin(mut self, addr: &str) -> Self {
         self.obs.admin = Some(addr.to_owned());
+        self
+    }
+
+    /// Lets the admin listener force a backend's circuit breaker open or closed, or hand it
+    /// back to automatic operation: `POST /breakers/{key}/open`, `/closed` and `/reset`, the
+    /// key being the backend's socket address (`127.0.0.1:9000`). Off by default, and then
+    /// such requests are refused with `403`. Anyone who reaches the admin listener can then
+    /// take a backend out of service (or keep a failing one in), so the listener must be on
+    /// loopback or a private network. The breakers are those whose handle was given to
+    /// `Metrics::watch_breakers` (see [`metrics`](Self::metrics)); an unknown key is `404`
+    /// and creates nothing. Without [`admin`](Self::admin), [`build`](Self::build) refuses it.
+    pub fn admin_breaker_control(mut self, enabled: bool) -> Self {
+        self.obs.breaker_control = enabled;
         self
     }
 
@@ -441,6 +456,9 @@ impl<L> ProxyBuilder<L> {
         if self.listen.reuse_port && self.threads.is_none() {
             return Err(ProxyConfigError::ReusePortWithoutThreads);
         }
+        if self.obs.breaker_control && self.obs.admin.is_none() {
+            return Err(ProxyConfigError::BreakerControlWithoutAdmin);
+        }
         let table = RouteTable::build(&self.routes)?;
         let layer_metrics = self
             .obs
@@ -473,12 +491,13 @@ impl<L> ProxyBuilder<L> {
             metrics.as_ref().map(|_| route_labels.clone()),
         );
         let layer = self.obs.layer.unwrap_or_default();
+        let breaker_control = self.obs.breaker_control;
         let obs = metrics.map(|metrics| ObsRun {
             layer: layer.metrics(metrics.clone()),
-            admin: self
-                .obs
-                .admin
-                .map(|addr| (addr, Admin::new(metrics, base.clone(), route_labels))),
+            admin: self.obs.admin.map(|addr| {
+                let admin = Admin::new(metrics, base.clone(), route_labels);
+                (addr, admin.breaker_control(breaker_control))
+            }),
         });
         Ok(ProxyServer {
             service: self.layers.service(Layered::wrap(

@@ -88,6 +88,10 @@ pub enum ProxyConfigError {
     /// the setting would do nothing.
     #[error("reuse_port(true) needs threads(n): one SO_REUSEPORT socket per thread, and no thread was set")]
     ReusePortWithoutThreads,
+    /// `admin_breaker_control(true)` without `admin(addr)`: the breakers are forced through the
+    /// admin listener, and there is none.
+    #[error("admin_breaker_control(true) needs admin(addr): breakers are forced through the admin listener, and no admin address was set")]
+    BreakerControlWithoutAdmin,
 }
 
 /// How a route shows up in error messages: `host "api.example.com" prefix "/v1"`.
