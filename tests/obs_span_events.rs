@@ -254,6 +254,45 @@ async fn an_open_breakers_skip_and_503_are_inside_the_requests_span() {
 }
 
 #[tokio::test]
+async fn a_breaker_opening_is_inside_the_span_of_the_request_that_opened_it() {
+    let capture = Capture::default();
+    let _guard = capture.install();
+    let script = Arc::new(Script::default());
+    script.statuses.lock().unwrap().push_back(500);
+    let up = upstream(script).await;
+    let breaker = CircuitBreakerLayer::builder()
+        .consecutive_failures(1)
+        .build()
+        .unwrap();
+    let handle = breaker.handle();
+    let proxy = PingoraProxy::builder("127.0.0.1:0")
+        .routes([Route::prefix("/", Upstream::new(url(up.local_addr())))])
+        .metrics(Metrics::new())
+        .middleware(breaker)
+        .spawn()
+        .await
+        .unwrap();
+    let addr = proxy.local_addr();
+    assert_eq!(
+        get_with_id(addr, "/a", "cb-open").await,
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
+    let key = up.local_addr().to_string();
+    assert_eq!(
+        handle.state(&key),
+        Some(pingora_tower::middleware::circuit_breaker::State::Open)
+    );
+    assert_inside(
+        &capture,
+        "middlewares::circuit_breaker",
+        "circuit breaker opened",
+        "cb-open",
+    );
+    proxy.shutdown().await;
+    up.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_retry_of_a_503_is_inside_the_requests_span() {
     let capture = Capture::default();
     let _guard = capture.install();
