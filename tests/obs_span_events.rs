@@ -1,7 +1,8 @@
 //! The layers' decisions in a proxy are events inside the request's span (the `obs` layer's
 //! `request` span): a rate limit rejection, a breaker skipping an open backend and answering
-//! `503`, a retry of a `503`, a deadline's `504`, each found under the span of the request
-//! that caused it, over real sockets. A policy whose span is disabled changes nothing.
+//! `503` and opening, a retry of a `503` granted or refused by the budget, a deadline's `504`,
+//! each found under the span of the request that caused it, over real sockets. A policy whose
+//! span is disabled changes nothing.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -17,6 +18,7 @@ use pingora_tower::middleware::circuit_breaker::CircuitBreakerLayer;
 use pingora_tower::middleware::obs::Metrics;
 use pingora_tower::middleware::proxy_host::ProxyPolicy;
 use pingora_tower::middleware::rate_limit::RateLimitLayer;
+use pingora_tower::middleware::retry::RetryLayer;
 use pingora_tower::middleware::{self, Layered};
 use pingora_tower::proxy::{PingoraProxy, Route, Upstream};
 use pingora_tower::{server, RunningServer, ServeTower};
@@ -310,6 +312,37 @@ async fn a_retry_of_a_503_is_inside_the_requests_span() {
     assert_eq!(get_with_id(addr, "/a", "rt-1").await, StatusCode::OK);
     assert_inside(&capture, "middlewares::retry", "retrying", "rt-1");
     assert_inside(&capture, "middlewares::retry", "retryable status", "rt-1");
+    proxy.shutdown().await;
+    up.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_retry_the_budget_refuses_is_inside_the_requests_span() {
+    let capture = Capture::default();
+    let _guard = capture.install();
+    let script = Arc::new(Script::default());
+    script.statuses.lock().unwrap().push_back(503);
+    let up = upstream(script).await;
+    // No ratio and no floor: the budget refuses every retry.
+    let retry = RetryLayer::builder(1).budget(0.0, 0).build().unwrap();
+    let proxy = PingoraProxy::builder("127.0.0.1:0")
+        .routes([Route::prefix("/", Upstream::new(url(up.local_addr())))])
+        .metrics(Metrics::new())
+        .middleware(retry)
+        .spawn()
+        .await
+        .unwrap();
+    let addr = proxy.local_addr();
+    assert_eq!(
+        get_with_id(addr, "/a", "rb-1").await,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_inside(&capture, "middlewares::retry", "budget exhausted", "rb-1");
+    assert!(
+        !capture.all().iter().any(|s| s.message == "retrying"),
+        "{:#?}",
+        capture.all()
+    );
     proxy.shutdown().await;
     up.shutdown().await;
 }
