@@ -198,7 +198,11 @@ impl ProxyPolicy for CircuitBreakerLayer {
                 Ok(PeerChoice::Accept)
             }
             Err(open) => {
-                tracing::debug!(backend = %peer.address(), "circuit open, skipping backend");
+                tracing::debug!(
+                    backend = %peer.address(),
+                    state = %open.state(),
+                    "circuit open, skipping backend"
+                );
                 ctx.skipped = Some(open);
                 Ok(PeerChoice::Skip)
             }
@@ -206,9 +210,13 @@ impl ProxyPolicy for CircuitBreakerLayer {
     }
 
     fn no_peer(&self, e: Box<Error>, ctx: &mut CircuitBreakerProxyCtx) -> Box<Error> {
-        if ctx.skipped.is_none() {
+        let Some(open) = &ctx.skipped else {
             return e;
-        }
+        };
+        tracing::debug!(
+            retry_after_secs = open.retry_after_secs(),
+            "every backend's circuit is open: answering 503"
+        );
         ctx.all_open = true;
         let mut e = Error::explain(
             ErrorType::HTTPStatus(503),

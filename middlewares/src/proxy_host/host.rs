@@ -7,6 +7,13 @@
 //! layer. Synchronous hooks run before the inner proxy's method on the way in (the outer layer
 //! first) and after it on the way out (failure hooks: the outer layer last, so it has the final
 //! word on a retry).
+//!
+//! A policy may give a span ([`ProxyPolicy::span`], the observability layer's request span):
+//! while it is enabled, every call into the inner proxy at the phases where layers decide
+//! (admission, peer selection, the exchange's heads and failures, logging) runs with the span
+//! entered, and the async ones have their future polled inside it, so the inner layers' events
+//! are the request's. A disabled span (no subscriber, or [`Span::none`]) is not entered and the
+//! inner future is returned as it is: no extra allocation.
 
 use std::any::Any;
 use std::borrow::Cow;
@@ -26,12 +33,41 @@ use pingora_error::{Error, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, PurgeStatus, RangeType, Session};
 use tokio::sync::mpsc;
+use tracing::{Instrument, Span};
 
 use super::{Admission, LayerCtx, PeerChoice, PeerStep, ProxyPolicy, MAX_PEER_SKIPS};
 use crate::Layered;
 
 /// What `#[async_trait]` makes of an `async fn` in `ProxyHttp`.
 type Fut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The policy's span, when a subscriber records it.
+fn enabled(span: Option<&Span>) -> Option<&Span> {
+    span.filter(|span| !span.is_disabled())
+}
+
+/// Calls into the inner proxy (`call`) inside `span`: entered while `call` runs (the inner
+/// layers' synchronous hooks run there) and around each poll of the future it returns. Without
+/// an enabled span, `call`'s future itself.
+fn in_span<'a, T: 'a>(span: Option<&Span>, call: impl FnOnce() -> Fut<'a, T>) -> Fut<'a, T> {
+    match enabled(span) {
+        None => call(),
+        Some(span) => {
+            let fut = span.in_scope(call);
+            Box::pin(fut.instrument(span.clone()))
+        }
+    }
+}
+
+/// `fut` boxed, polled inside `span` when it is enabled: for a phase that wraps the inner
+/// proxy's future anyway, so the span costs no second allocation. (Owned: `fut` borrows the
+/// context the span lives in; a disabled span's clone is a copy.)
+fn boxed_in<'a, T>(span: Option<Span>, fut: impl Future<Output = T> + Send + 'a) -> Fut<'a, T> {
+    match span.filter(|span| !span.is_disabled()) {
+        None => Box::pin(fut),
+        Some(span) => Box::pin(fut.instrument(span)),
+    }
+}
 
 #[async_trait]
 impl<P, S> ProxyHttp for Layered<P, S>
@@ -63,14 +99,17 @@ where
         let policy = &self.policy;
         let wait = match policy.before_upstream_peer(session, &mut ctx.own) {
             Ok(PeerStep::PassThrough) => {
-                return self.inner.upstream_peer(session, &mut ctx.inner);
+                let LayerCtx { inner, own } = ctx;
+                return in_span(policy.span(own), move || {
+                    self.inner.upstream_peer(session, inner)
+                });
             }
             Ok(PeerStep::Select) => None,
             Ok(PeerStep::Wait(wait)) => Some(wait),
             Err(e) => return Box::pin(std::future::ready(Err(e))),
         };
         // Wrapped: the policy sees the peer the inner proxy picked.
-        Box::pin(async move {
+        boxed_in(policy.span(&ctx.own).cloned(), async move {
             if let Some(wait) = wait {
                 tokio::time::sleep(wait).await;
             }
@@ -113,9 +152,15 @@ where
         'life2: 'async_trait,
         Self: 'async_trait,
     {
+        // Asked after the policy's own hook: an observability policy opens its span there.
         match self.policy.request_filter(session, &mut ctx.own) {
-            Ok(Admission::Continue) => self.inner.request_filter(session, &mut ctx.inner),
-            Ok(decided) => Box::pin(async move {
+            Ok(Admission::Continue) => {
+                let LayerCtx { inner, own } = ctx;
+                in_span(self.policy.span(own), move || {
+                    self.inner.request_filter(session, inner)
+                })
+            }
+            Ok(decided) => boxed_in(self.policy.span(&ctx.own).cloned(), async move {
                 let mut admission = decided;
                 loop {
                     match admission {
@@ -175,6 +220,9 @@ where
         if let Err(e) = self.policy.request_body_filter(session, &mut ctx.own) {
             return Box::pin(std::future::ready(Err(e)));
         }
+        // Per chunk: the span is entered while the inner layers' hooks run (they decide
+        // synchronously), but the inner proxy's future is not wrapped.
+        let _entered = enabled(self.policy.span(&ctx.own)).map(Span::enter);
         self.inner
             .request_body_filter(session, body, end_of_stream, &mut ctx.inner)
     }
@@ -286,8 +334,11 @@ where
         {
             return Box::pin(std::future::ready(Err(e)));
         }
-        self.inner
-            .upstream_request_filter(session, upstream_request, &mut ctx.inner)
+        let LayerCtx { inner, own } = ctx;
+        in_span(self.policy.span(own), move || {
+            self.inner
+                .upstream_request_filter(session, upstream_request, inner)
+        })
     }
 
     #[cfg(feature = "upstream_modules")]
@@ -334,8 +385,11 @@ where
         {
             return Box::pin(std::future::ready(Err(e)));
         }
-        self.inner
-            .upstream_response_filter(session, upstream_response, &mut ctx.inner)
+        let LayerCtx { inner, own } = ctx;
+        in_span(self.policy.span(own), move || {
+            self.inner
+                .upstream_response_filter(session, upstream_response, inner)
+        })
     }
 
     fn response_filter<'life0, 'life1, 'life2, 'life3, 'async_trait>(
@@ -358,8 +412,11 @@ where
         {
             return Box::pin(std::future::ready(Err(e)));
         }
-        self.inner
-            .response_filter(session, upstream_response, &mut ctx.inner)
+        let LayerCtx { inner, own } = ctx;
+        in_span(self.policy.span(own), move || {
+            self.inner
+                .response_filter(session, upstream_response, inner)
+        })
     }
 
     fn custom_forwarding<'life0, 'life1, 'life2, 'async_trait>(
@@ -437,6 +494,7 @@ where
     ) -> Result<Option<Duration>> {
         self.policy
             .upstream_response_body_filter(session, &mut ctx.own)?;
+        let _entered = enabled(self.policy.span(&ctx.own)).map(Span::enter);
         self.inner
             .upstream_response_body_filter(session, body, end_of_stream, &mut ctx.inner)
     }
@@ -458,6 +516,7 @@ where
         end_of_stream: bool,
         ctx: &mut Self::CTX,
     ) -> Result<Option<Duration>> {
+        let _entered = enabled(self.policy.span(&ctx.own)).map(Span::enter);
         self.inner
             .response_body_filter(session, body, end_of_stream, &mut ctx.inner)
     }
@@ -495,7 +554,10 @@ where
         Self: 'async_trait,
     {
         self.policy.logging(session, e, &mut ctx.own);
-        self.inner.logging(session, e, &mut ctx.inner)
+        let LayerCtx { inner, own } = ctx;
+        in_span(self.policy.span(own), move || {
+            self.inner.logging(session, e, inner)
+        })
     }
 
     fn persist_connection_context(
@@ -539,9 +601,11 @@ where
         ctx: &mut Self::CTX,
         client_reused: bool,
     ) -> Box<Error> {
-        let e = self
-            .inner
-            .error_while_proxy(peer, session, e, &mut ctx.inner, client_reused);
+        let e = {
+            let _entered = enabled(self.policy.span(&ctx.own)).map(Span::enter);
+            self.inner
+                .error_while_proxy(peer, session, e, &mut ctx.inner, client_reused)
+        };
         self.policy
             .error_while_proxy(peer, session, e, &mut ctx.own, client_reused)
     }
@@ -553,7 +617,10 @@ where
         ctx: &mut Self::CTX,
         e: Box<Error>,
     ) -> Box<Error> {
-        let e = self.inner.fail_to_connect(session, peer, &mut ctx.inner, e);
+        let e = {
+            let _entered = enabled(self.policy.span(&ctx.own)).map(Span::enter);
+            self.inner.fail_to_connect(session, peer, &mut ctx.inner, e)
+        };
         self.policy.fail_to_connect(session, peer, &mut ctx.own, e)
     }
 
@@ -577,14 +644,13 @@ where
                 can_reuse_downstream: false,
             };
         }
-        match policy.replace_final_error(session, e, &mut ctx.own) {
-            Some(replaced) => {
-                self.inner
-                    .fail_to_proxy(session, &replaced, &mut ctx.inner)
-                    .await
-            }
-            None => self.inner.fail_to_proxy(session, e, &mut ctx.inner).await,
-        }
+        let replaced = policy.replace_final_error(session, e, &mut ctx.own);
+        let e = replaced.as_deref().unwrap_or(e);
+        let LayerCtx { inner, own } = ctx;
+        in_span(policy.span(own), move || {
+            self.inner.fail_to_proxy(session, e, inner)
+        })
+        .await
     }
 
     fn should_serve_stale(
@@ -622,17 +688,20 @@ where
         {
             return Box::pin(std::future::ready(Err(e)));
         }
-        self.inner.connected_to_upstream(
-            session,
-            reused,
-            peer,
-            #[cfg(unix)]
-            fd,
-            #[cfg(windows)]
-            sock,
-            digest,
-            &mut ctx.inner,
-        )
+        let LayerCtx { inner, own } = ctx;
+        in_span(self.policy.span(own), move || {
+            self.inner.connected_to_upstream(
+                session,
+                reused,
+                peer,
+                #[cfg(unix)]
+                fd,
+                #[cfg(windows)]
+                sock,
+                digest,
+                inner,
+            )
+        })
     }
 
     fn request_summary(&self, session: &Session, ctx: &Self::CTX) -> String {

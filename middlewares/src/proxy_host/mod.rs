@@ -19,6 +19,7 @@
 //! | retry | `fail_to_connect`, `error_while_proxy`, `upstream_response_filter` (retryable status becomes a retryable error); `per_try_timeout` through [`AttemptTimeout`] in `select_peer`; backoff before the next `upstream_peer` |
 //! | circuit breaker | a permit per backend in `upstream_peer` (an open backend is skipped by asking the inner proxy for another); outcome recorded from the failure hooks and the response status; a permit still held when the request ends is released unrecorded with the context |
 //! | access control | `request_filter`: `403` (`400` for an unreadable path or host) on the canonical path and host before any upstream work; deny-by-address also at accept, through the server's connection filter |
+//! | observability | `request_filter` opens the request span, and from then on the inner layers and the inner proxy run inside it ([`ProxyPolicy::span`]): each layer's decision is an event of that request; an attempt is timed from `select_peer` to the upstream's head or its failure; `logging` records the request |
 //!
 //! # The same layer in both hosts
 //! One layer value configures both hosts and shares its state (limiter, budget, breakers)
@@ -339,6 +340,15 @@ pub trait ProxyPolicy: Send + Sync {
     /// The span the inner layers and the inner proxy run in for this request (an observability
     /// layer's request span), so their events land inside it. `None` (the default), or a
     /// disabled span, costs nothing: phases are neither entered nor wrapped.
+    ///
+    /// Asked after this policy's own hook of the phase (so a span opened in its
+    /// `request_filter` covers that phase already). While it is enabled the span is entered
+    /// around every call into the inner proxy at `request_filter`, `upstream_peer`,
+    /// `connected_to_upstream`, `upstream_request_filter`, `upstream_response_filter`,
+    /// `response_filter`, `fail_to_connect`, `error_while_proxy`, `fail_to_proxy` and
+    /// `logging`, and the future of each async one is polled inside it (one more boxed future
+    /// per phase); the body filters only enter it around the call (per chunk, no future
+    /// wrapped). This policy's own hooks run outside it.
     fn span<'a>(&self, _ctx: &'a Self::Ctx) -> Option<&'a tracing::Span> {
         None
     }

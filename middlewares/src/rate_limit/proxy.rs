@@ -5,6 +5,8 @@
 //! `Retry-After` and the `RateLimit` headers, and no upstream is contacted. In queue mode the
 //! request waits for its slot inside `request_filter`.
 
+use std::time::Duration;
+
 use pingora_error::Result;
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
@@ -39,8 +41,24 @@ impl RateLimitProxyCtx {
     }
 }
 
+/// The configured limit, for the rejection event (never the key: it may be a client address).
+#[derive(Debug, Clone, Copy)]
+struct Limit {
+    limit: u32,
+    period: Duration,
+}
+
+impl RateLimitLayer {
+    fn limit_of(&self) -> Limit {
+        Limit {
+            limit: self.limit(),
+            period: self.period(),
+        }
+    }
+}
+
 /// Carries out `decision` in a proxy: `quota` receives an admitted request's quota.
-fn admission(decision: Decision, quota: &mut Option<Quota>) -> Result<Admission> {
+fn admission(decision: Decision, quota: &mut Option<Quota>, limit: Limit) -> Result<Admission> {
     match decision {
         Decision::Allow(q) => {
             *quota = Some(q);
@@ -50,7 +68,16 @@ fn admission(decision: Decision, quota: &mut Option<Quota>) -> Result<Admission>
             *quota = Some(q);
             Ok(Admission::Wait(delay))
         }
-        Decision::Reject(limited) => Ok(Admission::Respond(limited.to_response_head()?)),
+        Decision::Reject(limited) => {
+            // Inside the request's span when an observability layer runs outside this one.
+            tracing::debug!(
+                limit = limit.limit,
+                period_secs = limit.period.as_secs_f64(),
+                retry_after_secs = limited.retry_after_secs(),
+                "rate limit: request rejected with 429"
+            );
+            Ok(Admission::Respond(limited.to_response_head()?))
+        }
     }
 }
 
@@ -84,7 +111,7 @@ impl ProxyPolicy for RateLimitLayer {
                 None => return Ok(Admission::Continue),
             }
         };
-        admission(decision, &mut ctx.quota)
+        admission(decision, &mut ctx.quota, self.limit_of())
     }
 
     fn before_upstream_peer(
@@ -129,13 +156,14 @@ impl RateLimitLayer {
             None => return Ok(Admission::Continue),
         };
         match checked {
-            Checked::Now(decision) => admission(decision, &mut ctx.quota),
+            Checked::Now(decision) => admission(decision, &mut ctx.quota, self.limit_of()),
             Checked::Later(decision) => {
                 let slot = self.exposes_headers().then(|| Arc::new(Mutex::new(None)));
                 ctx.decided.clone_from(&slot);
+                let limit = self.limit_of();
                 Ok(Admission::Pending(Box::pin(async move {
                     let mut quota = None;
-                    let admitted = admission(decision.await, &mut quota);
+                    let admitted = admission(decision.await, &mut quota, limit);
                     if let Some(slot) = slot {
                         *slot.lock().unwrap_or_else(PoisonError::into_inner) = quota;
                     }

@@ -137,6 +137,10 @@ impl ProxyPolicy for RetryLayer {
         if !self.shared.grant_proxy_retry(ctx, retry_after) {
             return Ok(());
         }
+        tracing::debug!(
+            status = response.status.as_u16(),
+            "retryable status from the upstream: the attempt is retried"
+        );
         ctx.status_retry = true;
         let mut e = Error::explain(
             ErrorType::HTTPStatus(response.status.as_u16()),
@@ -179,12 +183,26 @@ impl ProxyPolicy for RetryLayer {
         // this limit); otherwise only narrowed, never widened: the inner proxy's "no" stands
         // (it may know why a retry is unsafe), and so does every reason of ours.
         let own_timeout = ctx.attempt.fired(&e);
-        let retry = (retry_decided(&e, client_reused) || own_timeout)
-            && ctx.retryable_request
-            && e.esource() != &ErrorSource::Downstream
-            && !response_started(session)
-            && !session.as_ref().retry_buffer_truncated()
-            && self.shared.grant_proxy_retry(ctx, None);
+        if !(retry_decided(&e, client_reused) || own_timeout) {
+            e.set_retry(false);
+            return e;
+        }
+        let refused = if !ctx.retryable_request {
+            Some("the request is not retryable")
+        } else if e.esource() == &ErrorSource::Downstream {
+            Some("the error is the client's")
+        } else if response_started(session) {
+            Some("the response already went downstream")
+        } else if session.as_ref().retry_buffer_truncated() {
+            Some("the request body outgrew the retry buffer")
+        } else {
+            None
+        };
+        if let Some(reason) = refused {
+            tracing::debug!(reason, error = %e, "retry refused");
+        }
+        // The budget and the retries left are checked last, and say why they refuse.
+        let retry = refused.is_none() && self.shared.grant_proxy_retry(ctx, None);
         e.set_retry(retry);
         e
     }

@@ -197,7 +197,16 @@ impl ProxyPolicy for TimeoutLayer {
         e: &Error,
         ctx: &mut TimeoutProxyCtx,
     ) -> Option<Box<Error>> {
-        deadline_passed(e, ctx).then(|| self.deadline_error(ctx))
+        if !deadline_passed(e, ctx) {
+            return None;
+        }
+        tracing::debug!(
+            status = self.response_status().as_u16(),
+            client_deadline = ctx.client_deadline,
+            error = %e,
+            "request deadline passed"
+        );
+        Some(self.deadline_error(ctx))
     }
 }
 
