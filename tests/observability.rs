@@ -212,8 +212,8 @@ async fn metrics_and_status_are_exactly_what_the_mix_implies() {
     assert_eq!(count(&req("200", "/")), 4.0, "{text}");
     assert_eq!(count(&req("504", "/slow")), 1.0, "{text}");
     assert_eq!(count(&req("503", "/open")), 1.0, "{text}");
-    // Refused before routing: no route.
-    assert_eq!(count(&req("429", "")), 1.0, "{text}");
+    // Refused before any upstream work, still labelled with the route it asked for.
+    assert_eq!(count(&req("429", "/")), 1.0, "{text}");
     let total: f64 = text
         .lines()
         .filter(|l| l.starts_with("http_server_request_duration_seconds_count"))

@@ -18,8 +18,9 @@
 //!   [`ObsLayer::echo_request_id`].
 //! - **Metrics** when [`ObsLayer::metrics`] is set; see [`Metrics`] for names and labels.
 //!
-//! The route label: the proxy host reads a [`RouteLabel`] from the request's extensions (the
-//! `pingora-tower` proxy inserts its route's name); the tower host reads a [`RouteLabel`] or,
+//! The route label: the proxy host reads a [`RouteLabel`] from the request's extensions, else
+//! asks its [`RouteOf`] (the `pingora-tower` proxy's route table); the tower host reads a
+//! [`RouteLabel`] or,
 //! with the `axum` feature, axum's `MatchedPath` (present under `Router::route_layer`). Never the
 //! raw path: its values are unbounded.
 //!
@@ -85,9 +86,18 @@ pub const ATTEMPT_TARGET: &str = "pingora_tower::attempt";
 pub const ACCESS_LOG_TARGET: &str = "pingora_tower::access";
 
 /// The route a request was matched to, as a metrics label and span field: inserted into the
-/// request extensions by whatever routes (the `pingora-tower` proxy, or an app).
+/// request extensions by whatever routes (an app, or a user's proxy).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteLabel(pub Arc<str>);
+
+/// Names a proxied request's route (the `http_route` label and span field) when its extensions
+/// carry no [`RouteLabel`]: the `pingora-tower` proxy gives its route table
+/// ([`ObsLayer::route_of`]).
+#[cfg(feature = "pingora")]
+pub trait RouteOf: Send + Sync + std::fmt::Debug {
+    /// The route `req` goes to, if any.
+    fn route_of(&self, req: &pingora_http::RequestHeader) -> Option<Arc<str>>;
+}
 
 /// The [`ObsLayer`]'s service.
 pub type Obs<S> = Layered<ObsLayer, S>;
@@ -115,6 +125,8 @@ pub(crate) struct Shared {
     start_traces: bool,
     #[cfg(feature = "pingora")]
     backends: proxy::BackendLabels,
+    #[cfg(feature = "pingora")]
+    route_of: Option<Arc<dyn RouteOf>>,
 }
 
 impl Default for ObsLayer {
@@ -139,6 +151,8 @@ impl ObsLayer {
                 start_traces: false,
                 #[cfg(feature = "pingora")]
                 backends: proxy::BackendLabels::default(),
+                #[cfg(feature = "pingora")]
+                route_of: None,
             }),
         }
     }
@@ -156,6 +170,8 @@ impl ObsLayer {
             start_traces: s.start_traces,
             #[cfg(feature = "pingora")]
             backends: proxy::BackendLabels::default(),
+            #[cfg(feature = "pingora")]
+            route_of: s.route_of.clone(),
         });
         f(&mut shared);
         #[cfg(feature = "pingora")]
@@ -193,6 +209,13 @@ impl ObsLayer {
     /// something in front (a load balancer, a CDN) already sets ids.
     pub fn generate_request_ids(self, enabled: bool) -> Self {
         self.with(|s| s.generate_request_ids = enabled)
+    }
+
+    /// In the proxy, where a request's route name comes from when its extensions carry no
+    /// [`RouteLabel`] (the `pingora-tower` proxy sets its route table here).
+    #[cfg(feature = "pingora")]
+    pub fn route_of(self, routes: Arc<dyn RouteOf>) -> Self {
+        self.with(|s| s.route_of = Some(routes))
     }
 
     /// Whether a valid incoming `traceparent` is continued and passed on with this hop as the

@@ -297,7 +297,14 @@ impl ProxyPolicy for ObsLayer {
         let status_label = status.map_or("499", labels::status);
         let req = session.req_header();
         let method = labels::method(&req.method);
-        let route = req.extensions.get::<RouteLabel>().map(|r| &*r.0);
+        let named;
+        let route = match req.extensions.get::<RouteLabel>() {
+            Some(r) => Some(&*r.0),
+            None => {
+                named = self.shared.route_of.as_ref().and_then(|r| r.route_of(req));
+                named.as_deref()
+            }
+        };
         if let Some(m) = &self.shared.metrics {
             let now = clock.instant(now);
             m.record_request(method, status_label, route.unwrap_or(""), latency, now);

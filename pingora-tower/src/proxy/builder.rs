@@ -493,7 +493,9 @@ impl<L> ProxyBuilder<L> {
         let layer = self.obs.layer.unwrap_or_default();
         let breaker_control = self.obs.breaker_control;
         let obs = metrics.map(|metrics| ObsRun {
-            layer: layer.metrics(metrics.clone()),
+            layer: layer
+                .metrics(metrics.clone())
+                .route_of(Arc::new(base.clone())),
             admin: self.obs.admin.map(|addr| {
                 let admin = Admin::new(metrics, base.clone(), route_labels);
                 (addr, admin.breaker_control(breaker_control))

@@ -25,7 +25,7 @@ use super::timeouts::Timeouts;
 use super::upstream::{CompiledHashKey, UpstreamGroup};
 use crate::http_head::head_size;
 use middlewares::canonical::{self, PathOptions, Rejected};
-use middlewares::obs::RouteLabel;
+use middlewares::obs::RouteOf;
 
 /// How requests are cleaned up before routing and forwarding (set on the builder).
 #[derive(Debug, Clone, Copy, Default)]
@@ -188,6 +188,27 @@ impl RoutingProxy {
     }
 
     fn resolve(&self, req: &RequestHeader, ctx: &mut ProxyCtx) -> Result<Option<usize>, Rejected> {
+        let (found, host, path) = self.lookup(req)?;
+        ctx.host = host.filter(|h| h.changed()).map(|h| h.as_str().into());
+        if let std::borrow::Cow::Owned(path) = path {
+            ctx.path = Some(path.into_boxed_str());
+        }
+        Ok(found)
+    }
+
+    /// The route of `req` from its canonical host and path, and those.
+    #[allow(clippy::type_complexity)]
+    fn lookup<'r>(
+        &self,
+        req: &'r RequestHeader,
+    ) -> Result<
+        (
+            Option<usize>,
+            Option<canonical::Authority<'r>>,
+            std::borrow::Cow<'r, str>,
+        ),
+        Rejected,
+    > {
         let host = request_host(req)?.map(canonical::authority).transpose()?;
         if !req.raw_path_is_utf8() {
             return Err(Rejected("request target is not ASCII"));
@@ -197,11 +218,7 @@ impl RoutingProxy {
             .shared
             .table
             .find(host.as_ref().map(canonical::Authority::name), &path);
-        ctx.host = host.filter(|h| h.changed()).map(|h| h.as_str().into());
-        if let std::borrow::Cow::Owned(path) = path {
-            ctx.path = Some(path.into_boxed_str());
-        }
-        Ok(found)
+        Ok((found, host, path))
     }
 
     /// Whether a backend this request has not tried yet is healthy.
@@ -301,6 +318,17 @@ fn hash_input<'a>(
     }
 }
 
+/// The route's name for the `obs` layer, looked up again at logging: carrying it in the
+/// request's extensions would allocate that map on every request and copy it into every
+/// upstream request (six allocations, more than this lookup costs).
+impl RouteOf for RoutingProxy {
+    fn route_of(&self, req: &RequestHeader) -> Option<Arc<str>> {
+        let labels = self.shared.route_labels.as_ref()?;
+        let (found, _, _) = self.lookup(req).ok()?;
+        labels.get(found?).cloned()
+    }
+}
+
 #[async_trait]
 impl ProxyHttp for RoutingProxy {
     type CTX = ProxyCtx;
@@ -321,15 +349,7 @@ impl ProxyHttp for RoutingProxy {
             return Ok(true);
         }
         match self.route(session, ctx) {
-            RouteState::Matched(route) => {
-                if let Some(labels) = &self.shared.route_labels {
-                    session
-                        .req_header_mut()
-                        .extensions_mut()
-                        .insert(RouteLabel(labels[route].clone()));
-                }
-                return Ok(false);
-            }
+            RouteState::Matched(_) => return Ok(false),
             RouteState::BadRequest(why) => {
                 tracing::debug!(reason = why.0, "request target refused");
                 session
