@@ -247,6 +247,13 @@ impl RouteTable {
     }
 
     /// The index of the route for this canonical host (name only, no port) and canonical path.
+    /// Whether some route names a host: otherwise the host plays no part in [`find`](Self::find).
+    pub(crate) fn names_hosts(&self) -> bool {
+        self.hosts
+            .iter()
+            .any(|rule| !matches!(rule.pattern, HostPattern::Any))
+    }
+
     pub(crate) fn find(&self, host: Option<&str>, path: &str) -> Option<usize> {
         self.hosts
             .iter()
@@ -276,6 +283,13 @@ mod tests {
             })
             .collect();
         RouteTable::build(&routes).unwrap()
+    }
+
+    #[test]
+    fn only_routes_with_a_host_name_hosts() {
+        assert!(!table(&[(None, "/a"), (None, "/")]).names_hosts());
+        assert!(table(&[(None, "/"), (Some("a.example.com"), "/")]).names_hosts());
+        assert!(table(&[(Some("*.example.com"), "/")]).names_hosts());
     }
 
     #[test]

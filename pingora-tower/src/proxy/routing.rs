@@ -324,7 +324,17 @@ fn hash_input<'a>(
 impl RouteOf for RoutingProxy {
     fn route_of(&self, req: &RequestHeader) -> Option<Arc<str>> {
         let labels = self.shared.route_labels.as_ref()?;
-        let (found, _, _) = self.lookup(req).ok()?;
+        let found = if self.shared.table.names_hosts() {
+            self.lookup(req).ok()?.0
+        } else {
+            // No route names a host: the path alone decides (a request refused for a malformed
+            // host is then labelled with its path's route, as a refused `429` is).
+            if !req.raw_path_is_utf8() {
+                return None;
+            }
+            let path = canonical::path(req.uri.path(), self.shared.hygiene.path).ok()?;
+            self.shared.table.find(None, &path)
+        };
         labels.get(found?).cloned()
     }
 }
