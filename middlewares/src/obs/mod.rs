@@ -45,6 +45,7 @@
 //! # }
 //! ```
 
+mod access_log;
 mod future;
 pub mod labels;
 mod metrics;
@@ -53,6 +54,7 @@ mod proxy;
 pub mod recent;
 pub mod trace;
 
+pub use access_log::AccessLog;
 pub use future::ResponseFuture;
 #[cfg(feature = "circuit-breaker")]
 pub use metrics::breaker_state_label;
