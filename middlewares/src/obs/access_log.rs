@@ -266,6 +266,50 @@ impl Drop for Sink {
     }
 }
 
+/// A socket address for a log field (`client = display(LogAddr(addr))`): displays as
+/// [`SocketAddr`](std::net::SocketAddr) does, but an IPv4 one is put together with integer
+/// arithmetic and written with one `write_str`, where the standard `Display` goes through
+/// `core::fmt` once per octet (the larger part of an access line's formatting).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogAddr(pub std::net::SocketAddr);
+
+impl fmt::Display for LogAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let std::net::SocketAddr::V4(v4) = self.0 else {
+            return fmt::Display::fmt(&self.0, f);
+        };
+        // "255.255.255.255:65535"
+        let mut out = [0u8; 21];
+        let mut len = 0;
+        for (i, octet) in v4.ip().octets().into_iter().enumerate() {
+            if i > 0 {
+                out[len] = b'.';
+                len += 1;
+            }
+            if octet >= 100 {
+                out[len] = b'0' + octet / 100;
+                len += 1;
+            }
+            if octet >= 10 {
+                out[len] = b'0' + octet / 10 % 10;
+                len += 1;
+            }
+            out[len] = b'0' + octet % 10;
+            len += 1;
+        }
+        out[len] = b':';
+        len += 1;
+        let mut port = itoa::Buffer::new();
+        let port = port.format(v4.port()).as_bytes();
+        out[len..len + port.len()].copy_from_slice(port);
+        len += port.len();
+        match std::str::from_utf8(&out[..len]) {
+            Ok(text) => f.pad(text),
+            Err(_) => fmt::Display::fmt(&self.0, f),
+        }
+    }
+}
+
 /// The per-layer filter: events of [`ACCESS_LOG_TARGET`], nothing else.
 struct OnlyAccessEvents;
 
@@ -500,7 +544,7 @@ impl fmt::Write for Bytes<'_> {
 }
 
 /// A byte a value may hold unquoted: printable ASCII other than space, `"`, `=` and `\`.
-fn is_plain(b: u8) -> bool {
+const fn is_plain(b: u8) -> bool {
     b.is_ascii_graphic() && b != b'"' && b != b'=' && b != b'\\'
 }
 
@@ -515,22 +559,32 @@ enum Needs {
     Escapes,
 }
 
+/// Per byte: 0 plain, [`QUOTES`] or [`ESCAPES`] (one table load per byte on the hot path).
+static CLASS: [u8; 256] = {
+    let mut table = [ESCAPES; 256];
+    let mut b = 0;
+    while b < 256 {
+        if is_plain(b as u8) {
+            table[b] = 0;
+        }
+        b += 1;
+    }
+    table[b' ' as usize] = QUOTES;
+    table[b'=' as usize] = QUOTES;
+    table
+};
+const QUOTES: u8 = 1;
+const ESCAPES: u8 = 2;
+
 fn needs(value: &[u8]) -> Needs {
-    let mut needs = if value.is_empty() {
+    let class = value.iter().fold(0, |acc, &b| acc | CLASS[usize::from(b)]);
+    if class & ESCAPES != 0 {
+        Needs::Escapes
+    } else if class & QUOTES != 0 || value.is_empty() {
         Needs::Quotes
     } else {
         Needs::Nothing
-    };
-    for &b in value {
-        if !is_plain(b) {
-            if b == b' ' || b == b'=' {
-                needs = Needs::Quotes;
-            } else {
-                return Needs::Escapes;
-            }
-        }
     }
-    needs
 }
 
 /// Appends `value`, quoted and escaped as it needs.
@@ -1041,6 +1095,25 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with(" request_id=rid-1\n"), "{text}");
+    }
+
+    #[test]
+    fn log_addr_displays_as_the_standard_address() {
+        for addr in [
+            "0.0.0.0:0",
+            "1.2.3.4:5",
+            "10.20.30.40:8080",
+            "127.0.0.1:40722",
+            "255.255.255.255:65535",
+            "100.9.99.199:10",
+            "[::1]:443",
+            "[2001:db8::1:0:0:1]:65535",
+            "[::ffff:1.2.3.4]:80",
+        ] {
+            let addr: std::net::SocketAddr = addr.parse().unwrap();
+            assert_eq!(LogAddr(addr).to_string(), addr.to_string());
+            assert_eq!(format!("{:>24}", LogAddr(addr)), format!("{addr:>24}"));
+        }
     }
 
     #[test]

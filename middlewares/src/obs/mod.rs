@@ -54,7 +54,7 @@ mod proxy;
 pub mod recent;
 pub mod trace;
 
-pub use access_log::AccessLog;
+pub use access_log::{AccessLog, LogAddr};
 pub use future::ResponseFuture;
 #[cfg(feature = "circuit-breaker")]
 pub use metrics::breaker_state_label;
