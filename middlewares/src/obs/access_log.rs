@@ -17,6 +17,9 @@
 //! `\xNN` or `\uNNNN`: a client controls `target` and `request_id`, and must not be able to
 //! start a line of its own or send bytes to the terminal of whoever reads the log.
 //!
+//! A field recorded as a `display` value goes through `core::fmt` (its type's `Display`);
+//! [`LogAddr`] is a socket address whose `Display` avoids most of that.
+//!
 //! # Example
 //! ```
 //! use middlewares::obs::AccessLog;
