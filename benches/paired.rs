@@ -220,8 +220,8 @@ where
 }
 
 /// The `obs` layer with no subscriber: span, trace context and request id alone, then with
-/// Prometheus metrics. A request without `traceparent` or `x-request-id`, so an id is made
-/// (and written into the request's empty header map); `ours_client_ids` makes none.
+/// Prometheus metrics (the defaults: a request without `traceparent` or `x-request-id` gets
+/// neither); `ours_made_ids` makes it a request id, written into its empty header map.
 fn obs<S>(run: &Run<'_>, inner: &str, make: impl Fn() -> S)
 where
     S: Service<Plain, Response = Response<String>, Error = Infallible>,
@@ -238,12 +238,12 @@ where
                 batch(rt, ObsLayer::new().metrics(Metrics::new()).layer(make())),
             ),
             (
-                "ours_client_ids",
+                "ours_made_ids",
                 batch(
                     rt,
                     ObsLayer::new()
                         .metrics(Metrics::new())
-                        .generate_request_ids(false)
+                        .generate_request_ids(true)
                         .layer(make()),
                 ),
             ),

@@ -383,8 +383,24 @@ async fn traceparent_and_request_id_reach_the_upstream_and_the_span_has_route_an
     tracing::callsite::rebuild_interest_cache();
 
     let up = Up::start().await;
+    // By default a client's request id is passed on and none is made.
     let proxy = PingoraProxy::builder("127.0.0.1:0")
         .routes([Route::prefix("/api", Upstream::new(up.url()))])
+        .metrics(Metrics::new())
+        .spawn()
+        .await
+        .unwrap();
+    assert_eq!(
+        get_status(proxy.local_addr(), "/api/none").await,
+        StatusCode::OK
+    );
+    let seen = up.script.seen.lock().unwrap().pop().unwrap();
+    assert!(!seen.contains_key("x-request-id"), "{seen:?}");
+    proxy.shutdown().await;
+
+    let proxy = PingoraProxy::builder("127.0.0.1:0")
+        .routes([Route::prefix("/api", Upstream::new(up.url()))])
+        .observability(ObsLayer::new().generate_request_ids(true))
         .metrics(Metrics::new())
         .spawn()
         .await
@@ -402,7 +418,7 @@ async fn traceparent_and_request_id_reach_the_upstream_and_the_span_has_route_an
     let res = send(addr, req).await;
     assert_eq!(res.status(), StatusCode::OK);
     body_text(res).await;
-    // None sent: a request id is made up; no trace is started unless asked.
+    // None sent: a request id is made (asked for above); no trace is started unless asked.
     assert_eq!(get_status(addr, "/api/other").await, StatusCode::OK);
 
     let seen = up.script.seen.lock().unwrap().clone();
@@ -447,6 +463,7 @@ async fn traceparent_and_request_id_reach_the_upstream_and_the_span_has_route_an
         .observability(
             ObsLayer::new()
                 .request_id_header(Some(http::HeaderName::from_static("x-correlation-id")))
+                .generate_request_ids(true)
                 .start_traces(true)
                 .metrics(Metrics::new()),
         )
@@ -477,6 +494,7 @@ async fn an_axum_app_gets_the_same_metrics_and_serves_them_in_one_line() {
         .route_layer(
             ObsLayer::new()
                 .metrics(metrics.clone())
+                .generate_request_ids(true)
                 .echo_request_id(true),
         )
         .route("/metrics", get(move || std::future::ready(m.response())));

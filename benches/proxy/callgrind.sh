@@ -16,7 +16,10 @@
 # master process), `haproxy`, `servetower-axum`, `axum-hyper`, `pingora-server`: the plain proxy
 # on Pingora's own Server, the what-ifs `pingora-plain+fwd-lean`,
 # `pingora-plain+timeouts`, the `obs` layer over the four (`pingora-tower+4+obs`: metrics, no
-# subscriber; `pingora-tower+4+obs-client-ids`: the same without made request ids; `pingora-tower+4+obs-log`: and the access log written to a file), and any Rust variant with `@ct` for a current-thread runtime),
+# subscriber; `pingora-tower+4+obs-made-ids`: and request ids made for requests without one;
+# `pingora-tower+4+obs-log`: and the access log written to a file by `AccessLog`;
+# `pingora-tower+4+obs-log-fmt`: the same log through `tracing_subscriber::fmt`), and any Rust
+# variant with `@ct` for a current-thread runtime),
 # REPORT (callgrind: the name of the .csv/.md written), CARGO_TARGET_DIR, KEEP_WORK=1 keeps the
 # callgrind.out files in the temp dir.
 set -euo pipefail

@@ -165,8 +165,10 @@ pb_contender_cmd() {
     pingora-tower+redis) echo "$PB_BIN/pingora-tower-proxy --layers redis --redis redis://127.0.0.1:$REDIS_PORT/ --listen 127.0.0.1:$port --upstream http://127.0.0.1:$UP_PORT" ;;
     pingora-tower+redis-lease) echo "$PB_BIN/pingora-tower-proxy --layers redis-lease --redis redis://127.0.0.1:$REDIS_PORT/ --listen 127.0.0.1:$port --upstream http://127.0.0.1:$UP_PORT" ;;
     pingora-tower+4+obs) echo "$(pb_contender_cmd pingora-tower+4 "$port") --obs metrics" ;;
-    pingora-tower+4+obs-client-ids) echo "$(pb_contender_cmd pingora-tower+4 "$port") --obs metrics-client-ids" ;;
+    pingora-tower+4+obs-made-ids) echo "$(pb_contender_cmd pingora-tower+4 "$port") --obs metrics-made-ids" ;;
     pingora-tower+4+obs-log) echo "$(pb_contender_cmd pingora-tower+4 "$port") --obs log --access-log $PB_WORK/access.log" ;;
+    # The same access log through tracing_subscriber::fmt, for comparison with `AccessLog`.
+    pingora-tower+4+obs-log-fmt) echo "$(pb_contender_cmd pingora-tower+4 "$port") --obs log-fmt --access-log $PB_WORK/access.log" ;;
     pingora-tower-nofwd) echo "$(pb_contender_cmd pingora-tower "$port") --forwarded-headers no" ;;
     pingora-tower+4-nofwd) echo "$(pb_contender_cmd pingora-tower+4 "$port") --forwarded-headers no" ;;
     servetower-axum) echo "$PB_BIN/servetower-axum --listen 127.0.0.1:$port" ;;

@@ -45,7 +45,7 @@ use axum::routing::get;
 use axum::Router;
 use pingora_tower::middleware;
 use pingora_tower::middleware::circuit_breaker::CircuitBreakerLayer;
-use pingora_tower::middleware::obs::Metrics;
+use pingora_tower::middleware::obs::{Metrics, ObsLayer};
 use pingora_tower::middleware::rate_limit::RateLimitLayer;
 use pingora_tower::middleware::retry::RetryLayer;
 use pingora_tower::proxy::{HealthCheck, PingoraProxy, Route, RunningProxy, Upstream};
@@ -237,6 +237,8 @@ pub async fn spawn(config: &DemoConfig) -> Result<Demo, DemoError> {
     metrics.watch_breakers(breaker.handle());
     let builder = builder
         .admin(&config.admin)
+        // Requests without an `x-request-id` get one, so each access log line has an id.
+        .observability(ObsLayer::new().generate_request_ids(true))
         .metrics(metrics)
         .middleware(middleware::timeout(5_000))
         .middleware(rate_limit)

@@ -7,15 +7,16 @@
 //!                     [--forwarded-headers yes|no] [--threads 0] [--reuse-port no|yes]
 //!                     [--layers rate-limit|redis|redis-lease --redis redis://127.0.0.1:6379/]
 //!                     [--tls-cert cert.pem --tls-key key.pem]
-//!                     [--obs none|metrics|metrics-client-ids|log] [--access-log PATH]
+//!                     [--obs none|metrics|metrics-made-ids|log|log-fmt] [--access-log PATH]
 //! ```
 //! With `--tls-cert` and `--tls-key` the listener terminates TLS (`ProxyBuilder::tls`, one
 //! certificate as the default of the SNI set).
 //! `--obs metrics` adds the `obs` layer recording Prometheus metrics (what
 //! `ProxyBuilder::admin` turns on; no subscriber, so spans and the access log cost only their
 //! interest check); `--obs log` also writes the access log (target `pingora_tower::access`) to
-//! `--access-log` (default `/dev/null`) through a `tracing_subscriber` fmt layer without ANSI
-//! colours.
+//! `--access-log` (default `/dev/null`) through `AccessLog::file` (the writer we recommend: one
+//! logfmt line, one `write` per request); `--obs log-fmt` writes it through a
+//! `tracing_subscriber` fmt layer without ANSI colours instead, for comparison.
 //! `--layers four` wraps the proxy, outermost first, in `timeout(30 s)`,
 //! `rate_limit(1e9 per second)`, `retry(2)` and `circuit_breaker(50 %, 10 s)`. The proxy runs on
 //! a multi-thread tokio runtime with `--workers` worker threads (`0` = current-thread), the same
@@ -38,10 +39,12 @@ use std::time::Duration;
 
 use pingora_core::server::configuration::ServerConf;
 use pingora_tower::middleware;
-use pingora_tower::middleware::obs::{Metrics, ObsLayer, ACCESS_LOG_TARGET};
+use pingora_tower::middleware::obs::{AccessLog, Metrics, ObsLayer, ACCESS_LOG_TARGET};
 use pingora_tower::proxy::{
     PingoraProxy, ProxyBuilder, Route, Upstream, DEFAULT_UPSTREAM_KEEPALIVE_POOL,
 };
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 const USAGE: &str = "pingora-tower-proxy [--listen 127.0.0.1:19002] \
                      [--upstream http://127.0.0.1:19000] [--layers none|four] [--workers 1] \
@@ -49,7 +52,7 @@ const USAGE: &str = "pingora-tower-proxy [--listen 127.0.0.1:19002] \
                      [--reuse-port no|yes] \
                      [--layers rate-limit|redis|redis-lease --redis URL] \
                      [--tls-cert cert.pem --tls-key key.pem] \
-                     [--obs none|metrics|metrics-client-ids|log] [--access-log PATH]";
+                     [--obs none|metrics|metrics-made-ids|log|log-fmt] [--access-log PATH]";
 
 /// Requests per second the rate limiter admits: far above anything the bench offers.
 const NEVER_TRIPS_PER_SECOND: u32 = 1_000_000_000;
@@ -90,13 +93,19 @@ fn main() -> Result<(), common::BoxError> {
     match args.get("obs", "none").as_str() {
         "none" => {}
         "metrics" => builder = builder.metrics(Metrics::new()),
-        // Ids are kept from clients but not made: no header written into upstream requests.
-        "metrics-client-ids" => {
+        // And a request id made for requests without one, written into the upstream request.
+        "metrics-made-ids" => {
             builder = builder
                 .metrics(Metrics::new())
-                .observability(ObsLayer::new().generate_request_ids(false))
+                .observability(ObsLayer::new().generate_request_ids(true))
         }
         "log" => {
+            builder = builder.metrics(Metrics::new());
+            let path = args.get("access-log", "/dev/null");
+            let log = AccessLog::file(&path).map_err(|e| format!("--access-log: {e}"))?;
+            tracing_subscriber::registry().with(log.layer()).init();
+        }
+        "log-fmt" => {
             builder = builder.metrics(Metrics::new());
             let path = args.get("access-log", "/dev/null");
             let file = std::fs::OpenOptions::new()
@@ -114,7 +123,7 @@ fn main() -> Result<(), common::BoxError> {
         }
         other => {
             return Err(format!(
-                "--obs {other:?}: expected none, metrics, metrics-client-ids or log"
+                "--obs {other:?}: expected none, metrics, metrics-made-ids, log or log-fmt"
             )
             .into())
         }

@@ -120,7 +120,7 @@ impl Finish {
             tracing::info!(
                 target: ACCESS_LOG_TARGET,
                 parent: &self.span,
-                client = log.client.map(tracing::field::display),
+                client = log.client.map(|a| tracing::field::display(super::LogAddr(a))),
                 method = self.method,
                 target = log.target.as_str(),
                 status = status.as_u16(),
@@ -162,34 +162,27 @@ mod tests {
 
     #[tokio::test]
     async fn a_made_id_reaches_the_inner_service_and_the_response_only_when_asked() {
-        let (seen, res) = call(ObsLayer::new(), Request::new(String::new())).await;
+        let made = || ObsLayer::new().generate_request_ids(true);
+        let (seen, res) = call(made(), Request::new(String::new())).await;
         let seen = seen.expect("the inner service sees an id");
         assert_eq!(seen.len(), 32);
         assert!(!res.headers().contains_key(X_REQUEST_ID));
 
-        let (seen, res) = call(
-            ObsLayer::new().echo_request_id(true),
-            Request::new(String::new()),
-        )
-        .await;
+        let (seen, res) = call(made().echo_request_id(true), Request::new(String::new())).await;
         assert_eq!(res.headers()[X_REQUEST_ID], seen.unwrap().as_str());
 
         let req = Request::builder()
             .header(X_REQUEST_ID, "abc")
             .body(String::new())
             .unwrap();
-        let (seen, res) = call(ObsLayer::new().echo_request_id(true), req).await;
+        let (seen, res) = call(made().echo_request_id(true), req).await;
         assert_eq!(seen.as_deref(), Some("abc"));
         assert_eq!(res.headers()[X_REQUEST_ID], "abc");
     }
 
     #[tokio::test]
-    async fn without_generated_ids_only_a_client_id_is_passed_on() {
-        let layer = || {
-            ObsLayer::new()
-                .generate_request_ids(false)
-                .echo_request_id(true)
-        };
+    async fn by_default_only_a_client_id_is_passed_on() {
+        let layer = || ObsLayer::new().echo_request_id(true);
         let (seen, res) = call(layer(), Request::new(String::new())).await;
         assert_eq!(seen, None);
         assert!(!res.headers().contains_key(X_REQUEST_ID));

@@ -13,9 +13,9 @@
 //! - **Trace context**: a valid incoming `traceparent` is continued (the proxy sends its own
 //!   span id as the upstream's parent), a missing one started. The request id header
 //!   (`x-request-id` unless [`ObsLayer::request_id_header`]) is kept when the client sent a sane
-//!   one, made from the trace id (or a new id) otherwise, and passed to the upstream (or the
-//!   inner service); the tower host also returns it on the response with
-//!   [`ObsLayer::echo_request_id`].
+//!   one and passed to the upstream (or the inner service); with
+//!   [`ObsLayer::generate_request_ids`] a missing one is made (the trace id, or a new id); the
+//!   tower host also returns it on the response with [`ObsLayer::echo_request_id`].
 //! - **Metrics** when [`ObsLayer::metrics`] is set; see [`Metrics`] for names and labels.
 //!
 //! The route label: the proxy host reads a [`RouteLabel`] from the request's extensions, else
@@ -37,7 +37,12 @@
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
 //! let metrics = Metrics::new();
 //! let svc = ServiceBuilder::new()
-//!     .layer(ObsLayer::new().metrics(metrics.clone()).echo_request_id(true))
+//!     .layer(
+//!         ObsLayer::new()
+//!             .metrics(metrics.clone())
+//!             .generate_request_ids(true)
+//!             .echo_request_id(true),
+//!     )
 //!     .service_fn(|_req: Request<String>| async {
 //!         Ok::<_, Infallible>(Response::new(String::from("hello")))
 //!     });
@@ -47,6 +52,7 @@
 //! # }
 //! ```
 
+mod access_log;
 mod future;
 mod handles;
 pub mod labels;
@@ -56,6 +62,7 @@ mod proxy;
 pub mod recent;
 pub mod trace;
 
+pub use access_log::{AccessLog, LogAddr};
 pub use future::ResponseFuture;
 #[cfg(feature = "circuit-breaker")]
 pub use metrics::breaker_state_label;
@@ -146,7 +153,7 @@ impl ObsLayer {
                 #[cfg(feature = "pingora")]
                 request_id_text: Some(bytes::Bytes::from_static(b"x-request-id")),
                 echo_request_id: false,
-                generate_request_ids: true,
+                generate_request_ids: false,
                 traceparent: true,
                 start_traces: false,
                 #[cfg(feature = "pingora")]
@@ -203,10 +210,11 @@ impl ObsLayer {
         self.with(|s| s.echo_request_id = enabled)
     }
 
-    /// Whether a request without a (sane) request id gets one made here (default on, as in
-    /// Envoy). Off, a client's id is still kept and passed on, and requests without one have
-    /// none: no header is written into their upstream request, the cheaper setting where
-    /// something in front (a load balancer, a CDN) already sets ids.
+    /// Whether a request without a (sane) request id gets one made here, written into its
+    /// upstream request (and its span and access log line). Default off, as in nginx, HAProxy
+    /// and tower-http (Envoy makes them): a client's or a load balancer's id is always kept and
+    /// passed on, and making one is one more header written into every upstream request, the
+    /// same reason [`start_traces`](Self::start_traces) is off.
     pub fn generate_request_ids(self, enabled: bool) -> Self {
         self.with(|s| s.generate_request_ids = enabled)
     }

@@ -321,7 +321,7 @@ impl ProxyPolicy for ObsLayer {
         tracing::info!(
             target: ACCESS_LOG_TARGET,
             parent: &ctx.span,
-            client = session.client_addr().map(tracing::field::display),
+            client = session.client_addr().map(|a| tracing::field::display(ClientAddr(a))),
             method,
             target = tracing::field::display(&req.uri),
             status = code,
@@ -333,6 +333,19 @@ impl ProxyPolicy for ObsLayer {
             error = e.map(tracing::field::display),
             "request"
         );
+    }
+}
+
+/// The client's address for the access log: an IP one through [`LogAddr`](super::LogAddr)
+/// (cheaper than `SocketAddr`'s own `Display`), a Unix one as Pingora shows it.
+struct ClientAddr<'a>(&'a pingora_core::protocols::l4::socket::SocketAddr);
+
+impl std::fmt::Display for ClientAddr<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.as_inet() {
+            Some(inet) => super::LogAddr(*inet).fmt(f),
+            None => self.0.fmt(f),
+        }
     }
 }
 
