@@ -240,13 +240,23 @@ impl ObsLayer {
     }
 
     /// The trace context of a request with these headers, per the settings.
-    fn trace_of(&self, headers: &http::HeaderMap) -> Option<trace::TraceContext> {
+    /// The trace context of a request with these headers, per the settings, and the client's
+    /// request id if it sent a sane one.
+    fn incoming<'h>(
+        &self,
+        headers: &'h http::HeaderMap,
+    ) -> (Option<trace::TraceContext>, Option<&'h http::HeaderValue>) {
         let s = &self.shared;
-        if !s.traceparent {
-            return None;
-        }
-        trace::TraceContext::continued(headers)
-            .or_else(|| s.start_traces.then(trace::TraceContext::start))
+        let (traceparent, id) =
+            trace::two_headers(headers, &trace::TRACEPARENT, s.request_id.as_ref());
+        let trace = if s.traceparent {
+            traceparent
+                .and_then(trace::TraceContext::continued_from)
+                .or_else(|| s.start_traces.then(trace::TraceContext::start))
+        } else {
+            None
+        };
+        (trace, id.filter(|v| trace::sane_request_id(v)))
     }
 
     /// The metrics this layer records into, if any.
@@ -310,24 +320,22 @@ where
         let active = shared.metrics.as_ref().map(Metrics::request_started);
         let method = labels::method(req.method());
         let route = tower_route(&req);
-        let trace_ctx = self.policy.trace_of(req.headers());
+        let (trace_ctx, client_id) = self.policy.incoming(req.headers());
+        let client_id = client_id.cloned();
         if let Some(t) = &trace_ctx {
             // The inner service continues this hop's span.
             req.headers_mut()
                 .insert(trace::TRACEPARENT, t.traceparent());
         }
-        let request_id =
-            shared.request_id.as_ref().and_then(|name| {
-                match trace::client_request_id(req.headers(), name) {
-                    Some(v) => Some(trace::RequestId::Client(v.clone())),
-                    None if shared.generate_request_ids => {
-                        let id = trace_ctx.map_or_else(trace::new_id, |t| t.trace_id);
-                        req.headers_mut().insert(name.clone(), trace::id_value(id));
-                        Some(trace::RequestId::Made(id))
-                    }
-                    None => None,
-                }
-            });
+        let request_id = shared.request_id.as_ref().and_then(|name| match client_id {
+            Some(v) => Some(trace::RequestId::Client(v)),
+            None if shared.generate_request_ids => {
+                let id = trace_ctx.map_or_else(trace::new_id, |t| t.trace_id);
+                req.headers_mut().insert(name.clone(), trace::id_value(id));
+                Some(trace::RequestId::Made(id))
+            }
+            None => None,
+        });
         let span = if !tracing::dispatcher::has_been_set() {
             // No subscriber: skip the macro's fallback to the `log` crate for spans.
             Span::none()

@@ -181,9 +181,10 @@ impl ProxyPolicy for ObsLayer {
 
     fn request_filter(&self, session: &mut Session, ctx: &mut ObsCtx) -> Result<Admission> {
         let req = session.req_header();
-        ctx.trace = self.trace_of(&req.headers);
-        if let Some(name) = &self.shared.request_id {
-            ctx.request_id = match trace::client_request_id(&req.headers, name) {
+        let (trace, client_id) = self.incoming(&req.headers);
+        ctx.trace = trace;
+        if self.shared.request_id.is_some() {
+            ctx.request_id = match client_id {
                 Some(v) => Some(RequestId::Client(v.clone())),
                 None if self.shared.generate_request_ids => Some(RequestId::Made(
                     ctx.trace.map_or_else(trace::new_id, |t| t.trace_id),

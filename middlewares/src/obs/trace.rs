@@ -43,7 +43,12 @@ pub struct TraceContext {
 impl TraceContext {
     /// Continues the caller's trace when `headers` hold a valid version-00 `traceparent`.
     pub fn continued(headers: &HeaderMap) -> Option<Self> {
-        let (trace_id, parent, flags) = parse(headers.get(&TRACEPARENT)?.as_bytes())?;
+        Self::continued_from(headers.get(&TRACEPARENT)?)
+    }
+
+    /// [`continued`](Self::continued) from the `traceparent` value itself.
+    pub fn continued_from(traceparent: &HeaderValue) -> Option<Self> {
+        let (trace_id, parent, flags) = parse(traceparent.as_bytes())?;
         Some(TraceContext {
             trace_id,
             parent_id: Some(parent),
@@ -120,11 +125,39 @@ impl std::fmt::Display for RequestId {
 /// [`MAX_REQUEST_ID_LEN`] bytes. Otherwise the caller makes one (from the trace id, so logs and
 /// traces join).
 pub fn client_request_id<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a HeaderValue> {
-    headers.get(name).filter(|v| {
-        !v.is_empty()
-            && v.len() <= MAX_REQUEST_ID_LEN
-            && v.as_bytes().iter().all(|b| b.is_ascii_graphic())
-    })
+    headers.get(name).filter(|v| sane_request_id(v))
+}
+
+/// Whether a client's request id is kept: printable ASCII, 1 to [`MAX_REQUEST_ID_LEN`] bytes.
+pub fn sane_request_id(v: &HeaderValue) -> bool {
+    !v.is_empty()
+        && v.len() <= MAX_REQUEST_ID_LEN
+        && v.as_bytes().iter().all(|b| b.is_ascii_graphic())
+}
+
+/// Most headers for which [`two_headers`] compares names instead of hashing them.
+const SCAN_UP_TO: usize = 8;
+
+/// The first values of `a` and `b` in `headers`: in one pass comparing names when the map is
+/// small (two hashed lookups cost more than a few comparisons, most of them of a standard name
+/// against a custom one), by lookup otherwise.
+pub(crate) fn two_headers<'h>(
+    headers: &'h HeaderMap,
+    a: &HeaderName,
+    b: Option<&HeaderName>,
+) -> (Option<&'h HeaderValue>, Option<&'h HeaderValue>) {
+    if headers.len() > SCAN_UP_TO {
+        return (headers.get(a), b.and_then(|b| headers.get(b)));
+    }
+    let (mut found_a, mut found_b) = (None, None);
+    for (name, value) in headers {
+        if found_a.is_none() && name == a {
+            found_a = Some(value);
+        } else if found_b.is_none() && Some(name) == b {
+            found_b = Some(value);
+        }
+    }
+    (found_a, found_b)
 }
 
 /// A non-zero 128-bit id (a trace id, or a request id when there is no trace): unique, not
@@ -291,5 +324,27 @@ mod tests {
         }
         assert!(seen.iter().all(|&id| id != 0 && (id >> 64) != 0));
         assert!((0..1_000).all(|_| nonzero_u64() != 0));
+    }
+
+    #[test]
+    fn two_headers_finds_the_first_values_in_small_and_large_maps() {
+        for filler in [0, 3, SCAN_UP_TO + 4] {
+            let mut h = HeaderMap::new();
+            for i in 0..filler {
+                h.insert(
+                    HeaderName::from_bytes(format!("x-f{i}").as_bytes()).unwrap(),
+                    HeaderValue::from_static("v"),
+                );
+            }
+            h.append(X_REQUEST_ID, HeaderValue::from_static("first"));
+            h.append(X_REQUEST_ID, HeaderValue::from_static("second"));
+            h.insert(TRACEPARENT, HeaderValue::from_static("tp"));
+            let (tp, id) = two_headers(&h, &TRACEPARENT, Some(&X_REQUEST_ID));
+            assert_eq!(tp.unwrap(), "tp", "{filler}");
+            assert_eq!(id.unwrap(), "first", "{filler}");
+            assert_eq!(two_headers(&h, &TRACEPARENT, None).1, None);
+            h.remove(TRACEPARENT);
+            assert_eq!(two_headers(&h, &TRACEPARENT, Some(&X_REQUEST_ID)).0, None);
+        }
     }
 }
