@@ -8,7 +8,7 @@ use std::time::Duration;
 use axum::routing::any;
 use axum::Router;
 use http::{Request, StatusCode};
-use pingora_tower::middleware::obs::{AccessLog, Metrics};
+use pingora_tower::middleware::obs::{AccessLog, Metrics, ObsLayer};
 use pingora_tower::proxy::{PingoraProxy, Route, RunningProxy, Upstream};
 use pingora_tower::{server, RunningServer, ServeTower};
 use pingora_tower_test_support::*;
@@ -239,6 +239,52 @@ async fn a_proxy_writes_one_escaped_line_per_request() {
     assert!(field(failed, "error").is_some(), "{failed}");
 
     by_target("/after");
+    assert_eq!(log.write_errors(), 0);
+    proxy.shutdown().await;
+}
+
+/// `ObsLayer::access_log`: the layer writes the lines itself, with no subscriber at all.
+#[tokio::test]
+async fn the_obs_layer_writes_the_lines_itself_without_a_subscriber() {
+    let dir = TempDir::new();
+    let path = dir.0.join("direct.log");
+    let log = AccessLog::file(&path).unwrap();
+    let up = upstream().await;
+    let proxy = PingoraProxy::builder("127.0.0.1:0")
+        .routes([Route::prefix(
+            "/",
+            Upstream::new(format!("http://{}", up.local_addr())),
+        )])
+        .observability(ObsLayer::new().access_log(log.clone()))
+        .metrics(Metrics::new())
+        .spawn()
+        .await
+        .expect("proxy");
+    let addr = proxy.local_addr();
+    let raw = format!(
+        "GET /x%0aforged=1%22q HTTP/1.1\r\nHost: {addr}\r\nX-Request-Id: direct-1\r\n\
+         Connection: close\r\n\r\n"
+    );
+    let answer = raw_exchange(addr, raw.as_bytes()).await;
+    assert_eq!(raw_status(&answer), Some(200), "{answer}");
+
+    let lines = lines_until(&path, "direct-1").await;
+    assert_eq!(lines.len(), 1);
+    let line = std::str::from_utf8(&lines[0]).unwrap();
+    assert!(line.starts_with("ts="), "{line}");
+    assert_eq!(field(line, "method"), Some("GET"));
+    assert_eq!(
+        field(line, "target"),
+        Some("\"/x%0aforged=1%22q\""),
+        "{line}"
+    );
+    assert_eq!(field(line, "status"), Some("200"));
+    assert_eq!(
+        field(line, "upstream"),
+        Some(up.local_addr().to_string().as_str())
+    );
+    assert_eq!(field(line, "attempts"), Some("1"));
+    assert_eq!(field(line, "request_id"), Some("direct-1"));
     assert_eq!(log.write_errors(), 0);
     proxy.shutdown().await;
 }

@@ -17,7 +17,9 @@
 # on Pingora's own Server, the what-ifs `pingora-plain+fwd-lean`,
 # `pingora-plain+timeouts`, the `obs` layer over the four (`pingora-tower+4+obs`: metrics, no
 # subscriber; `pingora-tower+4+obs-made-ids`: and request ids made for requests without one;
-# `pingora-tower+4+obs-log`: and the access log written to a file by `AccessLog`;
+# `pingora-tower+4+obs-log`: and the access log written to a file by the layer itself
+# (`ObsLayer::access_log`); `pingora-tower+4+obs-log-layer`: the same through `AccessLog`'s
+# tracing layer;
 # `pingora-tower+4+obs-log-fmt`: the same log through `tracing_subscriber::fmt`), and any Rust
 # variant with `@ct` for a current-thread runtime),
 # REPORT (callgrind: the name of the .csv/.md written), CARGO_TARGET_DIR, KEEP_WORK=1 keeps the

@@ -7,16 +7,18 @@
 //!                     [--forwarded-headers yes|no] [--threads 0] [--reuse-port no|yes]
 //!                     [--layers rate-limit|redis|redis-lease --redis redis://127.0.0.1:6379/]
 //!                     [--tls-cert cert.pem --tls-key key.pem]
-//!                     [--obs none|metrics|metrics-made-ids|log|log-fmt] [--access-log PATH]
+//!                     [--obs none|metrics|metrics-made-ids|log|log-layer|log-fmt] [--access-log PATH]
 //! ```
 //! With `--tls-cert` and `--tls-key` the listener terminates TLS (`ProxyBuilder::tls`, one
 //! certificate as the default of the SNI set).
 //! `--obs metrics` adds the `obs` layer recording Prometheus metrics (what
 //! `ProxyBuilder::admin` turns on; no subscriber, so spans and the access log cost only their
-//! interest check); `--obs log` also writes the access log (target `pingora_tower::access`) to
-//! `--access-log` (default `/dev/null`) through `AccessLog::file` (the writer we recommend: one
-//! logfmt line, one `write` per request); `--obs log-fmt` writes it through a
-//! `tracing_subscriber` fmt layer without ANSI colours instead, for comparison.
+//! interest check); `--obs log` also writes the access log to `--access-log` (default
+//! `/dev/null`) from the layer itself (`ObsLayer::access_log(AccessLog::file(..))`, the way we
+//! recommend: one logfmt line, one `write` per request); `--obs log-layer` writes the same lines
+//! from the access-log event (target `pingora_tower::access`) through `AccessLog`'s tracing
+//! layer, and `--obs log-fmt` through a `tracing_subscriber` fmt layer without ANSI colours, for
+//! comparison.
 //! `--layers four` wraps the proxy, outermost first, in `timeout(30 s)`,
 //! `rate_limit(1e9 per second)`, `retry(2)` and `circuit_breaker(50 %, 10 s)`. The proxy runs on
 //! a multi-thread tokio runtime with `--workers` worker threads (`0` = current-thread), the same
@@ -52,7 +54,7 @@ const USAGE: &str = "pingora-tower-proxy [--listen 127.0.0.1:19002] \
                      [--reuse-port no|yes] \
                      [--layers rate-limit|redis|redis-lease --redis URL] \
                      [--tls-cert cert.pem --tls-key key.pem] \
-                     [--obs none|metrics|metrics-made-ids|log|log-fmt] [--access-log PATH]";
+                     [--obs none|metrics|metrics-made-ids|log|log-layer|log-fmt] [--access-log PATH]";
 
 /// Requests per second the rate limiter admits: far above anything the bench offers.
 const NEVER_TRIPS_PER_SECOND: u32 = 1_000_000_000;
@@ -99,7 +101,16 @@ fn main() -> Result<(), common::BoxError> {
                 .metrics(Metrics::new())
                 .observability(ObsLayer::new().generate_request_ids(true))
         }
+        // The access log written by the `obs` layer itself (no subscriber).
         "log" => {
+            let path = args.get("access-log", "/dev/null");
+            let log = AccessLog::file(&path).map_err(|e| format!("--access-log: {e}"))?;
+            builder = builder
+                .metrics(Metrics::new())
+                .observability(ObsLayer::new().access_log(log));
+        }
+        // The same lines from the access-log event, through `AccessLog`'s tracing layer.
+        "log-layer" => {
             builder = builder.metrics(Metrics::new());
             let path = args.get("access-log", "/dev/null");
             let log = AccessLog::file(&path).map_err(|e| format!("--access-log: {e}"))?;
@@ -123,8 +134,8 @@ fn main() -> Result<(), common::BoxError> {
         }
         other => {
             return Err(format!(
-                "--obs {other:?}: expected none, metrics, metrics-made-ids, log or log-fmt"
-            )
+            "--obs {other:?}: expected none, metrics, metrics-made-ids, log, log-layer or log-fmt"
+        )
             .into())
         }
     }

@@ -185,6 +185,26 @@ impl AccessLog {
         out.writer.flush()
     }
 
+    /// Writes one request's line directly, without a `tracing` event: the `obs` layer's fast
+    /// path ([`ObsLayer::access_log`](super::ObsLayer::access_log)). Same line as the layer
+    /// writes for the access event.
+    pub fn write_request(&self, request: &super::RequestLine<'_>) {
+        let now = (self.sink.clock)();
+        let write = |line: &mut Line| {
+            line.start(now);
+            request.append(&mut line.buf);
+            line.buf.push(b'\n');
+            self.sink.write_line(&line.buf, now);
+        };
+        let written = LINE.try_with(|cell| match cell.try_borrow_mut() {
+            Ok(mut line) => write(&mut line),
+            Err(_) => write(&mut Line::default()),
+        });
+        if written.is_err() {
+            write(&mut Line::default());
+        }
+    }
+
     /// How many writes failed (each dropped its line, or its batch of lines).
     pub fn write_errors(&self) -> u64 {
         self.sink.write_errors.load(Ordering::Relaxed)
@@ -370,12 +390,19 @@ thread_local! {
 
 /// A thread's line buffer and its cached timestamp.
 #[derive(Default)]
-struct Line {
+pub(super) struct Line {
     buf: Vec<u8>,
     clock: TimestampCache,
 }
 
 impl Line {
+    /// Starts a line: `ts=` and the time.
+    fn start(&mut self, now: Duration) {
+        self.buf.clear();
+        self.buf.extend_from_slice(b"ts=");
+        self.clock.write(&mut self.buf, now);
+    }
+
     fn write(&mut self, sink: &Sink, event: &Event<'_>, now: Duration) {
         self.buf.clear();
         self.buf.extend_from_slice(b"ts=");
@@ -492,20 +519,7 @@ impl Visit for Fields<'_> {
         if !self.key(field) {
             return;
         }
-        // Formatted in place; quoted afterwards in the rare case it needs it.
-        let start = self.buf.len();
-        let _ = fmt::Write::write_fmt(&mut Bytes(self.buf), format_args!("{value:?}"));
-        match needs(&self.buf[start..]) {
-            Needs::Nothing => {}
-            Needs::Quotes => {
-                self.buf.insert(start, b'"');
-                self.buf.push(b'"');
-            }
-            Needs::Escapes => {
-                let raw = self.buf.split_off(start);
-                write_quoted(self.buf, &String::from_utf8_lossy(&raw));
-            }
-        }
+        write_formatted(self.buf, format_args!("{value:?}"));
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
@@ -532,6 +546,23 @@ impl Visit for Fields<'_> {
         if self.key(field) {
             let text: &[u8] = if value { b"true" } else { b"false" };
             self.buf.extend_from_slice(text);
+        }
+    }
+}
+
+/// Appends `args` formatted in place, quoted and escaped afterwards in the rare case it needs it.
+pub(super) fn write_formatted(buf: &mut Vec<u8>, args: fmt::Arguments<'_>) {
+    let start = buf.len();
+    let _ = fmt::Write::write_fmt(&mut Bytes(buf), args);
+    match needs(&buf[start..]) {
+        Needs::Nothing => {}
+        Needs::Quotes => {
+            buf.insert(start, b'"');
+            buf.push(b'"');
+        }
+        Needs::Escapes => {
+            let raw = buf.split_off(start);
+            write_quoted(buf, &String::from_utf8_lossy(&raw));
         }
     }
 }
@@ -591,7 +622,7 @@ fn needs(value: &[u8]) -> Needs {
 }
 
 /// Appends `value`, quoted and escaped as it needs.
-fn write_value(buf: &mut Vec<u8>, value: &str) {
+pub(super) fn write_value(buf: &mut Vec<u8>, value: &str) {
     match needs(value.as_bytes()) {
         Needs::Nothing => buf.extend_from_slice(value.as_bytes()),
         Needs::Quotes => {
@@ -642,7 +673,7 @@ fn write_quoted(buf: &mut Vec<u8>, value: &str) {
 }
 
 /// Appends `value` with three decimals, rounded half up, through integer arithmetic.
-fn write_f64(buf: &mut Vec<u8>, value: f64) {
+pub(super) fn write_f64(buf: &mut Vec<u8>, value: f64) {
     if value.is_nan() {
         buf.extend_from_slice(b"NaN");
         return;

@@ -37,7 +37,7 @@ pub(crate) struct Finish {
 #[derive(Debug)]
 pub(crate) struct LogFields {
     pub(crate) client: Option<SocketAddr>,
-    pub(crate) target: String,
+    pub(crate) target: http::Uri,
 }
 
 pin_project! {
@@ -116,13 +116,26 @@ impl Finish {
                 .record("http.response.status_code", status.as_u16())
                 .record("latency_ms", latency.as_secs_f64() * 1e3);
         }
-        if let Some(log) = &self.log {
+        if let (Some(log), Some(access_log)) = (&self.log, &self.shared.access_log) {
+            access_log.write_request(&super::RequestLine {
+                client: log.client,
+                method: self.method,
+                target: &log.target,
+                status: status.as_u16(),
+                bytes: None,
+                duration: latency,
+                upstream: None,
+                attempts: None,
+                request_id: self.request_id.as_ref(),
+                error: None,
+            });
+        } else if let Some(log) = &self.log {
             tracing::info!(
                 target: ACCESS_LOG_TARGET,
                 parent: &self.span,
                 client = log.client.map(|a| tracing::field::display(super::LogAddr(a))),
                 method = self.method,
-                target = log.target.as_str(),
+                target = tracing::field::display(&log.target),
                 status = status.as_u16(),
                 duration_ms = latency.as_secs_f64() * 1e3,
                 request_id = self.request_id.as_ref().map(tracing::field::display),

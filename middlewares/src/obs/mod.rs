@@ -60,6 +60,7 @@ mod metrics;
 #[cfg(feature = "pingora")]
 mod proxy;
 pub mod recent;
+mod request_line;
 pub mod trace;
 
 pub use access_log::{AccessLog, LogAddr};
@@ -73,6 +74,7 @@ pub use metrics::{
 };
 #[cfg(feature = "pingora")]
 pub use proxy::ObsCtx;
+pub use request_line::RequestLine;
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -121,6 +123,8 @@ pub(crate) struct Shared {
     /// Request and attempt times: the CPU's counter unless tokio's clock is paused.
     clock: crate::clock::Clock,
     metrics: Option<Metrics>,
+    /// Written straight from the layer, instead of the access-log event.
+    access_log: Option<AccessLog>,
     request_id: Option<HeaderName>,
     /// `request_id`'s text for Pingora's `insert_header` (which copies a `HeaderName`'s text on
     /// every call, a shared `Bytes` only once).
@@ -149,6 +153,7 @@ impl ObsLayer {
             shared: Arc::new(Shared {
                 clock: crate::clock::Clock::new(crate::clock::TimeSource::Auto),
                 metrics: None,
+                access_log: None,
                 request_id: Some(trace::X_REQUEST_ID),
                 #[cfg(feature = "pingora")]
                 request_id_text: Some(bytes::Bytes::from_static(b"x-request-id")),
@@ -168,6 +173,7 @@ impl ObsLayer {
         let mut shared = Arc::try_unwrap(self.shared).unwrap_or_else(|s| Shared {
             clock: crate::clock::Clock::new(crate::clock::TimeSource::Auto),
             metrics: s.metrics.clone(),
+            access_log: s.access_log.clone(),
             request_id: s.request_id.clone(),
             #[cfg(feature = "pingora")]
             request_id_text: None,
@@ -196,6 +202,14 @@ impl ObsLayer {
     /// Records into `metrics` (share the value with the layers' observers and the exporter).
     pub fn metrics(self, metrics: Metrics) -> Self {
         self.with(|s| s.metrics = Some(metrics))
+    }
+
+    /// Writes the access log to `log` from the layer itself, one line per request, instead of
+    /// emitting the access-log event (target [`ACCESS_LOG_TARGET`]): the same line as
+    /// [`AccessLog::layer`] writes for that event, without the event's dispatch and field
+    /// visits (the cheaper way when the access log goes to a file anyway).
+    pub fn access_log(self, log: AccessLog) -> Self {
+        self.with(|s| s.access_log = Some(log))
     }
 
     /// The request id header (default `x-request-id`); `None` neither reads nor sets one.
@@ -352,15 +366,15 @@ where
                 trace_id = trace_ctx.map(|t| tracing::field::display(trace::TraceId(t.trace_id))),
             )
         };
-        let log = tracing::enabled!(target: ACCESS_LOG_TARGET, tracing::Level::INFO).then(|| {
-            future::LogFields {
-                client: req
-                    .extensions()
-                    .get::<std::net::SocketAddr>()
-                    .copied()
-                    .or_else(|| client_from_axum(&req)),
-                target: req.uri().to_string(),
-            }
+        let log = (shared.access_log.is_some()
+            || tracing::enabled!(target: ACCESS_LOG_TARGET, tracing::Level::INFO))
+        .then(|| future::LogFields {
+            client: req
+                .extensions()
+                .get::<std::net::SocketAddr>()
+                .copied()
+                .or_else(|| client_from_axum(&req)),
+            target: req.uri().clone(),
         });
         let inner = if span.is_disabled() {
             self.inner.call(req)

@@ -319,6 +319,22 @@ impl ProxyPolicy for ObsLayer {
                 .record("server.address", ctx.upstream.as_deref())
                 .record("attempts", ctx.attempts);
         }
+        if let Some(log) = &self.shared.access_log {
+            let client = session.client_addr().and_then(|a| a.as_inet()).copied();
+            log.write_request(&super::RequestLine {
+                client,
+                method,
+                target: &req.uri,
+                status: code,
+                bytes: Some(session.body_bytes_sent() as u64),
+                duration: latency,
+                upstream: ctx.upstream.as_deref(),
+                attempts: Some(ctx.attempts),
+                request_id: ctx.request_id.as_ref(),
+                error: e.map(|e| e as &dyn std::fmt::Display),
+            });
+            return;
+        }
         tracing::info!(
             target: ACCESS_LOG_TARGET,
             parent: &ctx.span,

@@ -222,9 +222,14 @@ fn splitmix64(mut z: u64) -> u64 {
 
 /// `id` as 32 lowercase hex digits in a header value.
 pub fn id_value(id: u128) -> HeaderValue {
+    HeaderValue::from_bytes(&hex_id(id)).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// `id` as 32 lowercase hex digits.
+pub(crate) fn hex_id(id: u128) -> [u8; 32] {
     let mut out = [0u8; 32];
     hex(&mut out, &id.to_be_bytes());
-    HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static(""))
+    out
 }
 
 fn hex(out: &mut [u8], bytes: &[u8]) {
