@@ -13,17 +13,15 @@ use std::time::Duration;
 use tracing::Span;
 
 use super::trace::RequestId;
-use super::{labels, ActiveGuard, Route, Shared, ACCESS_LOG_TARGET};
+use super::{labels, Route, Shared, ACCESS_LOG_TARGET};
 
 /// What the future needs once the response head is there.
 #[derive(Debug)]
 pub(crate) struct Finish {
     pub(crate) shared: Arc<Shared>,
     pub(crate) span: Span,
-    /// On `shared.clock`.
+    /// On `shared.clock`. The request is in `shared.metrics`' active gauge until this drops.
     pub(crate) start: u64,
-    /// The request in the active gauge, and the metrics to record it in.
-    pub(crate) active: Option<ActiveGuard>,
     pub(crate) method: &'static str,
     pub(crate) route: Option<Route>,
     pub(crate) request_id: Option<RequestId>,
@@ -89,6 +87,15 @@ where
     }
 }
 
+impl Drop for Finish {
+    fn drop(&mut self) {
+        // However the request ended, cancelled included.
+        if let Some(m) = &self.shared.metrics {
+            m.request_ended();
+        }
+    }
+}
+
 impl Finish {
     fn echo_id<B>(&self, res: &mut Response<B>) {
         if let (Some(name), Some(id)) = (&self.echo, &self.request_id) {
@@ -102,8 +109,8 @@ impl Finish {
         let clock = &self.shared.clock;
         let now = clock.now_nanos();
         let latency = Duration::from_nanos(now.saturating_sub(self.start));
-        if let Some(active) = &self.active {
-            active.metrics().record_request(
+        if let Some(metrics) = &self.shared.metrics {
+            metrics.record_request(
                 self.method,
                 labels::status(status),
                 self.route.as_ref().map_or("", Route::as_str),
@@ -150,7 +157,7 @@ mod tests {
     use std::convert::Infallible;
 
     use http::Request;
-    use tower::{ServiceBuilder, ServiceExt};
+    use tower::{Layer, ServiceBuilder, ServiceExt};
 
     use crate::obs::trace::X_REQUEST_ID;
     use crate::obs::ObsLayer;
@@ -206,5 +213,34 @@ mod tests {
         let (seen, res) = call(layer(), req).await;
         assert_eq!(seen.as_deref(), Some("abc"));
         assert_eq!(res.headers()[X_REQUEST_ID], "abc");
+    }
+
+    #[tokio::test]
+    async fn a_request_is_active_until_it_ends_or_is_cancelled() {
+        use crate::obs::Metrics;
+        use tower::Service;
+        let metrics = Metrics::new();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let rx = std::sync::Mutex::new(Some(rx));
+        let mut svc = ObsLayer::new()
+            .metrics(metrics.clone())
+            .layer(tower::service_fn(move |_req: Request<String>| {
+                let rx = rx.lock().unwrap().take();
+                async move {
+                    if let Some(rx) = rx {
+                        let _ = rx.await;
+                    }
+                    Ok::<_, Infallible>(Response::new(String::new()))
+                }
+            }));
+        let pending = svc.call(Request::new(String::new()));
+        assert_eq!(metrics.active_requests(), 1);
+        tx.send(()).unwrap();
+        pending.await.unwrap();
+        assert_eq!(metrics.active_requests(), 0);
+        let cancelled = svc.call(Request::new(String::new()));
+        assert_eq!(metrics.active_requests(), 1);
+        drop(cancelled);
+        assert_eq!(metrics.active_requests(), 0);
     }
 }

@@ -241,6 +241,17 @@ impl Metrics {
         }
     }
 
+    /// A request started, without a guard: the caller calls [`request_ended`](Self::request_ended)
+    /// exactly once (the tower host's response future, which already holds the metrics).
+    pub(crate) fn request_began(&self) {
+        self.inner.active.inc();
+    }
+
+    /// The end of a request counted by [`request_began`](Self::request_began).
+    pub(crate) fn request_ended(&self) {
+        self.inner.active.dec();
+    }
+
     /// One finished server request.
     pub fn record_request(
         &self,

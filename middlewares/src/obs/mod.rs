@@ -331,7 +331,9 @@ where
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let shared = &self.policy.shared;
         let start = shared.clock.now_nanos();
-        let active = shared.metrics.as_ref().map(Metrics::request_started);
+        if let Some(m) = &shared.metrics {
+            m.request_began();
+        }
         let method = labels::method(req.method());
         let route = tower_route(&req);
         let (trace_ctx, client_id) = self.policy.incoming(req.headers());
@@ -388,7 +390,6 @@ where
                 shared: self.policy.shared.clone(),
                 span,
                 start,
-                active,
                 method,
                 route,
                 request_id,
