@@ -296,41 +296,60 @@ impl Drop for Sink {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LogAddr(pub std::net::SocketAddr);
 
+impl LogAddr {
+    /// Appends the address to a line: an IPv4 one without `core::fmt` at all.
+    pub(super) fn append(&self, buf: &mut Vec<u8>) {
+        match self.0 {
+            std::net::SocketAddr::V4(v4) => {
+                let (out, len) = v4_text(&v4);
+                buf.extend_from_slice(&out[..len]);
+            }
+            std::net::SocketAddr::V6(_) => write_formatted(buf, format_args!("{}", self.0)),
+        }
+    }
+}
+
 impl fmt::Display for LogAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let std::net::SocketAddr::V4(v4) = self.0 else {
             return fmt::Display::fmt(&self.0, f);
         };
-        // "255.255.255.255:65535"
-        let mut out = [0u8; 21];
-        let mut len = 0;
-        for (i, octet) in v4.ip().octets().into_iter().enumerate() {
-            if i > 0 {
-                out[len] = b'.';
-                len += 1;
-            }
-            if octet >= 100 {
-                out[len] = b'0' + octet / 100;
-                len += 1;
-            }
-            if octet >= 10 {
-                out[len] = b'0' + octet / 10 % 10;
-                len += 1;
-            }
-            out[len] = b'0' + octet % 10;
-            len += 1;
-        }
-        out[len] = b':';
-        len += 1;
-        let mut port = itoa::Buffer::new();
-        let port = port.format(v4.port()).as_bytes();
-        out[len..len + port.len()].copy_from_slice(port);
-        len += port.len();
+        let (out, len) = v4_text(&v4);
         match std::str::from_utf8(&out[..len]) {
             Ok(text) => f.pad(text),
             Err(_) => fmt::Display::fmt(&self.0, f),
         }
     }
+}
+
+/// `a.b.c.d:port` in a buffer, and its length.
+fn v4_text(v4: &std::net::SocketAddrV4) -> ([u8; 21], usize) {
+    // "255.255.255.255:65535"
+    let mut out = [0u8; 21];
+    let mut len = 0;
+    for (i, octet) in v4.ip().octets().into_iter().enumerate() {
+        if i > 0 {
+            out[len] = b'.';
+            len += 1;
+        }
+        if octet >= 100 {
+            out[len] = b'0' + octet / 100;
+            len += 1;
+        }
+        if octet >= 10 {
+            out[len] = b'0' + octet / 10 % 10;
+            len += 1;
+        }
+        out[len] = b'0' + octet % 10;
+        len += 1;
+    }
+    out[len] = b':';
+    len += 1;
+    let mut port = itoa::Buffer::new();
+    let port = port.format(v4.port()).as_bytes();
+    out[len..len + port.len()].copy_from_slice(port);
+    len += port.len();
+    (out, len)
 }
 
 /// The per-layer filter: events of [`ACCESS_LOG_TARGET`], nothing else.
@@ -1147,6 +1166,9 @@ mod tests {
             let addr: std::net::SocketAddr = addr.parse().unwrap();
             assert_eq!(LogAddr(addr).to_string(), addr.to_string());
             assert_eq!(format!("{:>24}", LogAddr(addr)), format!("{addr:>24}"));
+            let mut line = Vec::new();
+            LogAddr(addr).append(&mut line);
+            assert_eq!(line, addr.to_string().into_bytes());
         }
     }
 

@@ -54,7 +54,7 @@ impl RequestLine<'_> {
         let mut number = itoa::Buffer::new();
         if let Some(client) = self.client {
             buf.extend_from_slice(b" client=");
-            write_formatted(buf, format_args!("{}", LogAddr(client)));
+            LogAddr(client).append(buf);
         }
         buf.extend_from_slice(b" method=");
         write_value(buf, self.method);
