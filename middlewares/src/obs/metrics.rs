@@ -477,13 +477,6 @@ pub struct ActiveGuard {
     metrics: Metrics,
 }
 
-impl ActiveGuard {
-    /// The metrics this request is counted in.
-    pub fn metrics(&self) -> &Metrics {
-        &self.metrics
-    }
-}
-
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
         self.metrics.inner.active.dec();

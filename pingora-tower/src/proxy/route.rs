@@ -209,6 +209,8 @@ struct HostRule {
 #[derive(Debug)]
 pub(crate) struct RouteTable {
     hosts: Vec<HostRule>,
+    /// Whether some route names a host (otherwise the host plays no part in `find`).
+    names_hosts: bool,
 }
 
 impl RouteTable {
@@ -243,15 +245,16 @@ impl RouteTable {
                 .sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
         }
         hosts.sort_by_key(|r| r.pattern.rank());
-        Ok(RouteTable { hosts })
+        let names_hosts = hosts
+            .iter()
+            .any(|rule| !matches!(rule.pattern, HostPattern::Any));
+        Ok(RouteTable { hosts, names_hosts })
     }
 
     /// The index of the route for this canonical host (name only, no port) and canonical path.
     /// Whether some route names a host: otherwise the host plays no part in [`find`](Self::find).
     pub(crate) fn names_hosts(&self) -> bool {
-        self.hosts
-            .iter()
-            .any(|rule| !matches!(rule.pattern, HostPattern::Any))
+        self.names_hosts
     }
 
     pub(crate) fn find(&self, host: Option<&str>, path: &str) -> Option<usize> {
