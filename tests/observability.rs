@@ -611,3 +611,46 @@ async fn the_demo_serves_its_metrics_on_the_admin_listener_it_prints() {
     );
     demo.shutdown().await;
 }
+
+/// Routes that name hosts: the route label comes from the host and the path, as the routing
+/// proxy chose (the route table is asked again at logging).
+#[tokio::test]
+async fn routes_that_name_hosts_label_their_requests() {
+    let up = Up::start().await;
+    let proxy = PingoraProxy::builder("127.0.0.1:0")
+        .routes([
+            Route::prefix("/", Upstream::new(up.url())).with_host("a.example"),
+            Route::prefix("/", Upstream::new(up.url())).with_host("*.b.example"),
+            Route::prefix("/api", Upstream::new(up.url())),
+        ])
+        .metrics(Metrics::new())
+        .spawn()
+        .await
+        .unwrap();
+    let addr = proxy.local_addr();
+    for (host, path) in [
+        ("a.example", "/x"),
+        ("A.Example.", "/y"),
+        ("c.b.example", "/"),
+        ("other.example", "/api/z"),
+        ("other.example", "/nowhere"),
+    ] {
+        get_with_host(addr, host, path).await;
+    }
+    let text = proxy.metrics().unwrap().render();
+    let count = |route: &str, code: &str| {
+        sample(
+            &text,
+            "http_server_request_duration_seconds_count",
+            &format!(
+                r#"http_request_method="GET",http_response_status_code="{code}",http_route="{route}""#
+            ),
+        )
+        .unwrap_or(0.0)
+    };
+    assert_eq!(count("a.example/", "200"), 2.0, "{text}");
+    assert_eq!(count("*.b.example/", "200"), 1.0, "{text}");
+    assert_eq!(count("/api", "200"), 1.0, "{text}");
+    assert_eq!(count("", "404"), 1.0, "{text}");
+    proxy.shutdown().await;
+}
