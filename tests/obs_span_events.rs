@@ -158,6 +158,36 @@ fn url(addr: SocketAddr) -> String {
     format!("http://{addr}")
 }
 
+/// The capture installed on this thread, and an upstream answering `statuses` first.
+async fn setup(
+    statuses: &[u16],
+) -> (
+    Capture,
+    tracing::subscriber::DefaultGuard,
+    Arc<Script>,
+    RunningServer,
+) {
+    let capture = Capture::default();
+    let guard = capture.install();
+    let script = Arc::new(Script::default());
+    script.statuses.lock().unwrap().extend(statuses);
+    let up = upstream(script.clone()).await;
+    (capture, guard, script, up)
+}
+
+/// A proxy with the `obs` layer (metrics on) and `layer`, routing `/` to `up`.
+macro_rules! proxy_with {
+    ($up:expr, $layer:expr) => {
+        PingoraProxy::builder("127.0.0.1:0")
+            .routes([Route::prefix("/", Upstream::new(url($up.local_addr())))])
+            .metrics(Metrics::new())
+            .middleware($layer)
+            .spawn()
+            .await
+            .unwrap()
+    };
+}
+
 /// `GET path` with the request id `id`, bounded by the hang guard.
 async fn get_with_id(addr: SocketAddr, path: &str, id: &str) -> StatusCode {
     let req = Request::get(path)
@@ -193,20 +223,11 @@ fn assert_inside(capture: &Capture, target: &str, message: &str, id: &str) {
 
 #[tokio::test]
 async fn a_rate_limit_rejection_is_inside_the_rejected_requests_span() {
-    let capture = Capture::default();
-    let _guard = capture.install();
-    let script = Arc::new(Script::default());
-    let up = upstream(script).await;
+    let (capture, _guard, _, up) = setup(&[]).await;
     let limiter = RateLimitLayer::builder(1, Duration::from_secs(60))
         .build()
         .unwrap();
-    let proxy = PingoraProxy::builder("127.0.0.1:0")
-        .routes([Route::prefix("/", Upstream::new(url(up.local_addr())))])
-        .metrics(Metrics::new())
-        .middleware(limiter)
-        .spawn()
-        .await
-        .unwrap();
+    let proxy = proxy_with!(up, limiter);
     let addr = proxy.local_addr();
     assert_eq!(get_with_id(addr, "/a", "rl-1").await, StatusCode::OK);
     assert_eq!(
@@ -220,19 +241,10 @@ async fn a_rate_limit_rejection_is_inside_the_rejected_requests_span() {
 
 #[tokio::test]
 async fn an_open_breakers_skip_and_503_are_inside_the_requests_span() {
-    let capture = Capture::default();
-    let _guard = capture.install();
-    let script = Arc::new(Script::default());
-    let up = upstream(script).await;
+    let (capture, _guard, _, up) = setup(&[]).await;
     let breaker = CircuitBreakerLayer::builder().build().unwrap();
     let handle = breaker.handle();
-    let proxy = PingoraProxy::builder("127.0.0.1:0")
-        .routes([Route::prefix("/", Upstream::new(url(up.local_addr())))])
-        .metrics(Metrics::new())
-        .middleware(breaker)
-        .spawn()
-        .await
-        .unwrap();
+    let proxy = proxy_with!(up, breaker);
     handle.force_open(&up.local_addr().to_string());
     let addr = proxy.local_addr();
     assert_eq!(
@@ -257,23 +269,13 @@ async fn an_open_breakers_skip_and_503_are_inside_the_requests_span() {
 
 #[tokio::test]
 async fn a_breaker_opening_is_inside_the_span_of_the_request_that_opened_it() {
-    let capture = Capture::default();
-    let _guard = capture.install();
-    let script = Arc::new(Script::default());
-    script.statuses.lock().unwrap().push_back(500);
-    let up = upstream(script).await;
+    let (capture, _guard, _, up) = setup(&[500]).await;
     let breaker = CircuitBreakerLayer::builder()
         .consecutive_failures(1)
         .build()
         .unwrap();
     let handle = breaker.handle();
-    let proxy = PingoraProxy::builder("127.0.0.1:0")
-        .routes([Route::prefix("/", Upstream::new(url(up.local_addr())))])
-        .metrics(Metrics::new())
-        .middleware(breaker)
-        .spawn()
-        .await
-        .unwrap();
+    let proxy = proxy_with!(up, breaker);
     let addr = proxy.local_addr();
     assert_eq!(
         get_with_id(addr, "/a", "cb-open").await,
@@ -296,18 +298,8 @@ async fn a_breaker_opening_is_inside_the_span_of_the_request_that_opened_it() {
 
 #[tokio::test]
 async fn a_retry_of_a_503_is_inside_the_requests_span() {
-    let capture = Capture::default();
-    let _guard = capture.install();
-    let script = Arc::new(Script::default());
-    script.statuses.lock().unwrap().push_back(503);
-    let up = upstream(script).await;
-    let proxy = PingoraProxy::builder("127.0.0.1:0")
-        .routes([Route::prefix("/", Upstream::new(url(up.local_addr())))])
-        .metrics(Metrics::new())
-        .middleware(middleware::retry(1))
-        .spawn()
-        .await
-        .unwrap();
+    let (capture, _guard, _, up) = setup(&[503]).await;
+    let proxy = proxy_with!(up, middleware::retry(1));
     let addr = proxy.local_addr();
     assert_eq!(get_with_id(addr, "/a", "rt-1").await, StatusCode::OK);
     assert_inside(&capture, "middlewares::retry", "retrying", "rt-1");
@@ -318,20 +310,10 @@ async fn a_retry_of_a_503_is_inside_the_requests_span() {
 
 #[tokio::test]
 async fn a_retry_the_budget_refuses_is_inside_the_requests_span() {
-    let capture = Capture::default();
-    let _guard = capture.install();
-    let script = Arc::new(Script::default());
-    script.statuses.lock().unwrap().push_back(503);
-    let up = upstream(script).await;
+    let (capture, _guard, _, up) = setup(&[503]).await;
     // No ratio and no floor: the budget refuses every retry.
     let retry = RetryLayer::builder(1).budget(0.0, 0).build().unwrap();
-    let proxy = PingoraProxy::builder("127.0.0.1:0")
-        .routes([Route::prefix("/", Upstream::new(url(up.local_addr())))])
-        .metrics(Metrics::new())
-        .middleware(retry)
-        .spawn()
-        .await
-        .unwrap();
+    let proxy = proxy_with!(up, retry);
     let addr = proxy.local_addr();
     assert_eq!(
         get_with_id(addr, "/a", "rb-1").await,
@@ -349,17 +331,8 @@ async fn a_retry_the_budget_refuses_is_inside_the_requests_span() {
 
 #[tokio::test]
 async fn a_deadlines_504_is_inside_the_requests_span() {
-    let capture = Capture::default();
-    let _guard = capture.install();
-    let script = Arc::new(Script::default());
-    let up = upstream(script.clone()).await;
-    let proxy = PingoraProxy::builder("127.0.0.1:0")
-        .routes([Route::prefix("/", Upstream::new(url(up.local_addr())))])
-        .metrics(Metrics::new())
-        .middleware(middleware::timeout(100))
-        .spawn()
-        .await
-        .unwrap();
+    let (capture, _guard, script, up) = setup(&[]).await;
+    let proxy = proxy_with!(up, middleware::timeout(100));
     let addr = proxy.local_addr();
     assert_eq!(
         get_with_id(addr, "/slow", "to-1").await,
@@ -388,11 +361,7 @@ impl ProxyPolicy for DisabledSpan {
 
 #[tokio::test]
 async fn a_disabled_span_changes_nothing() {
-    let capture = Capture::default();
-    let _guard = capture.install();
-    let script = Arc::new(Script::default());
-    script.statuses.lock().unwrap().push_back(503);
-    let up = upstream(script).await;
+    let (capture, _guard, _, up) = setup(&[503]).await;
     let proxy = PingoraProxy::builder("127.0.0.1:0")
         .routes([Route::prefix("/", Upstream::new(url(up.local_addr())))])
         .middleware(layer_fn(|inner| Layered::wrap(DisabledSpan, inner)))
