@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use http::header::HeaderName;
 use http::{Response, StatusCode};
 use pin_project_lite::pin_project;
 use std::sync::Arc;
@@ -25,8 +24,6 @@ pub(crate) struct Finish {
     pub(crate) method: &'static str,
     pub(crate) route: Option<Route>,
     pub(crate) request_id: Option<RequestId>,
-    /// The header to set the request id in on the response, when asked to.
-    pub(crate) echo: Option<HeaderName>,
     /// Kept only when the access log is enabled.
     pub(crate) log: Option<LogFields>,
 }
@@ -98,7 +95,12 @@ impl Drop for Finish {
 
 impl Finish {
     fn echo_id<B>(&self, res: &mut Response<B>) {
-        if let (Some(name), Some(id)) = (&self.echo, &self.request_id) {
+        let shared = &self.shared;
+        let name = shared
+            .request_id
+            .as_ref()
+            .filter(|_| shared.echo_request_id);
+        if let (Some(name), Some(id)) = (name, &self.request_id) {
             if !res.headers().contains_key(name) {
                 res.headers_mut().insert(name.clone(), id.header_value());
             }

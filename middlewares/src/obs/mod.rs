@@ -393,10 +393,6 @@ where
                 method,
                 route,
                 request_id,
-                echo: shared
-                    .echo_request_id
-                    .then(|| shared.request_id.clone())
-                    .flatten(),
                 log,
             },
         )
