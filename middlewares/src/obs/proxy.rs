@@ -25,41 +25,67 @@ use super::{ActiveGuard, ObsLayer, RouteLabel, ACCESS_LOG_TARGET, ATTEMPT_TARGET
 use crate::proxy_host::{Admission, PeerStep, ProxyPolicy};
 
 /// Per-request state of [`ObsLayer`] in the proxy.
+///
+/// Kept small: Pingora holds the context inline in its request future, which is built and
+/// moved whole for every request, so each byte here is copied several times per request. What
+/// most requests lack (a span, trace context, a request id) is boxed.
 #[derive(Debug)]
 pub struct ObsCtx {
     /// Times are nanoseconds on the layer's clock.
     start: u64,
     _active: Option<ActiveGuard>,
-    span: Span,
-    trace: Option<TraceContext>,
-    request_id: Option<RequestId>,
+    /// Only an enabled span.
+    span: Option<Box<Span>>,
+    ids: Option<Box<Ids>>,
+    /// When the running attempt began: its peer selection, else the moment it had a peer.
+    attempt_start: u64,
+    /// The running attempt's time to its connection.
+    connect_nanos: u64,
     attempts: u32,
-    /// When the running attempt's peer selection began, until the attempt has a peer.
-    selecting: Option<u64>,
-    /// The running attempt, until its outcome is recorded.
-    attempt: Option<Attempt>,
-    /// The last attempt's backend.
+    phase: Phase,
+    /// The backend of the running or the last attempt.
     upstream: Option<Arc<str>>,
 }
 
-/// One upstream attempt that has its peer.
+/// The request's trace context and request id, when it has either.
 #[derive(Debug)]
-struct Attempt {
-    start: u64,
-    backend: Arc<str>,
-    /// Time to the connection (`None`: it failed to connect), and whether it came from the pool.
-    connected: Option<(Duration, bool)>,
+struct Ids {
+    trace: Option<TraceContext>,
+    request_id: Option<RequestId>,
+}
+
+/// Where the current upstream attempt is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// No attempt running.
+    Idle,
+    /// A peer is being selected (`attempt_start` is set); it is no attempt until it has one.
+    Selecting,
+    /// The attempt has its peer: connected (from the pool or not), or not connected (failed).
+    Running { reused: Option<bool> },
 }
 
 impl ObsCtx {
     /// The request id sent upstream, once `request_filter` ran.
     pub fn request_id(&self) -> Option<HeaderValue> {
-        self.request_id.as_ref().map(RequestId::header_value)
+        self.request_id_ref().map(RequestId::header_value)
     }
 
     /// Upstream attempts so far (those that reached a peer).
     pub fn attempts(&self) -> u32 {
         self.attempts
+    }
+
+    fn request_id_ref(&self) -> Option<&RequestId> {
+        self.ids.as_ref()?.request_id.as_ref()
+    }
+
+    fn trace(&self) -> Option<TraceContext> {
+        self.ids.as_ref()?.trace
+    }
+
+    fn enabled_span(&self) -> Option<&Span> {
+        self.span.as_deref()
     }
 }
 
@@ -116,49 +142,52 @@ impl BackendLabels {
 }
 
 impl ObsLayer {
-    /// The running attempt now has `peer`: counted from here on.
-    fn attempt_reached(
-        &self,
-        ctx: &mut ObsCtx,
-        peer: &HttpPeer,
-        connected: Option<(Duration, bool)>,
-    ) {
+    /// The running attempt now has `peer`: counted from here on. `connected`: whether the
+    /// connection came from the pool, `None` when it failed.
+    fn attempt_reached(&self, ctx: &mut ObsCtx, peer: &HttpPeer, connected: Option<bool>) {
         let now = self.shared.clock.now_nanos();
-        let start = ctx.selecting.take().unwrap_or(now);
+        if ctx.phase != Phase::Selecting {
+            ctx.attempt_start = now;
+        }
         ctx.attempts += 1;
-        ctx.attempt = Some(Attempt {
-            start,
-            backend: self.shared.backends.get(peer),
-            connected: connected
-                .map(|(_, reused)| (Duration::from_nanos(now.saturating_sub(start)), reused)),
-        });
+        ctx.connect_nanos = now.saturating_sub(ctx.attempt_start);
+        ctx.upstream = Some(self.shared.backends.get(peer));
+        ctx.phase = Phase::Running { reused: connected };
     }
 
     /// Records the running attempt's outcome, once.
     fn end_attempt(&self, ctx: &mut ObsCtx, outcome: Result<&'static str, AttemptError>) {
-        let Some(attempt) = ctx.attempt.take() else {
+        let Phase::Running { reused } = ctx.phase else {
             return;
         };
-        let took =
-            Duration::from_nanos(self.shared.clock.now_nanos().saturating_sub(attempt.start));
+        ctx.phase = Phase::Idle;
+        let Some(backend) = ctx.upstream.as_deref() else {
+            return;
+        };
+        let took = Duration::from_nanos(
+            self.shared
+                .clock
+                .now_nanos()
+                .saturating_sub(ctx.attempt_start),
+        );
         if let Some(m) = &self.shared.metrics {
-            m.record_attempt(&attempt.backend, outcome, took);
+            m.record_attempt(backend, outcome, took);
         }
-        if !ctx.span.is_disabled() {
+        if let Some(span) = ctx.enabled_span() {
+            let connect = Duration::from_nanos(ctx.connect_nanos);
             tracing::debug!(
                 target: ATTEMPT_TARGET,
-                parent: &ctx.span,
+                parent: span,
                 attempt = ctx.attempts,
-                server.address = &*attempt.backend,
+                server.address = backend,
                 status = outcome.ok(),
                 error_type = outcome.err().map(AttemptError::as_str),
-                connect_ms = attempt.connected.map(|(d, _)| d.as_secs_f64() * 1e3),
-                reused = attempt.connected.map(|(_, r)| r),
+                connect_ms = reused.map(|_| connect.as_secs_f64() * 1e3),
+                reused,
                 took_ms = took.as_secs_f64() * 1e3,
                 "upstream attempt"
             );
         }
-        ctx.upstream = Some(attempt.backend);
     }
 }
 
@@ -169,12 +198,12 @@ impl ProxyPolicy for ObsLayer {
         ObsCtx {
             start: self.shared.clock.now_nanos(),
             _active: self.shared.metrics.as_ref().map(|m| m.request_started()),
-            span: Span::none(),
-            trace: None,
-            request_id: None,
+            span: None,
+            ids: None,
+            attempt_start: 0,
+            connect_nanos: 0,
             attempts: 0,
-            selecting: None,
-            attempt: None,
+            phase: Phase::Idle,
             upstream: None,
         }
     }
@@ -182,21 +211,23 @@ impl ProxyPolicy for ObsLayer {
     fn request_filter(&self, session: &mut Session, ctx: &mut ObsCtx) -> Result<Admission> {
         let req = session.req_header();
         let (trace, client_id) = self.incoming(&req.headers);
-        ctx.trace = trace;
-        if self.shared.request_id.is_some() {
-            ctx.request_id = match client_id {
-                Some(v) => Some(RequestId::Client(v.clone())),
-                None if self.shared.generate_request_ids => Some(RequestId::Made(
-                    ctx.trace.map_or_else(trace::new_id, |t| t.trace_id),
-                )),
-                None => None,
-            };
+        let request_id = match client_id {
+            _ if self.shared.request_id.is_none() => None,
+            Some(v) => Some(RequestId::Client(v.clone())),
+            None if self.shared.generate_request_ids => Some(RequestId::Made(
+                trace.map_or_else(trace::new_id, |t| t.trace_id),
+            )),
+            None => None,
+        };
+        if trace.is_some() || request_id.is_some() {
+            ctx.ids = Some(Box::new(Ids { trace, request_id }));
         }
         if !tracing::dispatcher::has_been_set() {
             // No subscriber: skip the macro's fallback to the `log` crate for spans.
             return Ok(Admission::Continue);
         }
-        ctx.span = tracing::info_span!(
+        let request_id = ctx.request_id_ref();
+        let span = tracing::info_span!(
             target: SPAN_TARGET,
             "request",
             http.request.method = labels::method(&req.method),
@@ -206,20 +237,24 @@ impl ProxyPolicy for ObsLayer {
             latency_ms = tracing::field::Empty,
             server.address = tracing::field::Empty,
             attempts = tracing::field::Empty,
-            request_id = ctx.request_id.as_ref().map(tracing::field::display),
-            trace_id = ctx.trace.map(|t| tracing::field::display(trace::TraceId(t.trace_id))),
+            request_id = request_id.map(tracing::field::display),
+            trace_id = trace.map(|t| tracing::field::display(trace::TraceId(t.trace_id))),
         );
+        if !span.is_disabled() {
+            ctx.span = Some(Box::new(span));
+        }
         Ok(Admission::Continue)
     }
 
     fn span<'a>(&self, ctx: &'a ObsCtx) -> Option<&'a Span> {
-        Some(&ctx.span)
+        ctx.enabled_span()
     }
 
     fn before_upstream_peer(&self, _session: &mut Session, ctx: &mut ObsCtx) -> Result<PeerStep> {
         // Timed from here; counted once it has a peer (`connected_to_upstream`,
         // `fail_to_connect`), so a selection an inner layer refuses is no attempt.
-        ctx.selecting = Some(self.shared.clock.now_nanos());
+        ctx.attempt_start = self.shared.clock.now_nanos();
+        ctx.phase = Phase::Selecting;
         Ok(PeerStep::PassThrough)
     }
 
@@ -230,7 +265,7 @@ impl ProxyPolicy for ObsLayer {
         peer: &HttpPeer,
         ctx: &mut ObsCtx,
     ) -> Result<()> {
-        self.attempt_reached(ctx, peer, Some((Duration::ZERO, reused)));
+        self.attempt_reached(ctx, peer, Some(reused));
         Ok(())
     }
 
@@ -241,12 +276,12 @@ impl ProxyPolicy for ObsLayer {
         ctx: &mut ObsCtx,
     ) -> Result<()> {
         // A client's id is in the upstream head already (it is the client's head).
-        if let Some(RequestId::Made(id)) = ctx.request_id {
+        if let Some(&RequestId::Made(id)) = ctx.request_id_ref() {
             if let Some(name) = &self.shared.request_id_text {
                 upstream_request.insert_header(name.clone(), trace::id_value(id))?;
             }
         }
-        if let Some(t) = &ctx.trace {
+        if let Some(t) = ctx.trace() {
             upstream_request.insert_header(TRACEPARENT_NAME, t.traceparent())?;
         }
         Ok(())
@@ -311,9 +346,8 @@ impl ProxyPolicy for ObsLayer {
             m.record_request(method, status_label, route.unwrap_or(""), latency, now);
         }
         let code = status.map_or(499, |s| s.as_u16());
-        if !ctx.span.is_disabled() {
-            ctx.span
-                .record("http.route", route)
+        if let Some(span) = ctx.enabled_span() {
+            span.record("http.route", route)
                 .record("http.response.status_code", code)
                 .record("latency_ms", latency.as_secs_f64() * 1e3)
                 .record("server.address", ctx.upstream.as_deref())
@@ -330,14 +364,14 @@ impl ProxyPolicy for ObsLayer {
                 duration: latency,
                 upstream: ctx.upstream.as_deref(),
                 attempts: Some(ctx.attempts),
-                request_id: ctx.request_id.as_ref(),
+                request_id: ctx.request_id_ref(),
                 error: e.map(|e| e as &dyn std::fmt::Display),
             });
             return;
         }
         tracing::info!(
             target: ACCESS_LOG_TARGET,
-            parent: &ctx.span,
+            parent: ctx.enabled_span().and_then(Span::id),
             client = session.client_addr().map(|a| tracing::field::display(ClientAddr(a))),
             method,
             target = tracing::field::display(&req.uri),
@@ -346,7 +380,7 @@ impl ProxyPolicy for ObsLayer {
             duration_ms = latency.as_secs_f64() * 1e3,
             upstream = ctx.upstream.as_deref(),
             attempts = ctx.attempts,
-            request_id = ctx.request_id.as_ref().map(tracing::field::display),
+            request_id = ctx.request_id_ref().map(tracing::field::display),
             error = e.map(tracing::field::display),
             "request"
         );

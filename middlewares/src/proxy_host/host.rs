@@ -78,6 +78,8 @@ where
 {
     type CTX = LayerCtx<S::CTX, P::Ctx>;
 
+    // Inlined, so the nested contexts are built in place rather than each copied into the next.
+    #[inline]
     fn new_ctx(&self) -> Self::CTX {
         LayerCtx {
             inner: self.inner.new_ctx(),
