@@ -98,8 +98,8 @@ struct Sink {
     write_errors: AtomicU64,
     /// Unix second of the last report on stderr, 0 before the first.
     last_report: AtomicU64,
-    /// Time since the Unix epoch (the wall clock; a test's own clock in unit tests).
-    clock: Box<dyn Fn() -> Duration + Send + Sync>,
+    /// Time since the Unix epoch.
+    clock: WallClock,
 }
 
 /// What the lock guards.
@@ -128,7 +128,7 @@ impl AccessLog {
                 }),
                 write_errors: AtomicU64::new(0),
                 last_report: AtomicU64::new(0),
-                clock: Box::new(wall_clock),
+                clock: WallClock::Counter(quanta::Clock::new()),
             }),
         }
     }
@@ -189,8 +189,8 @@ impl AccessLog {
     /// path ([`ObsLayer::access_log`](super::ObsLayer::access_log)). Same line as the layer
     /// writes for the access event.
     pub fn write_request(&self, request: &super::RequestLine<'_>) {
-        let now = (self.sink.clock)();
         let write = |line: &mut Line| {
+            let now = self.sink.clock.now(&mut line.synced);
             line.start(now);
             request.append(&mut line.buf);
             line.buf.push(b'\n');
@@ -211,10 +211,51 @@ impl AccessLog {
     }
 }
 
-fn wall_clock() -> Duration {
+fn system_time() -> Duration {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
+}
+
+/// Where a line's time comes from.
+enum WallClock {
+    /// The system clock, read once a second per thread; in between, that read plus the time the
+    /// CPU's counter measured since (`clock_gettime` costs several times a counter read, and a
+    /// line's millisecond needs no more than the counter's drift over a second).
+    Counter(quanta::Clock),
+    /// A clock a unit test moves.
+    #[cfg(test)]
+    Test(Box<dyn Fn() -> Duration + Send + Sync>),
+}
+
+/// A thread's last read of the system clock, with the counter's value at that moment.
+#[derive(Debug, Clone, Copy)]
+struct Synced {
+    raw: u64,
+    wall: Duration,
+}
+
+impl WallClock {
+    /// Time since the Unix epoch, with `synced` the calling thread's last system clock read.
+    fn now(&self, synced: &mut Option<Synced>) -> Duration {
+        match self {
+            WallClock::Counter(counter) => {
+                const RESYNC_NANOS: u64 = 1_000_000_000;
+                let raw = counter.raw();
+                if let Some(s) = synced {
+                    let since = counter.delta_as_nanos(s.raw, raw);
+                    if since < RESYNC_NANOS {
+                        return s.wall + Duration::from_nanos(since);
+                    }
+                }
+                let wall = system_time();
+                *synced = Some(Synced { raw, wall });
+                wall
+            }
+            #[cfg(test)]
+            WallClock::Test(read) => read(),
+        }
+    }
 }
 
 impl Sink {
@@ -322,9 +363,28 @@ impl fmt::Display for LogAddr {
     }
 }
 
+/// Each octet's decimal text, left-aligned in three bytes, and its length: an address is four
+/// table reads instead of a division chain per octet.
+static OCTETS: [([u8; 3], u8); 256] = {
+    let mut table = [([0u8; 3], 0u8); 256];
+    let mut n = 0;
+    while n < 256 {
+        let b = n as u8;
+        table[n] = if b >= 100 {
+            ([b'0' + b / 100, b'0' + b / 10 % 10, b'0' + b % 10], 3)
+        } else if b >= 10 {
+            ([b'0' + b / 10, b'0' + b % 10, 0], 2)
+        } else {
+            ([b'0' + b, 0, 0], 1)
+        };
+        n += 1;
+    }
+    table
+};
+
 /// `a.b.c.d:port` in a buffer, and its length.
 fn v4_text(v4: &std::net::SocketAddrV4) -> ([u8; 21], usize) {
-    // "255.255.255.255:65535"
+    // "255.255.255.255:65535"; each octet's three bytes fit before the next is written.
     let mut out = [0u8; 21];
     let mut len = 0;
     for (i, octet) in v4.ip().octets().into_iter().enumerate() {
@@ -332,16 +392,9 @@ fn v4_text(v4: &std::net::SocketAddrV4) -> ([u8; 21], usize) {
             out[len] = b'.';
             len += 1;
         }
-        if octet >= 100 {
-            out[len] = b'0' + octet / 100;
-            len += 1;
-        }
-        if octet >= 10 {
-            out[len] = b'0' + octet / 10 % 10;
-            len += 1;
-        }
-        out[len] = b'0' + octet % 10;
-        len += 1;
+        let (text, n) = &OCTETS[usize::from(octet)];
+        out[len..len + 3].copy_from_slice(text);
+        len += usize::from(*n);
     }
     out[len] = b':';
     len += 1;
@@ -390,15 +443,14 @@ struct Writer {
 
 impl<S: Subscriber> Layer<S> for Writer {
     fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
-        let now = (self.sink.clock)();
         let written = LINE.try_with(|cell| match cell.try_borrow_mut() {
-            Ok(mut line) => line.write(&self.sink, event, now),
+            Ok(mut line) => line.write(&self.sink, event),
             // A writer that logs an access event itself: a fresh buffer for the nested line.
-            Err(_) => Line::default().write(&self.sink, event, now),
+            Err(_) => Line::default().write(&self.sink, event),
         });
         if written.is_err() {
             // The thread is exiting and its buffer is gone.
-            Line::default().write(&self.sink, event, now);
+            Line::default().write(&self.sink, event);
         }
     }
 }
@@ -407,11 +459,12 @@ thread_local! {
     static LINE: RefCell<Line> = RefCell::new(Line::default());
 }
 
-/// A thread's line buffer and its cached timestamp.
+/// A thread's line buffer, its cached timestamp and its last system clock read.
 #[derive(Default)]
 pub(super) struct Line {
     buf: Vec<u8>,
     clock: TimestampCache,
+    synced: Option<Synced>,
 }
 
 impl Line {
@@ -422,10 +475,9 @@ impl Line {
         self.clock.write(&mut self.buf, now);
     }
 
-    fn write(&mut self, sink: &Sink, event: &Event<'_>, now: Duration) {
-        self.buf.clear();
-        self.buf.extend_from_slice(b"ts=");
-        self.clock.write(&mut self.buf, now);
+    fn write(&mut self, sink: &Sink, event: &Event<'_>) {
+        let now = sink.clock.now(&mut self.synced);
+        self.start(now);
         event.record(&mut Fields { buf: &mut self.buf });
         self.buf.push(b'\n');
         sink.write_line(&self.buf, now);
@@ -500,7 +552,7 @@ fn two_digits(n: u64) -> [u8; 2] {
     [b'0' + (n / 10 % 10) as u8, b'0' + (n % 10) as u8]
 }
 
-fn three_digits(n: u32) -> [u8; 3] {
+pub(super) fn three_digits(n: u32) -> [u8; 3] {
     [
         b'0' + (n / 100 % 10) as u8,
         b'0' + (n / 10 % 10) as u8,
@@ -691,6 +743,18 @@ fn write_quoted(buf: &mut Vec<u8>, value: &str) {
     buf.push(b'"');
 }
 
+/// Appends `d` in milliseconds with three decimals, rounded half up: what [`write_f64`] writes
+/// for `d.as_secs_f64() * 1e3` (but on an exact half microsecond, where the float may fall on
+/// either side), without floating point.
+pub(super) fn write_millis(buf: &mut Vec<u8>, d: Duration) {
+    let Ok(micros) = u64::try_from((d.as_nanos() + 500) / 1000) else {
+        return write_f64(buf, d.as_secs_f64() * 1e3);
+    };
+    buf.extend_from_slice(itoa::Buffer::new().format(micros / 1000).as_bytes());
+    buf.push(b'.');
+    buf.extend_from_slice(&three_digits((micros % 1000) as u32));
+}
+
 /// Appends `value` with three decimals, rounded half up, through integer arithmetic.
 pub(super) fn write_f64(buf: &mut Vec<u8>, value: f64) {
     if value.is_nan() {
@@ -754,7 +818,9 @@ mod tests {
         let now = Arc::new(AtomicU64::new(start_ms));
         let read = now.clone();
         let mut sink = Arc::try_unwrap(log.sink).ok().unwrap();
-        sink.clock = Box::new(move || Duration::from_millis(read.load(Ordering::Relaxed)));
+        sink.clock = WallClock::Test(Box::new(move || {
+            Duration::from_millis(read.load(Ordering::Relaxed))
+        }));
         (
             AccessLog {
                 sink: Arc::new(sink),
@@ -786,6 +852,34 @@ mod tests {
     fn with_log(log: &AccessLog, f: impl FnOnce()) {
         let subscriber = tracing_subscriber::registry().with(log.layer());
         tracing::subscriber::with_default(subscriber, f);
+    }
+
+    /// Between two system clock reads a line's time is the last read plus the counter's time
+    /// since; a second later the system clock is read again.
+    #[test]
+    fn the_wall_clock_runs_on_the_counter_and_resyncs_every_second() {
+        let (counter, mock) = quanta::Clock::mock();
+        let clock = WallClock::Counter(counter);
+        let mut synced = None;
+        let first = clock.now(&mut synced);
+        let read = synced.expect("the first read syncs").wall;
+        assert_eq!(first, read);
+        mock.increment(Duration::from_millis(400));
+        assert_eq!(clock.now(&mut synced), read + Duration::from_millis(400));
+        mock.increment(Duration::from_millis(599));
+        assert_eq!(clock.now(&mut synced), read + Duration::from_millis(999));
+        assert_eq!(
+            synced.unwrap().wall,
+            read,
+            "not read again within the second"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+        mock.increment(Duration::from_millis(1));
+        let again = clock.now(&mut synced);
+        assert!(again > read, "read again after a second");
+        assert_eq!(synced.unwrap().wall, again);
+        // Another thread (its own `synced`) reads the system clock first.
+        assert!(clock.now(&mut None) >= again);
     }
 
     #[test]
@@ -1170,6 +1264,40 @@ mod tests {
             LogAddr(addr).append(&mut line);
             assert_eq!(line, addr.to_string().into_bytes());
         }
+    }
+
+    #[test]
+    fn every_octet_is_written_as_the_standard_address_writes_it() {
+        for n in 0..=255u8 {
+            let addr = std::net::SocketAddr::from(([n, 255 - n, n / 3, 7], u16::from(n) * 257));
+            let mut line = Vec::new();
+            LogAddr(addr).append(&mut line);
+            assert_eq!(line, addr.to_string().into_bytes());
+        }
+    }
+
+    /// The integer milliseconds equal the float ones but on an exact half microsecond.
+    #[test]
+    fn millis_are_written_as_the_float_milliseconds() {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for i in 0..20_000u64 {
+            // Every scale, from nanoseconds to hours.
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let nanos = x % 10u64.pow((i % 13) as u32 + 1);
+            if nanos % 1000 == 500 {
+                continue;
+            }
+            let d = Duration::from_nanos(nanos);
+            let (mut ints, mut floats) = (Vec::new(), Vec::new());
+            write_millis(&mut ints, d);
+            write_f64(&mut floats, d.as_secs_f64() * 1e3);
+            assert_eq!(ints, floats, "{d:?}");
+        }
+        let mut buf = Vec::new();
+        write_millis(&mut buf, Duration::from_micros(1_234_500));
+        assert_eq!(buf, b"1234.500");
     }
 
     #[test]

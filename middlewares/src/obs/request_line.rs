@@ -8,11 +8,14 @@ use std::time::Duration;
 
 use http::Uri;
 
-use super::access_log::{write_f64, write_formatted, write_value};
+use super::access_log::{three_digits, write_formatted, write_millis, write_value};
 use super::trace::RequestId;
 #[cfg(doc)]
 use super::AccessLog;
 use super::LogAddr;
+
+/// Bytes a line takes besides its target, but for long upstream names or ids.
+const LINE_ROOM: usize = 192;
 
 /// The fields of one access-log line, in the order they are written (absent ones left out).
 pub struct RequestLine<'a> {
@@ -52,6 +55,14 @@ impl RequestLine<'_> {
     /// Appends ` client=… method=…` (everything after the timestamp).
     pub(crate) fn append(&self, buf: &mut Vec<u8>) {
         let mut number = itoa::Buffer::new();
+        // Room for a usual line at once, instead of a capacity check growing it per field.
+        buf.reserve(
+            LINE_ROOM
+                + self
+                    .target
+                    .path_and_query()
+                    .map_or(0, |pq| pq.as_str().len()),
+        );
         if let Some(client) = self.client {
             buf.extend_from_slice(b" client=");
             LogAddr(client).append(buf);
@@ -65,20 +76,27 @@ impl RequestLine<'_> {
             _ => write_formatted(buf, format_args!("{}", self.target)),
         }
         buf.extend_from_slice(b" status=");
-        buf.extend_from_slice(number.format(self.status).as_bytes());
+        if (100..1000).contains(&self.status) {
+            buf.extend_from_slice(&three_digits(u32::from(self.status)));
+        } else {
+            buf.extend_from_slice(number.format(self.status).as_bytes());
+        }
         if let Some(bytes) = self.bytes {
             buf.extend_from_slice(b" bytes=");
             buf.extend_from_slice(number.format(bytes).as_bytes());
         }
         buf.extend_from_slice(b" duration_ms=");
-        write_f64(buf, self.duration.as_secs_f64() * 1e3);
+        write_millis(buf, self.duration);
         if let Some(upstream) = self.upstream {
             buf.extend_from_slice(b" upstream=");
             write_value(buf, upstream);
         }
         if let Some(attempts) = self.attempts {
             buf.extend_from_slice(b" attempts=");
-            buf.extend_from_slice(number.format(attempts).as_bytes());
+            match u8::try_from(attempts) {
+                Ok(digit @ 0..=9) => buf.push(b'0' + digit),
+                _ => buf.extend_from_slice(number.format(attempts).as_bytes()),
+            }
         }
         match self.request_id {
             Some(RequestId::Client(v)) => {
@@ -116,6 +134,33 @@ mod tests {
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
         }
+    }
+
+    #[test]
+    fn numbers_past_the_short_forms_are_written_whole() {
+        let line = |status, attempts| {
+            let mut buf = Vec::new();
+            RequestLine {
+                client: None,
+                method: "GET",
+                target: &Uri::from_static("/"),
+                status,
+                bytes: None,
+                duration: Duration::ZERO,
+                upstream: None,
+                attempts: Some(attempts),
+                request_id: None,
+                error: None,
+            }
+            .append(&mut buf);
+            String::from_utf8(buf).unwrap()
+        };
+        assert!(line(200, 1).contains(" status=200 "), "{}", line(200, 1));
+        assert!(line(200, 1).ends_with(" attempts=1"));
+        assert!(line(1000, 12).contains(" status=1000 "));
+        assert!(line(99, 10).contains(" status=99 "));
+        assert!(line(99, 10).ends_with(" attempts=10"));
+        assert!(line(200, 0).ends_with(" attempts=0"));
     }
 
     /// The direct line and the tracing layer's line for the same request are the same, past
