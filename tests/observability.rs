@@ -487,6 +487,8 @@ async fn traceparent_and_request_id_reach_the_upstream_and_the_span_has_route_an
 async fn an_axum_app_gets_the_same_metrics_and_serves_them_in_one_line() {
     init_tracing();
     let metrics = Metrics::new();
+    assert_eq!(metrics.recent(60).requests, 0);
+    metrics.keep_recent();
     let m = metrics.clone();
     let app = Router::new()
         .route("/users/{id}", get(|| async { "user" }))

@@ -71,7 +71,8 @@ struct Inner {
     rate_limited: IntCounter,
     retries: IntCounter,
     retry_budget_exhausted: IntCounter,
-    recent: Recent,
+    /// Kept once asked for ([`Metrics::keep_recent`]): only a status page reads it.
+    recent: std::sync::OnceLock<Recent>,
     origin: Instant,
     /// Breakers whose states are read at each render.
     #[cfg(feature = "circuit-breaker")]
@@ -180,10 +181,12 @@ impl Metrics {
         Metrics {
             inner: Arc::new(Inner {
                 server_duration,
-                server_handles: HandleCache::new(),
+                // Labels: method, status, route.
+                server_handles: HandleCache::new(2),
                 active,
                 client_duration,
-                client_handles: HandleCache::new(),
+                // Labels: server address, status, error type.
+                client_handles: HandleCache::new(0),
                 backend_up,
                 breaker_state,
                 breaker_transitions,
@@ -194,7 +197,7 @@ impl Metrics {
                     "Retries refused because the retry budget was empty.",
                 ),
                 registry,
-                recent: Recent::new(),
+                recent: std::sync::OnceLock::new(),
                 origin: Instant::now(),
                 #[cfg(feature = "circuit-breaker")]
                 watched: std::sync::Mutex::new(Vec::new()),
@@ -264,11 +267,14 @@ impl Metrics {
         let secs = latency.as_secs_f64();
         self.inner.server_handles.observe(
             &self.inner.server_duration,
-            [method, status, route],
+            route,
+            [method, status],
             secs,
         );
-        let second = now.saturating_duration_since(self.inner.origin).as_secs();
-        self.inner.recent.record(second, secs);
+        if let Some(recent) = self.inner.recent.get() {
+            let second = now.saturating_duration_since(self.inner.origin).as_secs();
+            recent.record(second, secs);
+        }
     }
 
     /// One finished upstream attempt: with the upstream's `status`, or failed with `error`.
@@ -284,7 +290,8 @@ impl Metrics {
         };
         self.inner.client_handles.observe(
             &self.inner.client_duration,
-            [server_address, status, error],
+            server_address,
+            [status, error],
             latency.as_secs_f64(),
         );
     }
@@ -326,15 +333,31 @@ impl Metrics {
         self.set_breaker_state(breaker, state);
     }
 
+    /// Keeps the last [`SECONDS`](super::recent::SECONDS) seconds of requests from now on,
+    /// for [`recent`](Self::recent) and [`recent_series`](Self::recent_series) (the proxy's
+    /// admin listener calls it). Off until asked for: it is one more shared counter written per
+    /// request, and 45 KiB, that only a status page reads.
+    pub fn keep_recent(&self) {
+        self.inner.recent.get_or_init(Recent::new);
+    }
+
     /// Requests per second and p95/p99 latency over the last `seconds` (at most
-    /// [`SECONDS`](super::recent::SECONDS)) seconds, the current one included.
+    /// [`SECONDS`](super::recent::SECONDS)) seconds, the current one included; zero before
+    /// [`keep_recent`](Self::keep_recent).
     pub fn recent(&self, seconds: u64) -> Summary {
-        self.inner.recent.summary(self.second_now(), seconds)
+        self.inner
+            .recent
+            .get()
+            .map(|r| r.summary(self.second_now(), seconds))
+            .unwrap_or_default()
     }
 
     /// [`recent`](Self::recent) for each of the last `seconds` seconds, oldest first.
     pub fn recent_series(&self, seconds: u64) -> Vec<Summary> {
-        self.inner.recent.series(self.second_now(), seconds)
+        match self.inner.recent.get() {
+            Some(r) => r.series(self.second_now(), seconds),
+            None => vec![Summary::default(); self.second_now().min(seconds) as usize],
+        }
     }
 
     fn second_now(&self) -> u64 {

@@ -470,6 +470,10 @@ impl<L> ProxyBuilder<L> {
             (Some(_), None) => Some(Metrics::new()),
             (None, None) => None,
         };
+        if let (Some(_), Some(metrics)) = (&self.obs.admin, &metrics) {
+            // `/status` and the status page show the last minutes.
+            metrics.keep_recent();
+        }
         let route_labels: Arc<[Arc<str>]> =
             self.routes.iter().map(|r| Arc::from(r.label())).collect();
         let mut groups = Vec::with_capacity(self.routes.len());
