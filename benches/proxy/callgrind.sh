@@ -18,8 +18,9 @@
 # `pingora-plain+timeouts`, the `obs` layer over the four (`pingora-tower+4+obs`: metrics, no
 # subscriber; `pingora-tower+4+obs-made-ids`: and request ids made for requests without one;
 # `pingora-tower+4+obs-log`: and the access log written to a file by the layer itself
-# (`ObsLayer::access_log`); `pingora-tower+4+obs-log-layer`: the same through `AccessLog`'s
-# tracing layer;
+# (`ObsLayer::access_log`); `pingora-tower+4+obs-log-buffered`: the same held and written
+# 32 KiB at a time (`AccessLog::buffered`); `pingora-tower+4+obs-log-layer`: the same through
+# `AccessLog`'s tracing layer;
 # `pingora-tower+4+obs-log-fmt`: the same log through `tracing_subscriber::fmt`), and any Rust
 # variant with `@ct` for a current-thread runtime),
 # REPORT (callgrind: the name of the .csv/.md written), CARGO_TARGET_DIR, KEEP_WORK=1 keeps the

@@ -167,6 +167,7 @@ pb_contender_cmd() {
     pingora-tower+4+obs) echo "$(pb_contender_cmd pingora-tower+4 "$port") --obs metrics" ;;
     pingora-tower+4+obs-made-ids) echo "$(pb_contender_cmd pingora-tower+4 "$port") --obs metrics-made-ids" ;;
     pingora-tower+4+obs-log) echo "$(pb_contender_cmd pingora-tower+4 "$port") --obs log --access-log $PB_WORK/access.log" ;;
+    pingora-tower+4+obs-log-buffered) echo "$(pb_contender_cmd pingora-tower+4 "$port") --obs log-buffered --access-log $PB_WORK/access.log" ;;
     # The same access log through tracing_subscriber::fmt, for comparison with `AccessLog`.
     pingora-tower+4+obs-log-layer) echo "$(pb_contender_cmd pingora-tower+4 "$port") --obs log-layer --access-log $PB_WORK/access.log" ;;
     pingora-tower+4+obs-log-fmt) echo "$(pb_contender_cmd pingora-tower+4 "$port") --obs log-fmt --access-log $PB_WORK/access.log" ;;

@@ -7,7 +7,8 @@
 //!                     [--forwarded-headers yes|no] [--threads 0] [--reuse-port no|yes]
 //!                     [--layers rate-limit|redis|redis-lease --redis redis://127.0.0.1:6379/]
 //!                     [--tls-cert cert.pem --tls-key key.pem]
-//!                     [--obs none|metrics|metrics-made-ids|log|log-layer|log-fmt] [--access-log PATH]
+//!                     [--obs none|metrics|metrics-made-ids|log|log-buffered|log-layer|log-fmt]
+//!                     [--access-log PATH]
 //! ```
 //! With `--tls-cert` and `--tls-key` the listener terminates TLS (`ProxyBuilder::tls`, one
 //! certificate as the default of the SNI set).
@@ -15,7 +16,8 @@
 //! `ProxyBuilder::admin` turns on; no subscriber, so spans and the access log cost only their
 //! interest check); `--obs log` also writes the access log to `--access-log` (default
 //! `/dev/null`) from the layer itself (`ObsLayer::access_log(AccessLog::file(..))`, the way we
-//! recommend: one logfmt line, one `write` per request); `--obs log-layer` writes the same lines
+//! recommend: one logfmt line, one `write` per request); `--obs log-buffered` holds the lines and
+//! writes them 32 KiB at a time (`AccessLog::buffered`); `--obs log-layer` writes the same lines
 //! from the access-log event (target `pingora_tower::access`) through `AccessLog`'s tracing
 //! layer, and `--obs log-fmt` through a `tracing_subscriber` fmt layer without ANSI colours, for
 //! comparison.
@@ -54,7 +56,8 @@ const USAGE: &str = "pingora-tower-proxy [--listen 127.0.0.1:19002] \
                      [--reuse-port no|yes] \
                      [--layers rate-limit|redis|redis-lease --redis URL] \
                      [--tls-cert cert.pem --tls-key key.pem] \
-                     [--obs none|metrics|metrics-made-ids|log|log-layer|log-fmt] [--access-log PATH]";
+                     [--obs none|metrics|metrics-made-ids|log|log-buffered|log-layer|log-fmt]
+                     [--access-log PATH]";
 
 /// Requests per second the rate limiter admits: far above anything the bench offers.
 const NEVER_TRIPS_PER_SECOND: u32 = 1_000_000_000;
@@ -109,6 +112,17 @@ fn main() -> Result<(), common::BoxError> {
                 .metrics(Metrics::new())
                 .observability(ObsLayer::new().access_log(log));
         }
+        // The same, lines held and written 32 KiB at a time (nginx's `buffer=`), at least once
+        // a second.
+        "log-buffered" => {
+            let path = args.get("access-log", "/dev/null");
+            let log = AccessLog::file(&path)
+                .map_err(|e| format!("--access-log: {e}"))?
+                .buffered(32 * 1024, std::time::Duration::from_secs(1));
+            builder = builder
+                .metrics(Metrics::new())
+                .observability(ObsLayer::new().access_log(log));
+        }
         // The same lines from the access-log event, through `AccessLog`'s tracing layer.
         "log-layer" => {
             builder = builder.metrics(Metrics::new());
@@ -134,7 +148,7 @@ fn main() -> Result<(), common::BoxError> {
         }
         other => {
             return Err(format!(
-            "--obs {other:?}: expected none, metrics, metrics-made-ids, log, log-layer or log-fmt"
+            "--obs {other:?}: expected none, metrics, metrics-made-ids, log, log-buffered, log-layer or log-fmt"
         )
             .into())
         }
