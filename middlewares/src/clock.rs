@@ -89,6 +89,7 @@ impl Clock {
     }
 
     /// The tokio instant `nanos` into the timeline (for APIs that take an instant).
+    #[cfg_attr(not(feature = "obs"), allow(dead_code))]
     pub(crate) fn instant(&self, nanos: u64) -> Instant {
         self.epoch + std::time::Duration::from_nanos(nanos)
     }
