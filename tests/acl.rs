@@ -67,7 +67,7 @@ async fn axum_with(acl: AclLayer, options: ListenOptions) -> RunningServer {
     init_tracing();
     let app = Router::new()
         .fallback(|req: AxumRequest| async move { format!("app {}", req.uri().path()) });
-    server::spawn_with_options("127.0.0.1:0", ServeTower::new(acl.layer(app)), options)
+    server::spawn_with("127.0.0.1:0", ServeTower::new(acl.layer(app)), options)
         .await
         .expect("spawn app")
 }
@@ -394,11 +394,10 @@ async fn reuse_port_threads_each_accept_on_the_same_port() {
             "ok"
         }
     });
-    let options = ListenOptions::new().reuse_port(true);
-    let running =
-        server::spawn_threads_with_options("127.0.0.1:0", ServeTower::new(app), 4, options)
-            .await
-            .unwrap();
+    let options = ListenOptions::new().threads(4).reuse_port(true);
+    let running = server::spawn_with("127.0.0.1:0", ServeTower::new(app), options)
+        .await
+        .unwrap();
     let addr = running.local_addr();
     // The kernel picks a socket by a hash of each connection's ports: with 4 sockets, 64
     // connections all landing on one thread has a probability of 4^-63.

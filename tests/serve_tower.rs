@@ -12,7 +12,8 @@ use bytes::Bytes;
 use futures_util::stream;
 use http::{Request, StatusCode, Version};
 use http_body_util::BodyExt;
-use pingora_tower::{server, RunningServer, ServeTower};
+use pingora_tower::server::{self, ListenOptions};
+use pingora_tower::{RunningServer, ServeTower};
 use pingora_tower_test_support::*;
 use tokio::sync::{mpsc, oneshot, Notify};
 
@@ -436,16 +437,17 @@ async fn response_frames_reach_the_client_in_order_with_backpressure() {
 }
 
 #[tokio::test]
-async fn spawn_threads_serves_from_its_own_threads_and_drains_on_shutdown() {
+async fn threads_serve_from_runtimes_of_their_own_and_drain_on_shutdown() {
     init_tracing();
     let slow = SlowRoute::default();
     let app = slow.add_to(Router::new().route(
         "/where",
         get(|| async { std::thread::current().name().unwrap_or("").to_owned() }),
     ));
-    let running = server::spawn_threads("127.0.0.1:0", ServeTower::new(app), 2)
+    let options = ListenOptions::new().threads(2);
+    let running = server::spawn_with("127.0.0.1:0", ServeTower::new(app), options)
         .await
-        .expect("spawn_threads");
+        .expect("spawn with two threads");
     let addr = running.local_addr();
 
     // Concurrent connections, each answered on one of the server's own threads (this test's
@@ -468,8 +470,9 @@ async fn spawn_threads_serves_from_its_own_threads_and_drains_on_shutdown() {
 }
 
 #[tokio::test]
-async fn spawn_threads_refuses_zero_threads_naming_the_value() {
-    let err = server::spawn_threads("127.0.0.1:0", ServeTower::new(basic_app()), 0)
+async fn zero_threads_are_refused_naming_the_value() {
+    let options = ListenOptions::new().threads(0);
+    let err = server::spawn_with("127.0.0.1:0", ServeTower::new(basic_app()), options)
         .await
         .expect_err("zero threads");
     assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);

@@ -20,10 +20,11 @@ use pingora_tower::middleware::circuit_breaker::{CircuitBreakerLayer, State, Win
 use pingora_tower::middleware::proxy_host::ProxyPolicy;
 use pingora_tower::middleware::Layered;
 use pingora_tower::proxy::{PingoraProxy, Route, Upstream};
+use pingora_tower::server::{self, ListenOptions};
 use pingora_tower::tls::{
     CertSet, ClientAuth, ServerCert, TlsConfig, TlsConfigError, TlsInfo, UpstreamTls,
 };
-use pingora_tower::{server, ClientLimits, RunningServer, ServeTower};
+use pingora_tower::{ClientLimits, RunningServer, ServeTower};
 use pingora_tower_test_support::*;
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
@@ -262,14 +263,10 @@ fn tls_echo_app() -> Router {
 }
 
 async fn serve_tls(tls: TlsConfig) -> RunningServer {
-    server::spawn_tls(
-        "127.0.0.1:0",
-        ServeTower::new(tls_echo_app()),
-        ClientLimits::default(),
-        tls,
-    )
-    .await
-    .unwrap()
+    let options = ListenOptions::new().tls(tls);
+    server::spawn_with("127.0.0.1:0", ServeTower::new(tls_echo_app()), options)
+        .await
+        .unwrap()
 }
 
 /// Three certificates (two names, one default) from one CA.
@@ -1112,11 +1109,10 @@ async fn health_checks_of_https_backends_use_the_upstreams_ca_and_client_certifi
         pki.leaf("upstream", &["upstream.internal"]).server_cert(),
     ))
     .client_auth(ClientAuth::required(pki.pem().as_bytes()).unwrap());
-    let upstream = server::spawn_tls(
+    let upstream = server::spawn_with(
         "127.0.0.1:0",
         ServeTower::new(app),
-        ClientLimits::default(),
-        tls,
+        ListenOptions::new().tls(tls),
     )
     .await
     .unwrap();
@@ -1288,14 +1284,10 @@ async fn servetower_serves_h2_over_tls_and_plaintext_or_garbage_on_the_tls_port_
 async fn a_client_that_never_finishes_the_handshake_is_closed_at_the_header_timeout() {
     let certs = ThreeCerts::new();
     let limits = ClientLimits::default().header_timeout(Duration::from_millis(200));
-    let server = server::spawn_tls(
-        "127.0.0.1:0",
-        ServeTower::new(tls_echo_app()),
-        limits,
-        TlsConfig::new(certs.set()),
-    )
-    .await
-    .unwrap();
+    let options = ListenOptions::from(limits).tls(TlsConfig::new(certs.set()));
+    let server = server::spawn_with("127.0.0.1:0", ServeTower::new(tls_echo_app()), options)
+        .await
+        .unwrap();
     let addr = server.local_addr();
     // Connects and sends nothing, then half a ClientHello: both hold a handshake open.
     let mut silent = TcpStream::connect(addr).await.unwrap();

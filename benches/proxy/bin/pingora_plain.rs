@@ -9,7 +9,7 @@
 //!               [--tls-cert cert.pem --tls-key key.pem]
 //! ```
 //! With `--tls-cert` and `--tls-key` (`--host spawn` only) the listener terminates TLS with
-//! `pingora_tower::server::spawn_tls`, the listener `PingoraProxy` uses.
+//! `pingora_tower::server::spawn_with` and `ListenOptions::tls`, the listener `PingoraProxy` uses.
 //! - `--host spawn` (default): served by `pingora_tower::server::spawn` on a multi-thread tokio
 //!   runtime with `--workers` worker threads (`0` = current-thread), the same host and runtime
 //!   as `pingora-tower-proxy`, so the two differ only in the `ProxyHttp` they run.
@@ -210,8 +210,8 @@ fn main() -> Result<(), common::BoxError> {
             let app = pingora_proxy::http_proxy(&Arc::new(conf), proxy);
             let running = match common::tls_config(&args)? {
                 Some(tls) => {
-                    let limits = pingora_tower::ClientLimits::default();
-                    pingora_tower::server::spawn_tls(&listen, app, limits, tls).await?
+                    let options = pingora_tower::server::ListenOptions::new().tls(tls);
+                    pingora_tower::server::spawn_with(&listen, app, options).await?
                 }
                 None => pingora_tower::server::spawn(&listen, app).await?,
             }

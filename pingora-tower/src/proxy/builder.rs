@@ -352,9 +352,10 @@ impl<L> ProxyBuilder<L> {
     }
 
     /// Serves from `threads` threads of its own, each with a current-thread tokio runtime
-    /// (see [`server::spawn_threads`]), instead of on the runtime that calls
-    /// [`spawn`](ProxyServer::spawn). A connection stays on the thread that accepted it; on one
-    /// core this was cheaper per request than a multi-thread runtime (BENCHMARKS.md).
+    /// (see [`ListenOptions::threads`](server::ListenOptions::threads)), instead of on the
+    /// runtime that calls [`spawn`](ProxyServer::spawn). A connection stays on the thread that
+    /// accepted it; on one core this was cheaper per request than a multi-thread runtime
+    /// (BENCHMARKS.md).
     /// Health checks still run on the calling runtime.
     pub fn threads(mut self, threads: usize) -> Self {
         self.threads = Some(threads);
@@ -615,6 +616,9 @@ where
         if let Some(tls) = self.listen.tls {
             options = options.tls(tls);
         }
+        if let Some(threads) = self.threads {
+            options = options.threads(threads);
+        }
         let (layer, admin) = match self.obs {
             Some(obs) => (Some(obs.layer), obs.admin),
             None => (None, None),
@@ -624,27 +628,9 @@ where
         let server = match layer {
             Some(layer) => {
                 let service = Layered::wrap(layer, self.service);
-                serve_proxy(
-                    &self.addr,
-                    &self.conf,
-                    service,
-                    self.h2c,
-                    self.threads,
-                    options,
-                )
-                .await?
+                serve_proxy(&self.addr, &self.conf, service, self.h2c, options).await?
             }
-            None => {
-                serve_proxy(
-                    &self.addr,
-                    &self.conf,
-                    self.service,
-                    self.h2c,
-                    self.threads,
-                    options,
-                )
-                .await?
-            }
+            None => serve_proxy(&self.addr, &self.conf, self.service, self.h2c, options).await?,
         };
         let admin = match admin {
             Some((addr, admin)) => Some(server::spawn(&addr, ServeTower::new(admin)).await?),
@@ -680,7 +666,6 @@ async fn serve_proxy<S>(
     conf: &Arc<ServerConf>,
     service: S,
     h2c: bool,
-    threads: Option<usize>,
     options: ListenOptions,
 ) -> std::io::Result<RunningServer>
 where
@@ -693,10 +678,7 @@ where
         http_options.h2c = true;
         app.server_options = Some(http_options);
     }
-    match threads {
-        Some(threads) => server::spawn_threads_with_options(addr, app, threads, options).await,
-        None => server::spawn_with_options(addr, app, options).await,
-    }
+    server::spawn_with(addr, app, options).await
 }
 
 /// A proxy serving in the background. Dropping it stops accepting and stops the health checks;

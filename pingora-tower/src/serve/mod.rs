@@ -54,7 +54,7 @@ pub const DEFAULT_MAX_HEADER_BYTES: usize = 32 * 1024;
 /// The client's address is inserted into the request extensions as a
 /// [`std::net::SocketAddr`] and, with the `axum` feature (on by default), as
 /// `axum::extract::ConnectInfo<SocketAddr>`, so axum's extractor and rate limiters keyed by IP
-/// work unchanged. On a TLS listener ([`server::spawn_tls`](crate::server::spawn_tls)) it also
+/// work unchanged. On a TLS listener ([`ListenOptions::tls`](crate::server::ListenOptions::tls)) it also
 /// gets the connection's [`TlsInfo`](crate::tls::TlsInfo) (SNI name, client certificate).
 ///
 /// A service error or a panic in a handler becomes a `500` for that request only (logged through

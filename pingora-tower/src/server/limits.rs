@@ -124,9 +124,9 @@ impl ClientLimits {
         self
     }
 
-    /// Most connections served at once (across every thread of
-    /// [`spawn_threads_with`](super::spawn_threads_with)); a connection beyond it is closed as
-    /// soon as it is accepted.
+    /// Most connections served at once (across every thread, with
+    /// [`ListenOptions::threads`](super::ListenOptions::threads)); a connection beyond it is
+    /// closed as soon as it is accepted.
     pub fn max_connections(mut self, connections: usize) -> Self {
         self.max_connections = connections;
         self

@@ -6,23 +6,22 @@
 //! zero-downtime upgrade, and starts the listening service on the current tokio runtime. The
 //! socket is listening before `spawn` returns, so callers never wait or retry.
 //!
-//! [`spawn_threads`] serves the same way from several OS threads, each running its own
-//! current-thread tokio runtime (Pingora's `work_stealing: false` model): a connection stays on
-//! the thread that accepted it. On one core this is the cheaper runtime for a proxy
-//! (less CPU per request than a multi-thread runtime; see BENCHMARKS.md).
-//! With [`ListenOptions::reuse_port`] each thread accepts from a `SO_REUSEPORT` socket of its
-//! own instead of the one shared socket, and [`ListenOptions::accept_filter`] closes chosen
+//! With [`ListenOptions::threads`], [`spawn_with`] serves the same way from several OS threads,
+//! each running its own current-thread tokio runtime (Pingora's `work_stealing: false` model): a
+//! connection stays on the thread that accepted it. On one core this is the cheaper runtime for
+//! a proxy (less CPU per request than a multi-thread runtime; see BENCHMARKS.md). With
+//! [`ListenOptions::reuse_port`] each thread accepts from a `SO_REUSEPORT` socket of its own
+//! instead of the one shared socket, and [`ListenOptions::accept_filter`] closes chosen
 //! connections as soon as they are accepted ([`AcceptFilter`], e.g. from an access list).
 //!
 //! Every connection is held to [`ClientLimits`]: a total deadline for each request head, an
 //! idle limit between keep-alive requests, idle limits on reading a body and on writing to
-//! the client, and a cap on connections served at once. The defaults (nginx's timeouts, a
-//! 1024-connection cap) apply to [`spawn`] and [`spawn_threads`]; [`spawn_with`] and
-//! [`spawn_threads_with`] take other limits. See [`ClientLimits`] for the table and for which
-//! peer each default follows.
+//! the client, and a cap on connections served at once. [`spawn`] applies the defaults (nginx's
+//! timeouts, a 1024-connection cap); [`spawn_with`] takes other limits, alone or in
+//! [`ListenOptions`]. See [`ClientLimits`] for the table and for which peer each default
+//! follows.
 //!
-//! [`spawn_tls`] and [`spawn_threads_tls`] terminate TLS on the listener (see [`crate::tls`]);
-//! [`ListenOptions::tls`] does the same with the other options.
+//! [`ListenOptions::tls`] terminates TLS on the listener (see [`crate::tls`]).
 //!
 //! # Example
 //! ```no_run
@@ -50,8 +49,6 @@ use pingora_core::services::listening::Service as ListeningService;
 use pingora_core::services::Service as _;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
-
-use crate::tls::TlsConfig;
 
 mod accept_filter;
 mod connection;
@@ -89,11 +86,11 @@ pub struct RunningServer {
 enum Accepting {
     /// One accept loop on the caller's runtime.
     Task(Option<JoinHandle<()>>),
-    /// One accept loop per thread of [`spawn_threads`].
+    /// One accept loop per thread ([`ListenOptions::threads`]).
     Threads(ServerThreads),
 }
 
-/// The threads of [`spawn_threads`] and how to stop them.
+/// The threads of [`ListenOptions::threads`] and how to stop them.
 #[derive(Debug)]
 struct ServerThreads {
     threads: Vec<std::thread::JoinHandle<()>>,
@@ -104,7 +101,7 @@ struct ServerThreads {
 }
 
 /// Binds `addr` (e.g. `"127.0.0.1:0"`) and serves `app` on it from the current tokio runtime,
-/// with the default [`ClientLimits`].
+/// with the default [`ListenOptions`] (the default [`ClientLimits`], no TLS, no filter).
 ///
 /// `app` is any Pingora [`HttpServerApp`]: a [`ServeTower`](crate::ServeTower), or the
 /// `HttpProxy` that `pingora_proxy::http_proxy` builds around a `ProxyHttp`.
@@ -115,52 +112,37 @@ pub async fn spawn<A>(addr: &str, app: A) -> std::io::Result<RunningServer>
 where
     A: HttpServerApp + Send + Sync + 'static,
 {
-    spawn_with(addr, app, ClientLimits::default()).await
+    spawn_with(addr, app, ListenOptions::new()).await
 }
 
-/// [`spawn`] with these client timeouts and connection cap.
+/// [`spawn`] with these [`ListenOptions`], or just these [`ClientLimits`]: client timeouts
+/// and connection cap, an accept filter, TLS, and [`threads`](ListenOptions::threads) to serve
+/// from threads of its own instead of the current runtime.
+///
+/// With TLS the handshake is part of the request head for the limits: it must finish within
+/// the header timeout, and a connection counts against the cap from its accept.
 ///
 /// # Errors
-/// When a limit is zero (an [`InvalidClientLimit`] inside an `InvalidInput` error), or when
-/// `addr` does not parse or cannot be bound.
+/// When a limit is zero (an [`InvalidClientLimit`] inside an `InvalidInput` error), when
+/// `threads` is 0, when `addr` does not parse or cannot be bound, or when a runtime or thread
+/// cannot be created.
 pub async fn spawn_with<A>(
     addr: &str,
     app: A,
-    limits: ClientLimits,
+    options: impl Into<ListenOptions>,
 ) -> std::io::Result<RunningServer>
 where
     A: HttpServerApp + Send + Sync + 'static,
 {
-    spawn_with_options(addr, app, limits.into()).await
+    let options = options.into();
+    match options.threads {
+        Some(threads) => spawn_threads(addr, app, threads, options).await,
+        None => spawn_task(addr, app, options),
+    }
 }
 
-/// [`spawn_with`] terminating TLS with `tls` (see [`crate::tls`]). The handshake is part of
-/// the request head for the limits: it must finish within the header timeout, and a
-/// connection counts against the cap from its accept.
-///
-/// # Errors
-/// As [`spawn_with`].
-pub async fn spawn_tls<A>(
-    addr: &str,
-    app: A,
-    limits: ClientLimits,
-    tls: TlsConfig,
-) -> std::io::Result<RunningServer>
-where
-    A: HttpServerApp + Send + Sync + 'static,
-{
-    spawn_with_options(addr, app, ListenOptions::from(limits).tls(tls)).await
-}
-
-/// [`spawn`] with these [`ListenOptions`] (client limits, accept filter).
-///
-/// # Errors
-/// As [`spawn_with`].
-pub async fn spawn_with_options<A>(
-    addr: &str,
-    app: A,
-    options: ListenOptions,
-) -> std::io::Result<RunningServer>
+/// One accept loop on the current runtime.
+fn spawn_task<A>(addr: &str, app: A, options: ListenOptions) -> std::io::Result<RunningServer>
 where
     A: HttpServerApp + Send + Sync + 'static,
 {
@@ -184,62 +166,12 @@ where
     })
 }
 
-/// Like [`spawn`], but serves from `threads` new OS threads, each running its own
-/// current-thread tokio runtime and accept loop on the one listening socket. Everything a
-/// connection does (the app's futures, its timers) stays on the thread that accepted it.
-/// [`RunningServer::shutdown`] drains them like [`spawn`]'s and then ends the threads.
-///
-/// # Errors
-/// When `threads` is 0, when `addr` does not parse or cannot be bound, or when a runtime or
-/// thread cannot be created.
-pub async fn spawn_threads<A>(addr: &str, app: A, threads: usize) -> std::io::Result<RunningServer>
-where
-    A: HttpServerApp + Send + Sync + 'static,
-{
-    spawn_threads_with(addr, app, threads, ClientLimits::default()).await
-}
-
-/// [`spawn_threads`] with these client timeouts and connection cap (the cap counts the
-/// connections of every thread together).
-///
-/// # Errors
-/// As [`spawn_threads`], and when a limit is zero.
-pub async fn spawn_threads_with<A>(
-    addr: &str,
-    app: A,
-    threads: usize,
-    limits: ClientLimits,
-) -> std::io::Result<RunningServer>
-where
-    A: HttpServerApp + Send + Sync + 'static,
-{
-    spawn_threads_with_options(addr, app, threads, limits.into()).await
-}
-
-/// [`spawn_threads_with`] terminating TLS with `tls` (see [`crate::tls`]).
-///
-/// # Errors
-/// As [`spawn_threads_with`].
-pub async fn spawn_threads_tls<A>(
-    addr: &str,
-    app: A,
-    threads: usize,
-    limits: ClientLimits,
-    tls: TlsConfig,
-) -> std::io::Result<RunningServer>
-where
-    A: HttpServerApp + Send + Sync + 'static,
-{
-    spawn_threads_with_options(addr, app, threads, ListenOptions::from(limits).tls(tls)).await
-}
-
-/// [`spawn_threads`] with these [`ListenOptions`]: client limits, an accept filter, and with
-/// [`reuse_port`](ListenOptions::reuse_port) one `SO_REUSEPORT` socket per thread instead of
-/// one socket shared by all.
-///
-/// # Errors
-/// As [`spawn_threads`].
-pub async fn spawn_threads_with_options<A>(
+/// `threads` new OS threads, each running its own current-thread tokio runtime and accept loop
+/// on the one listening socket (or, with [`reuse_port`](ListenOptions::reuse_port), on a
+/// `SO_REUSEPORT` socket of its own). Everything a connection does (the app's futures, its
+/// timers) stays on the thread that accepted it. [`RunningServer::shutdown`] drains them like
+/// the single loop's and then ends the threads.
+async fn spawn_threads<A>(
     addr: &str,
     app: A,
     threads: usize,

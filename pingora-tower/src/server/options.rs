@@ -4,19 +4,20 @@ use super::accept_filter::AcceptFilter;
 use super::limits::ClientLimits;
 use crate::tls::TlsConfig;
 
-/// How [`spawn_with_options`](super::spawn_with_options) and
-/// [`spawn_threads_with_options`](super::spawn_threads_with_options) listen: the client
-/// limits, an accept-time filter, TLS, and (for threads) one `SO_REUSEPORT` socket per thread.
+/// How [`spawn_with`](super::spawn_with) listens: the client limits, an accept-time filter,
+/// TLS, and whether it serves from threads of its own (each with one `SO_REUSEPORT` socket,
+/// if asked).
 #[derive(Debug, Clone, Default)]
 pub struct ListenOptions {
     pub(super) limits: ClientLimits,
     pub(super) accept_filter: Option<AcceptFilter>,
     pub(super) reuse_port: bool,
     pub(super) tls: Option<TlsConfig>,
+    pub(super) threads: Option<usize>,
 }
 
 impl ListenOptions {
-    /// The default [`ClientLimits`], no filter, one shared socket.
+    /// The default [`ClientLimits`], no filter, no TLS, served from the current runtime.
     pub fn new() -> Self {
         Self::default()
     }
@@ -37,6 +38,15 @@ impl ListenOptions {
     /// filter, so a refused address costs no handshake, and within the header timeout.
     pub fn tls(mut self, tls: TlsConfig) -> Self {
         self.tls = Some(tls);
+        self
+    }
+
+    /// Serves from `threads` new OS threads, each running its own current-thread tokio runtime
+    /// and accept loop, instead of one accept loop on the caller's runtime. A connection, its
+    /// futures and its timers stay on the thread that accepted it; the connection cap counts
+    /// the connections of every thread together. `0` is refused when the server starts.
+    pub fn threads(mut self, threads: usize) -> Self {
+        self.threads = Some(threads);
         self
     }
 

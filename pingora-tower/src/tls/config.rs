@@ -23,7 +23,7 @@ use super::resolver::{CertSet, SniResolver};
 /// certificates ([`ClientAuth`]).
 ///
 /// Give it to [`ProxyBuilder::tls`](crate::proxy::ProxyBuilder::tls) or
-/// [`server::spawn_tls`](crate::server::spawn_tls). Clones share the certificates: a reload
+/// [`ListenOptions::tls`](crate::server::ListenOptions::tls). Clones share the certificates: a reload
 /// through one is seen by every listener built from any clone.
 #[derive(Clone)]
 pub struct TlsConfig {

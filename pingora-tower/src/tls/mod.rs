@@ -2,7 +2,7 @@
 //!
 //! - **Downstream**: a [`TlsConfig`] terminates TLS on a listener
 //!   ([`ProxyBuilder::tls`](crate::proxy::ProxyBuilder::tls),
-//!   [`server::spawn_tls`](crate::server::spawn_tls)): certificates chosen by SNI from a
+//!   [`ListenOptions::tls`](crate::server::ListenOptions::tls)): certificates chosen by SNI from a
 //!   [`CertSet`] (exact names, `*.` wildcards, a default), ALPN `h2` and `http/1.1`, optional
 //!   client certificates ([`ClientAuth`]), and [`TlsReloader`] to swap certificates without
 //!   dropping a connection (by call, file watch or signal). [`TlsInfo`] tells layers and
