@@ -116,7 +116,7 @@ async fn the_script_counts_like_the_in_process_limiter() {
     let key = KeyValue::from("alice");
     for remaining in [2, 1, 0] {
         match limiter.check_async(&key).await {
-            Decision::Allow(quota) => assert_eq!(quota.remaining(), remaining),
+            Decision::Allow(quota) => assert_eq!(quota.remaining(), Some(remaining)),
             other => panic!("expected Allow, got {other:?}"),
         }
     }
@@ -297,6 +297,58 @@ async fn lease_mode_stays_within_its_documented_bound() {
     assert_eq!(upstream.hits() as u64, admitted);
     pa.shutdown().await;
     pb.shutdown().await;
+}
+
+/// A request admitted without asking Redis (from a lease, or by the open failure policy) knows
+/// nothing of the bucket: its response names the policy but carries no `RateLimit` quota (a
+/// made-up `r=0` would tell a client to stop while it has tokens left). In both hosts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_admitted_without_redis_carry_no_made_up_quota() {
+    init_tracing();
+    let mut redis = RedisServer::start();
+    let upstream = Upstream1::start(None).await;
+    let leased = || {
+        RateLimitLayer::builder(100, Duration::from_secs(60))
+            .key(Key::Header(CLIENT))
+            .expose_headers(true)
+            .redis(
+                store(&redis)
+                    .lease(4, Duration::from_secs(30))
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+            .unwrap()
+    };
+    let (in_proxy, in_app) = (leased(), leased());
+    let p = proxy(upstream.addr, in_proxy.clone()).await;
+    let app = Upstream1::start(Some(in_app.clone())).await;
+    for (addr, client, layer) in [(p.local_addr(), "c", &in_proxy), (app.addr, "d", &in_app)] {
+        // The first asks Redis and takes a lease of 4: the bucket's state is known, 96 left.
+        let (status, first) = get(addr, client).await;
+        assert_eq!(status, StatusCode::OK);
+        let quota = first["ratelimit"].to_str().unwrap().to_owned();
+        assert!(quota.contains(";r=96;"), "{quota}");
+        // The next three spend the lease.
+        for _ in 0..3 {
+            let (status, headers) = get(addr, client).await;
+            assert_eq!(status, StatusCode::OK);
+            assert!(headers.contains_key("ratelimit-policy"));
+            assert_eq!(headers.get("ratelimit"), None, "{headers:?}");
+        }
+        assert_eq!(layer.redis_stats().unwrap().leased, 3);
+    }
+    p.shutdown().await;
+
+    let open = layer(store(&redis).on_failure(FailurePolicy::Open), 3);
+    let p = proxy(upstream.addr, open.clone()).await;
+    redis.kill();
+    let (status, headers) = get(p.local_addr(), "e").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(headers.contains_key("ratelimit-policy"));
+    assert_eq!(headers.get("ratelimit"), None, "{headers:?}");
+    assert!(open.redis_stats().unwrap().failed_open >= 1);
+    p.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,7 +18,7 @@ use crate::Rejection;
 
 /// `RateLimit-Policy` and `RateLimit` values for an admitted response, when `expose_headers` is
 /// on.
-pub(super) type QuotaHeaders = Option<(HeaderValue, HeaderValue)>;
+pub(super) type QuotaHeaders = Option<(HeaderValue, Option<HeaderValue>)>;
 
 pin_project! {
     /// Response future of [`RateLimit`](super::RateLimit): the inner future, a queued request
@@ -36,8 +36,9 @@ pin_project! {
 
 /// What a request other than a plain admitted one needs.
 enum Rest<S, B> {
-    /// Admitted: add these `RateLimit-Policy` and `RateLimit` values to the response.
-    Headers(HeaderValue, HeaderValue),
+    /// Admitted: add these `RateLimit-Policy` and (when known) `RateLimit` values to the
+    /// response.
+    Headers(HeaderValue, Option<HeaderValue>),
     /// Queued (boxed again: the request would make every variant as large).
     Waiting(Pin<Box<Waiting<S, B>>>),
     /// Rejected: answer `429`.
@@ -132,7 +133,9 @@ where
                 let mut res = ready!(fut.poll(cx))?;
                 if let Some(Rest::Headers(policy, quota)) = this.rest.take().map(|rest| *rest) {
                     res.headers_mut().insert(RATELIMIT_POLICY, policy);
-                    res.headers_mut().insert(RATELIMIT, quota);
+                    if let Some(quota) = quota {
+                        res.headers_mut().insert(RATELIMIT, quota);
+                    }
                 }
                 return Poll::Ready(Ok(res));
             }
@@ -153,12 +156,8 @@ where
                         return Poll::Pending;
                     };
                     let layer = &deciding.layer;
-                    let headers = |quota| {
-                        layer.exposes_headers().then(|| {
-                            let [(_, policy), (_, value)] = layer.quota_headers(&quota);
-                            (policy, value)
-                        })
-                    };
+                    let headers =
+                        |quota| layer.exposes_headers().then(|| layer.quota_headers(&quota));
                     match decision {
                         Decision::Allow(quota) => (svc, req, headers(quota)),
                         Decision::Delay { delay, quota } => {

@@ -30,6 +30,18 @@ pub(super) enum Verdict {
     Reject { retry_after: u64, reset: u64 },
 }
 
+/// The `reset` of [`Verdict::ALLOW_UNKNOWN`]; no bucket's, since no TAT runs that far ahead.
+pub(super) const UNKNOWN_RESET: u64 = u64::MAX;
+
+impl Verdict {
+    /// Admitted without the bucket's state (from a Redis lease, or by a failure policy that
+    /// admits): how many tokens are left, and when the bucket is full, is not known.
+    pub(super) const ALLOW_UNKNOWN: Verdict = Verdict::Allow {
+        slack: 0,
+        reset: UNKNOWN_RESET,
+    };
+}
+
 /// GCRA parameters, fixed when the layer is built.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Gcra {

@@ -5,13 +5,13 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::{HeaderName, HeaderValue};
+use http::header::HeaderValue;
 use http::HeaderMap;
 use tokio::time::Instant;
 use tower_layer::Layer;
 
 use super::error::{policy_value, quota_value, RATELIMIT, RATELIMIT_POLICY};
-use super::gcra::{Gcra, Verdict, MAX_SPAN};
+use super::gcra::{Gcra, Verdict, MAX_SPAN, UNKNOWN_RESET};
 use super::key::{self, IpPrefixes, Key, KeyValue};
 use super::limiter::{Limiter, RateLimitStats};
 use super::{ConfigError, RateLimit, RateLimited};
@@ -55,7 +55,9 @@ pub(super) enum Checked {
 /// The state of a key's bucket after an admitted request, for the `RateLimit` header.
 ///
 /// Kept in raw nanoseconds; the accessors convert on demand, so a caller that does not expose
-/// headers pays for no division.
+/// headers pays for no division. With the state in Redis, a request admitted from a lease or by
+/// [`FailurePolicy::Open`](super::redis::FailurePolicy::Open) did not see the bucket: its quota
+/// is not known, and the accessors return `None`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Quota {
     slack: u64,
@@ -65,13 +67,18 @@ pub struct Quota {
 
 impl Quota {
     /// Requests the key could still make right now without being delayed or rejected.
-    pub fn remaining(&self) -> u32 {
-        u32::try_from(self.slack / self.interval.max(1)).unwrap_or(u32::MAX)
+    pub fn remaining(&self) -> Option<u32> {
+        self.is_known()
+            .then(|| u32::try_from(self.slack / self.interval.max(1)).unwrap_or(u32::MAX))
     }
 
     /// Time until the key's bucket is full again.
-    pub fn reset(&self) -> Duration {
-        Duration::from_nanos(self.reset)
+    pub fn reset(&self) -> Option<Duration> {
+        self.is_known().then(|| Duration::from_nanos(self.reset))
+    }
+
+    fn is_known(&self) -> bool {
+        self.reset != UNKNOWN_RESET
     }
 }
 
@@ -592,20 +599,25 @@ impl RateLimitLayer {
         }
     }
 
-    /// The `RateLimit-Policy` and `RateLimit` header values for an admitted request's `quota`.
-    pub fn quota_headers(&self, quota: &Quota) -> [(HeaderName, HeaderValue); 2] {
-        [
-            (RATELIMIT_POLICY, self.shared.policy.clone()),
-            (RATELIMIT, quota_value(quota.remaining(), quota.reset())),
-        ]
+    /// The [`RATELIMIT_POLICY`] header value, and the [`RATELIMIT`] one for an admitted
+    /// request's `quota` when that is known (a made-up `r=0` would tell a client to stop while
+    /// its bucket has tokens left).
+    pub fn quota_headers(&self, quota: &Quota) -> (HeaderValue, Option<HeaderValue>) {
+        let quota = quota
+            .remaining()
+            .zip(quota.reset())
+            .map(|(remaining, reset)| quota_value(remaining, reset));
+        (self.shared.policy.clone(), quota)
     }
 
     /// Inserts [`quota_headers`](Self::quota_headers) into `headers` when
     /// [`expose_headers`](RateLimitBuilder::expose_headers) is on; does nothing otherwise.
     pub fn write_quota_headers(&self, quota: &Quota, headers: &mut HeaderMap) {
         if self.shared.expose_headers {
-            for (name, value) in self.quota_headers(quota) {
-                headers.insert(name, value);
+            let (policy, quota) = self.quota_headers(quota);
+            headers.insert(RATELIMIT_POLICY, policy);
+            if let Some(quota) = quota {
+                headers.insert(RATELIMIT, quota);
             }
         }
     }

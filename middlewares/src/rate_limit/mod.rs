@@ -334,10 +334,9 @@ impl<S> RateLimit<S> {
         S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
     {
         let headers = |quota| {
-            self.policy.exposes_headers().then(|| {
-                let [(_, policy), (_, value)] = self.policy.quota_headers(&quota);
-                (policy, value)
-            })
+            self.policy
+                .exposes_headers()
+                .then(|| self.policy.quota_headers(&quota))
         };
         match decision {
             Decision::Allow(quota) => {

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 #[cfg(feature = "redis")]
 use super::layer::Checked;
-use super::{Decision, KeyValue, Quota, RateLimitLayer};
+use super::{Decision, KeyValue, Quota, RateLimitLayer, RATELIMIT, RATELIMIT_POLICY};
 use crate::proxy_host::{Admission, PeerStep, ProxyPolicy};
 use crate::{Rejection, RequestInfo};
 
@@ -129,8 +129,10 @@ impl ProxyPolicy for RateLimitLayer {
         ctx: &mut RateLimitProxyCtx,
     ) -> Result<()> {
         if let Some(quota) = ctx.quota().filter(|_| self.exposes_headers()) {
-            for (name, value) in self.quota_headers(&quota) {
-                response.insert_header(name, value)?;
+            let (policy, quota) = self.quota_headers(&quota);
+            response.insert_header(RATELIMIT_POLICY, policy)?;
+            if let Some(quota) = quota {
+                response.insert_header(RATELIMIT, quota)?;
             }
         }
         Ok(())

@@ -52,6 +52,12 @@
 //! A call that timed out may still have been run by Redis: its token is then spent without the
 //! request being admitted by it (the failure policy decided instead).
 //!
+//! # Headers
+//! With [`expose_headers`](super::RateLimitBuilder::expose_headers), a response whose request
+//! Redis counted carries Redis' `RateLimit` quota (in lease mode, after the lease was taken). One
+//! admitted without a call (a leased token, the open failure policy) carries `RateLimit-Policy`
+//! only: its [`Quota`](super::Quota) is not known. Rejections always carry both.
+//!
 //! When to choose which mode, and what an outage does, at more length: `docs/redis-rate-limit.md`
 //! in the repository; measured costs: `BENCHMARKS.md`.
 //!
@@ -580,7 +586,7 @@ impl Remote {
             }
             Hint::Leased => {
                 bump(&self.counters.leased);
-                return Local::Decided(Verdict::Allow { slack: 0, reset: 0 });
+                return Local::Decided(Verdict::ALLOW_UNKNOWN);
             }
             Hint::Ask => {}
         }
@@ -678,7 +684,7 @@ impl Remote {
         match self.store.inner.failure {
             FailurePolicy::Open => {
                 bump(&self.counters.failed_open);
-                Verdict::Allow { slack: 0, reset: 0 }
+                Verdict::ALLOW_UNKNOWN
             }
             FailurePolicy::Closed => {
                 bump(&self.counters.failed_closed);
@@ -694,7 +700,7 @@ impl Remote {
                     Some(limiter) => {
                         limiter.step(key, nanos(now.saturating_duration_since(self.epoch)))
                     }
-                    None => Verdict::Allow { slack: 0, reset: 0 },
+                    None => Verdict::ALLOW_UNKNOWN,
                 }
             }
         }
