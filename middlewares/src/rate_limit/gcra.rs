@@ -33,6 +33,7 @@ pub(super) enum Verdict {
 /// The `reset` of [`Verdict::ALLOW_UNKNOWN`]; no bucket's, since no TAT runs that far ahead.
 pub(super) const UNKNOWN_RESET: u64 = u64::MAX;
 
+#[cfg(feature = "redis")]
 impl Verdict {
     /// Admitted without the bucket's state (from a Redis lease, or by a failure policy that
     /// admits): how many tokens are left, and when the bucket is full, is not known.
