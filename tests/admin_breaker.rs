@@ -4,69 +4,17 @@
 //! unknown keys create nothing, and without the opt-in nothing changes.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::any;
-use axum::Router;
 use http::Request;
 use pingora_tower::middleware::circuit_breaker::{
     CircuitBreakerHandle, CircuitBreakerLayer, State as BreakerState,
 };
 use pingora_tower::middleware::obs::Metrics;
 use pingora_tower::proxy::{PingoraProxy, Route, RunningProxy, Upstream};
-use pingora_tower::{server, ProxyConfigError, RunningServer, ServeTower};
+use pingora_tower::ProxyConfigError;
 use pingora_tower_test_support::*;
-
-/// An upstream that counts its requests and answers 200, or 500 while `failing`.
-#[derive(Default)]
-struct Backend {
-    hits: AtomicUsize,
-    failing: AtomicBool,
-}
-
-async fn answer(State(b): State<Arc<Backend>>) -> StatusCode {
-    b.hits.fetch_add(1, Ordering::SeqCst);
-    if b.failing.load(Ordering::SeqCst) {
-        StatusCode::INTERNAL_SERVER_ERROR
-    } else {
-        StatusCode::OK
-    }
-}
-
-struct Up {
-    server: RunningServer,
-    state: Arc<Backend>,
-}
-
-impl Up {
-    async fn start() -> Up {
-        init_tracing();
-        let state = Arc::new(Backend::default());
-        let app = Router::new()
-            .route("/{*path}", any(answer))
-            .route("/", any(answer))
-            .with_state(state.clone());
-        let server = server::spawn("127.0.0.1:0", ServeTower::new(app))
-            .await
-            .expect("upstream");
-        Up { server, state }
-    }
-    fn addr(&self) -> SocketAddr {
-        self.server.local_addr()
-    }
-    fn key(&self) -> String {
-        self.addr().to_string()
-    }
-    fn url(&self) -> String {
-        format!("http://{}", self.addr())
-    }
-    fn hits(&self) -> usize {
-        self.state.hits.load(Ordering::SeqCst)
-    }
-}
 
 /// `/` balanced over `a` and `b`, `/solo` to `c` alone; a breaker per backend that opens after
 /// three failures in a row; the admin listener on loopback.
@@ -74,13 +22,17 @@ struct Setup {
     proxy: RunningProxy,
     admin: SocketAddr,
     handle: CircuitBreakerHandle,
-    a: Up,
-    b: Up,
-    c: Up,
+    a: ScriptedUpstream,
+    b: ScriptedUpstream,
+    c: ScriptedUpstream,
 }
 
 async fn setup(control: bool) -> Setup {
-    let (a, b, c) = (Up::start().await, Up::start().await, Up::start().await);
+    let (a, b, c) = (
+        ScriptedUpstream::start().await,
+        ScriptedUpstream::start().await,
+        ScriptedUpstream::start().await,
+    );
     let metrics = Metrics::new();
     let breaker = CircuitBreakerLayer::builder()
         .consecutive_failures(3)
@@ -115,10 +67,10 @@ async fn setup(control: bool) -> Setup {
         assert_eq!(setup.get("/").await, StatusCode::OK);
     }
     assert_eq!(setup.get("/solo").await, StatusCode::OK);
-    assert!(setup.a.hits() > 0 && setup.b.hits() > 0);
+    assert!(setup.a.script.hits() > 0 && setup.b.script.hits() > 0);
     let keys = setup.handle.keys();
     for up in [&setup.a, &setup.b, &setup.c] {
-        assert!(keys.contains(&up.key()), "{keys:?}");
+        assert!(keys.contains(&up.breaker_key()), "{keys:?}");
     }
     setup
 }
@@ -159,12 +111,12 @@ impl Setup {
     }
 
     /// The `breaker` field `/status` shows for backend `up`.
-    async fn status_breaker(&self, up: &Up) -> String {
+    async fn status_breaker(&self, up: &ScriptedUpstream) -> String {
         let (status, _, json) = self.admin("GET", "/status").await;
         assert_eq!(status, StatusCode::OK);
         let field = format!(
             r#""address":"{}","weight":1,"healthy":true,"breaker":"#,
-            up.key()
+            up.breaker_key()
         );
         let at = json
             .find(&field)
@@ -180,7 +132,7 @@ impl Setup {
 #[tokio::test]
 async fn forced_open_backend_gets_no_traffic_until_reset() {
     let s = setup(true).await;
-    let a = s.a.key();
+    let a = s.a.breaker_key();
     let (status, body) = s.post(&format!("/breakers/{a}/open")).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(
@@ -203,12 +155,16 @@ async fn forced_open_backend_gets_no_traffic_until_reset() {
     }
 
     // Every request avoids `a`; `b` answers them all.
-    let (a_before, b_before) = (s.a.hits(), s.b.hits());
+    let (a_before, b_before) = (s.a.script.hits(), s.b.script.hits());
     for _ in 0..6 {
         assert_eq!(s.get("/").await, StatusCode::OK);
     }
-    assert_eq!(s.a.hits(), a_before, "a forced-open backend got traffic");
-    assert_eq!(s.b.hits(), b_before + 6);
+    assert_eq!(
+        s.a.script.hits(),
+        a_before,
+        "a forced-open backend got traffic"
+    );
+    assert_eq!(s.b.script.hits(), b_before + 6);
 
     // Only other methods than POST are refused, and they change nothing.
     let (status, allow, _) = s.admin("GET", &format!("/breakers/{a}/reset")).await;
@@ -225,17 +181,17 @@ async fn forced_open_backend_gets_no_traffic_until_reset() {
     for _ in 0..6 {
         assert_eq!(s.get("/").await, StatusCode::OK);
     }
-    assert!(s.a.hits() > a_before, "a serves again after reset");
+    assert!(s.a.script.hits() > a_before, "a serves again after reset");
 
     // The only backend of a route forced open: 503 without calling it.
-    let c = s.c.key();
+    let c = s.c.breaker_key();
     assert_eq!(
         s.post(&format!("/breakers/{c}/open")).await.0,
         StatusCode::OK
     );
-    let c_before = s.c.hits();
+    let c_before = s.c.script.hits();
     assert_eq!(s.get("/solo").await, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(s.c.hits(), c_before);
+    assert_eq!(s.c.script.hits(), c_before);
     assert_eq!(
         s.post(&format!("/breakers/{c}/reset")).await.0,
         StatusCode::OK
@@ -247,19 +203,23 @@ async fn forced_open_backend_gets_no_traffic_until_reset() {
 #[tokio::test]
 async fn forced_closed_backend_keeps_getting_traffic_while_it_fails() {
     let s = setup(true).await;
-    let c = s.c.key();
-    s.c.state.failing.store(true, Ordering::SeqCst);
+    let c = s.c.breaker_key();
+    s.c.script.answer_always(Some(500));
     let (status, body) = s.post(&format!("/breakers/{c}/closed")).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(
         body,
         format!(r#"{{"breaker":"{c}","state":"forced-closed"}}"#)
     );
-    let before = s.c.hits();
+    let before = s.c.script.hits();
     for _ in 0..8 {
         assert_eq!(s.get("/solo").await, StatusCode::INTERNAL_SERVER_ERROR);
     }
-    assert_eq!(s.c.hits(), before + 8, "every request reached the backend");
+    assert_eq!(
+        s.c.script.hits(),
+        before + 8,
+        "every request reached the backend"
+    );
     assert_eq!(s.handle.state(&c), Some(BreakerState::ForcedClosed));
     assert_eq!(s.status_breaker(&s.c).await, r#""closed""#);
 
@@ -284,9 +244,9 @@ async fn unknown_keys_are_404_and_create_no_breaker() {
         "/breakers/127.0.0.1:1/open".to_owned(),
         "/breakers/%5B%3A%3A1%5D%3A1/closed".to_owned(),
         "/breakers/nope/reset".to_owned(),
-        format!("/breakers/{}x/open", s.a.key()),
-        format!("/breakers/{}/explode", s.a.key()),
-        format!("/breakers/{}", s.a.key()),
+        format!("/breakers/{}x/open", s.a.breaker_key()),
+        format!("/breakers/{}/explode", s.a.breaker_key()),
+        format!("/breakers/{}", s.a.breaker_key()),
         "/breakers/".to_owned(),
     ] {
         let (status, body) = s.post(&path).await;
@@ -298,7 +258,10 @@ async fn unknown_keys_are_404_and_create_no_breaker() {
     );
     assert_eq!(s.handle.keys().len(), before, "the registry did not grow");
     for up in [&s.a, &s.b, &s.c] {
-        assert_eq!(s.handle.state(&up.key()), Some(BreakerState::Closed));
+        assert_eq!(
+            s.handle.state(&up.breaker_key()),
+            Some(BreakerState::Closed)
+        );
     }
     s.proxy.shutdown().await;
 }
@@ -307,16 +270,21 @@ async fn unknown_keys_are_404_and_create_no_breaker() {
 async fn without_the_opt_in_post_is_refused_and_nothing_changes() {
     let s = setup(false).await;
     for action in ["open", "closed", "reset"] {
-        let (status, body) = s.post(&format!("/breakers/{}/{action}", s.a.key())).await;
+        let (status, body) = s
+            .post(&format!("/breakers/{}/{action}", s.a.breaker_key()))
+            .await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
         assert!(body.contains("admin_breaker_control"), "{body}");
     }
-    assert_eq!(s.handle.state(&s.a.key()), Some(BreakerState::Closed));
-    let before = s.a.hits();
+    assert_eq!(
+        s.handle.state(&s.a.breaker_key()),
+        Some(BreakerState::Closed)
+    );
+    let before = s.a.script.hits();
     for _ in 0..4 {
         assert_eq!(s.get("/").await, StatusCode::OK);
     }
-    assert!(s.a.hits() > before, "a still serves");
+    assert!(s.a.script.hits() > before, "a still serves");
     // The read-only pages are as before.
     assert_eq!(s.admin("GET", "/status").await.0, StatusCode::OK);
     assert_eq!(
@@ -387,7 +355,7 @@ async fn each_override_is_logged_at_warn_with_key_and_state() {
         tracing::subscriber::set_default(tracing_subscriber::registry().with(overrides.clone()));
     tracing::callsite::rebuild_interest_cache();
     let s = setup(true).await;
-    let a = s.a.key();
+    let a = s.a.breaker_key();
     for action in ["open", "closed", "reset"] {
         assert_eq!(
             s.post(&format!("/breakers/{a}/{action}")).await.0,
@@ -414,7 +382,7 @@ async fn hostile_control_requests_get_clean_answers_and_change_nothing() {
     let s = setup(true).await;
     let before = s.handle.keys().len();
     let long = "9".repeat(4096);
-    let a = s.a.key();
+    let a = s.a.breaker_key();
     let post = |target: &str, rest: &str| format!("POST {target} HTTP/1.1\r\nHost: t\r\n{rest}");
     let no_body = "Content-Length: 0\r\n\r\n";
     for (raw, want) in [
@@ -444,7 +412,10 @@ async fn hostile_control_requests_get_clean_answers_and_change_nothing() {
     }
     assert_eq!(s.handle.keys().len(), before);
     for up in [&s.a, &s.b, &s.c] {
-        assert_eq!(s.handle.state(&up.key()), Some(BreakerState::Closed));
+        assert_eq!(
+            s.handle.state(&up.breaker_key()),
+            Some(BreakerState::Closed)
+        );
     }
     // Both listeners keep serving.
     assert_eq!(s.admin("GET", "/status").await.0, StatusCode::OK);

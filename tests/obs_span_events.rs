@@ -4,15 +4,11 @@
 //! each found under the span of the request that caused it, over real sockets. A policy whose
 //! span is disabled changes nothing.
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::any;
-use axum::Router;
 use http::Request;
 use pingora_tower::middleware::circuit_breaker::CircuitBreakerLayer;
 use pingora_tower::middleware::obs::Metrics;
@@ -21,9 +17,7 @@ use pingora_tower::middleware::rate_limit::RateLimitLayer;
 use pingora_tower::middleware::retry::RetryLayer;
 use pingora_tower::middleware::{self, Layered};
 use pingora_tower::proxy::{PingoraProxy, Route, Upstream};
-use pingora_tower::{server, RunningServer, ServeTower};
 use pingora_tower_test_support::*;
-use tokio::sync::Notify;
 use tower::layer::layer_fn;
 use tracing::span::{Attributes, Id};
 use tracing::{Event, Subscriber};
@@ -129,57 +123,20 @@ impl Capture {
     }
 }
 
-/// An upstream answering the next scripted status (200 when none); `/slow` waits until
-/// released.
-#[derive(Default)]
-struct Script {
-    statuses: Mutex<VecDeque<u16>>,
-    release: Notify,
-}
-
-async fn scripted(State(script): State<Arc<Script>>, req: axum::extract::Request) -> StatusCode {
-    if req.uri().path().starts_with("/slow") {
-        script.release.notified().await;
-    }
-    let status = script.statuses.lock().unwrap().pop_front().unwrap_or(200);
-    StatusCode::from_u16(status).unwrap()
-}
-
-async fn upstream(script: Arc<Script>) -> RunningServer {
-    let app = Router::new()
-        .route("/{*path}", any(scripted))
-        .with_state(script);
-    server::spawn("127.0.0.1:0", ServeTower::new(app))
-        .await
-        .expect("upstream")
-}
-
-fn url(addr: SocketAddr) -> String {
-    format!("http://{addr}")
-}
-
 /// The capture installed on this thread, and an upstream answering `statuses` first.
-async fn setup(
-    statuses: &[u16],
-) -> (
-    Capture,
-    tracing::subscriber::DefaultGuard,
-    Arc<Script>,
-    RunningServer,
-) {
+async fn setup(statuses: &[u16]) -> (Capture, tracing::subscriber::DefaultGuard, ScriptedUpstream) {
     let capture = Capture::default();
     let guard = capture.install();
-    let script = Arc::new(Script::default());
-    script.statuses.lock().unwrap().extend(statuses);
-    let up = upstream(script.clone()).await;
-    (capture, guard, script, up)
+    let up = ScriptedUpstream::start().await;
+    up.script.queue(statuses);
+    (capture, guard, up)
 }
 
 /// A proxy with the `obs` layer (metrics on) and `layer`, routing `/` to `up`.
 macro_rules! proxy_with {
     ($up:expr, $layer:expr) => {
         PingoraProxy::builder("127.0.0.1:0")
-            .routes([Route::prefix("/", Upstream::new(url($up.local_addr())))])
+            .routes([Route::prefix("/", Upstream::new($up.url()))])
             .metrics(Metrics::new())
             .middleware($layer)
             .spawn()
@@ -223,7 +180,7 @@ fn assert_inside(capture: &Capture, target: &str, message: &str, id: &str) {
 
 #[tokio::test]
 async fn a_rate_limit_rejection_is_inside_the_rejected_requests_span() {
-    let (capture, _guard, _, up) = setup(&[]).await;
+    let (capture, _guard, up) = setup(&[]).await;
     let limiter = RateLimitLayer::builder(1, Duration::from_secs(60))
         .build()
         .unwrap();
@@ -241,11 +198,11 @@ async fn a_rate_limit_rejection_is_inside_the_rejected_requests_span() {
 
 #[tokio::test]
 async fn an_open_breakers_skip_and_503_are_inside_the_requests_span() {
-    let (capture, _guard, _, up) = setup(&[]).await;
+    let (capture, _guard, up) = setup(&[]).await;
     let breaker = CircuitBreakerLayer::builder().build().unwrap();
     let handle = breaker.handle();
     let proxy = proxy_with!(up, breaker);
-    handle.force_open(&up.local_addr().to_string());
+    handle.force_open(&up.breaker_key());
     let addr = proxy.local_addr();
     assert_eq!(
         get_with_id(addr, "/a", "cb-1").await,
@@ -269,7 +226,7 @@ async fn an_open_breakers_skip_and_503_are_inside_the_requests_span() {
 
 #[tokio::test]
 async fn a_breaker_opening_is_inside_the_span_of_the_request_that_opened_it() {
-    let (capture, _guard, _, up) = setup(&[500]).await;
+    let (capture, _guard, up) = setup(&[500]).await;
     let breaker = CircuitBreakerLayer::builder()
         .consecutive_failures(1)
         .build()
@@ -281,7 +238,7 @@ async fn a_breaker_opening_is_inside_the_span_of_the_request_that_opened_it() {
         get_with_id(addr, "/a", "cb-open").await,
         StatusCode::INTERNAL_SERVER_ERROR
     );
-    let key = up.local_addr().to_string();
+    let key = up.breaker_key();
     assert_eq!(
         handle.state(&key),
         Some(pingora_tower::middleware::circuit_breaker::State::Open)
@@ -298,7 +255,7 @@ async fn a_breaker_opening_is_inside_the_span_of_the_request_that_opened_it() {
 
 #[tokio::test]
 async fn a_retry_of_a_503_is_inside_the_requests_span() {
-    let (capture, _guard, _, up) = setup(&[503]).await;
+    let (capture, _guard, up) = setup(&[503]).await;
     let proxy = proxy_with!(up, middleware::retry(1));
     let addr = proxy.local_addr();
     assert_eq!(get_with_id(addr, "/a", "rt-1").await, StatusCode::OK);
@@ -310,7 +267,7 @@ async fn a_retry_of_a_503_is_inside_the_requests_span() {
 
 #[tokio::test]
 async fn a_retry_the_budget_refuses_is_inside_the_requests_span() {
-    let (capture, _guard, _, up) = setup(&[503]).await;
+    let (capture, _guard, up) = setup(&[503]).await;
     // No ratio and no floor: the budget refuses every retry.
     let retry = RetryLayer::builder(1).budget(0.0, 0).build().unwrap();
     let proxy = proxy_with!(up, retry);
@@ -331,14 +288,14 @@ async fn a_retry_the_budget_refuses_is_inside_the_requests_span() {
 
 #[tokio::test]
 async fn a_deadlines_504_is_inside_the_requests_span() {
-    let (capture, _guard, script, up) = setup(&[]).await;
+    let (capture, _guard, up) = setup(&[]).await;
     let proxy = proxy_with!(up, middleware::timeout(100));
     let addr = proxy.local_addr();
     assert_eq!(
         get_with_id(addr, "/slow", "to-1").await,
         StatusCode::GATEWAY_TIMEOUT
     );
-    script.release.notify_waiters();
+    up.script.release_all();
     assert_inside(&capture, "middlewares::timeout", "deadline passed", "to-1");
     proxy.shutdown().await;
     up.shutdown().await;
@@ -361,9 +318,9 @@ impl ProxyPolicy for DisabledSpan {
 
 #[tokio::test]
 async fn a_disabled_span_changes_nothing() {
-    let (capture, _guard, _, up) = setup(&[503]).await;
+    let (capture, _guard, up) = setup(&[503]).await;
     let proxy = PingoraProxy::builder("127.0.0.1:0")
-        .routes([Route::prefix("/", Upstream::new(url(up.local_addr())))])
+        .routes([Route::prefix("/", Upstream::new(up.url()))])
         .middleware(layer_fn(|inner| Layered::wrap(DisabledSpan, inner)))
         .middleware(middleware::rate_limit(2, 60_000))
         .middleware(middleware::retry(1))

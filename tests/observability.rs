@@ -2,14 +2,13 @@
 //! the admin listener, the same metrics in an axum app, trace context and request ids reaching
 //! the upstream, the request span's fields, and `promtool` accepting `/metrics`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::{Request as AxumRequest, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::routing::{any, get, post};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
 use axum::Router;
 use http::Request;
 use pingora_tower::middleware;
@@ -17,53 +16,8 @@ use pingora_tower::middleware::obs::{Metrics, ObsLayer};
 use pingora_tower::middleware::rate_limit::RateLimitLayer;
 use pingora_tower::middleware::retry::RetryLayer;
 use pingora_tower::proxy::{HealthCheck, PingoraProxy, Route, RunningProxy, Upstream};
-use pingora_tower::{server, RunningServer, ServeTower};
+use pingora_tower::{server, ServeTower};
 use pingora_tower_test_support::*;
-use tokio::sync::Notify;
-
-/// An upstream answering the next scripted status (200 when none), holding `/slow` until
-/// released, and keeping every request's headers.
-#[derive(Default)]
-struct Script {
-    statuses: Mutex<VecDeque<u16>>,
-    seen: Mutex<Vec<HeaderMap>>,
-    release: Notify,
-}
-
-async fn scripted(State(script): State<Arc<Script>>, req: AxumRequest) -> StatusCode {
-    script.seen.lock().unwrap().push(req.headers().clone());
-    if req.uri().path().starts_with("/slow") {
-        script.release.notified().await;
-    }
-    let status = script.statuses.lock().unwrap().pop_front().unwrap_or(200);
-    StatusCode::from_u16(status).unwrap()
-}
-
-struct Up {
-    server: RunningServer,
-    script: Arc<Script>,
-}
-
-impl Up {
-    async fn start() -> Up {
-        init_tracing();
-        let script = Arc::new(Script::default());
-        let app = Router::new()
-            .route("/{*path}", any(scripted))
-            .route("/", any(scripted))
-            .with_state(script.clone());
-        let server = server::spawn("127.0.0.1:0", ServeTower::new(app))
-            .await
-            .expect("upstream");
-        Up { server, script }
-    }
-    fn addr(&self) -> SocketAddr {
-        self.server.local_addr()
-    }
-    fn url(&self) -> String {
-        format!("http://{}", self.addr())
-    }
-}
 
 async fn get_status(addr: SocketAddr, path: &str) -> StatusCode {
     let res = tokio::time::timeout(HANG_GUARD, send(addr, get_request(addr, path)))
@@ -111,14 +65,18 @@ async fn admin_get(admin: SocketAddr, path: &str) -> (StatusCode, String) {
 /// Rate limit 6 per minute outermost, then a 300 ms timeout, one retry, a breaker per backend.
 struct Mix {
     proxy: RunningProxy,
-    main: Up,
-    slow: Up,
-    broken: Up,
+    main: ScriptedUpstream,
+    slow: ScriptedUpstream,
+    broken: ScriptedUpstream,
     dead: SocketAddr,
 }
 
 async fn mix() -> Mix {
-    let (main, slow, broken) = (Up::start().await, Up::start().await, Up::start().await);
+    let (main, slow, broken) = (
+        ScriptedUpstream::start().await,
+        ScriptedUpstream::start().await,
+        ScriptedUpstream::start().await,
+    );
     let dead = refusing_addr();
     let metrics = Metrics::new();
     let limiter = RateLimitLayer::builder(6, Duration::from_secs(60))
@@ -175,7 +133,7 @@ impl Mix {
         for _ in 0..3 {
             assert_eq!(get_status(addr, "/").await, StatusCode::OK);
         }
-        self.main.script.statuses.lock().unwrap().push_back(503);
+        self.main.script.queue(&[503]);
         assert_eq!(get_status(addr, "/").await, StatusCode::OK);
         assert_eq!(get_status(addr, "/slow").await, StatusCode::GATEWAY_TIMEOUT);
         assert_eq!(
@@ -183,11 +141,11 @@ impl Mix {
             StatusCode::SERVICE_UNAVAILABLE
         );
         assert_eq!(get_status(addr, "/").await, StatusCode::TOO_MANY_REQUESTS);
-        self.slow.script.release.notify_waiters();
+        self.slow.script.release_all();
     }
 
     async fn shutdown(self) {
-        self.slow.script.release.notify_waiters();
+        self.slow.script.release_all();
         self.proxy.shutdown().await;
     }
 }
@@ -197,7 +155,7 @@ async fn metrics_and_status_are_exactly_what_the_mix_implies() {
     let mix = mix().await;
     let admin = mix.proxy.admin_addr().expect("admin listener");
     mix.send().await;
-    assert_eq!(mix.broken.script.seen.lock().unwrap().len(), 0);
+    assert_eq!(mix.broken.script.seen().len(), 0);
 
     let (status, text) = admin_get(admin, "/metrics").await;
     assert_eq!(status, StatusCode::OK);
@@ -318,7 +276,7 @@ async fn metrics_and_status_are_exactly_what_the_mix_implies() {
 
 #[tokio::test]
 async fn no_admin_no_listener_and_no_route_labels() {
-    let up = Up::start().await;
+    let up = ScriptedUpstream::start().await;
     let proxy = PingoraProxy::builder("127.0.0.1:0")
         .routes([Route::prefix("/", Upstream::new(up.url()))])
         .spawn()
@@ -382,7 +340,7 @@ async fn traceparent_and_request_id_reach_the_upstream_and_the_span_has_route_an
     let _guard = tracing::subscriber::set_default(subscriber);
     tracing::callsite::rebuild_interest_cache();
 
-    let up = Up::start().await;
+    let up = ScriptedUpstream::start().await;
     // By default a client's request id is passed on and none is made.
     let proxy = PingoraProxy::builder("127.0.0.1:0")
         .routes([Route::prefix("/api", Upstream::new(up.url()))])
@@ -394,7 +352,7 @@ async fn traceparent_and_request_id_reach_the_upstream_and_the_span_has_route_an
         get_status(proxy.local_addr(), "/api/none").await,
         StatusCode::OK
     );
-    let seen = up.script.seen.lock().unwrap().pop().unwrap();
+    let seen = up.script.seen().pop().unwrap();
     assert!(!seen.contains_key("x-request-id"), "{seen:?}");
     proxy.shutdown().await;
 
@@ -421,7 +379,8 @@ async fn traceparent_and_request_id_reach_the_upstream_and_the_span_has_route_an
     // None sent: a request id is made (asked for above); no trace is started unless asked.
     assert_eq!(get_status(addr, "/api/other").await, StatusCode::OK);
 
-    let seen = up.script.seen.lock().unwrap().clone();
+    // The two requests after the first.
+    let seen = &up.script.seen()[1..];
     assert_eq!(seen.len(), 2);
     let tp = seen[0]["traceparent"].to_str().unwrap();
     assert!(
@@ -474,7 +433,7 @@ async fn traceparent_and_request_id_reach_the_upstream_and_the_span_has_route_an
         get_status(proxy.local_addr(), "/api/x").await,
         StatusCode::OK
     );
-    let seen = up.script.seen.lock().unwrap().last().cloned().unwrap();
+    let seen = up.script.seen().last().cloned().unwrap();
     let tp = seen["traceparent"].to_str().unwrap();
     assert_eq!(tp.len(), 55);
     assert_eq!(seen["x-correlation-id"].to_str().unwrap(), &tp[3..35]);
@@ -618,7 +577,7 @@ async fn the_demo_serves_its_metrics_on_the_admin_listener_it_prints() {
 /// proxy chose (the route table is asked again at logging).
 #[tokio::test]
 async fn routes_that_name_hosts_label_their_requests() {
-    let up = Up::start().await;
+    let up = ScriptedUpstream::start().await;
     let proxy = PingoraProxy::builder("127.0.0.1:0")
         .routes([
             Route::prefix("/", Upstream::new(up.url())).with_host("a.example"),

@@ -1,15 +1,12 @@
 //! The `middlewares` layers inside the Pingora reverse proxy, end to end: real TCP on
 //! 127.0.0.1, upstreams are axum apps on `ServeTower` that follow a script of statuses.
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::{Request as AxumRequest, State};
-use axum::http::{Method, StatusCode};
+use axum::http::StatusCode;
 use axum::routing::any;
 use axum::Router;
 use http::Request;
@@ -19,84 +16,8 @@ use pingora_tower::middleware::circuit_breaker::{
 };
 use pingora_tower::middleware::rate_limit::RateLimitLayer;
 use pingora_tower::proxy::{PingoraProxy, Route, RunningProxy, Upstream};
-use pingora_tower::{server, RunningServer, ServeTower};
+use pingora_tower::{server, ServeTower};
 use pingora_tower_test_support::*;
-use tokio::sync::Notify;
-
-/// An upstream that answers with the next scripted status (200 once the script is empty, or
-/// `always` when set), counts requests per method, and can hold requests until released.
-#[derive(Default)]
-struct Script {
-    statuses: Mutex<VecDeque<u16>>,
-    always: AtomicU16,
-    gets: AtomicUsize,
-    posts: AtomicUsize,
-    hold: AtomicBool,
-    entered: Notify,
-    release: Notify,
-    answered: AtomicBool,
-}
-
-impl Script {
-    fn hits(&self) -> usize {
-        self.gets.load(Ordering::SeqCst) + self.posts.load(Ordering::SeqCst)
-    }
-    fn queue(&self, statuses: &[u16]) {
-        self.statuses.lock().unwrap().extend(statuses);
-    }
-}
-
-async fn scripted(State(script): State<Arc<Script>>, req: AxumRequest) -> (StatusCode, Bytes) {
-    let counter = if req.method() == Method::POST {
-        &script.posts
-    } else {
-        &script.gets
-    };
-    counter.fetch_add(1, Ordering::SeqCst);
-    let body = axum::body::to_bytes(req.into_body(), usize::MAX)
-        .await
-        .unwrap_or_default();
-    if script.hold.load(Ordering::SeqCst) {
-        script.entered.notify_one();
-        script.release.notified().await;
-    }
-    let status = match script.always.load(Ordering::SeqCst) {
-        0 => script.statuses.lock().unwrap().pop_front().unwrap_or(200),
-        code => code,
-    };
-    script.answered.store(true, Ordering::SeqCst);
-    (StatusCode::from_u16(status).unwrap(), body)
-}
-
-struct Up {
-    server: RunningServer,
-    script: Arc<Script>,
-}
-
-impl Up {
-    async fn start() -> Up {
-        init_tracing();
-        let script = Arc::new(Script::default());
-        let app = Router::new()
-            .route("/{*path}", any(scripted))
-            .route("/", any(scripted))
-            .with_state(script.clone());
-        let server = server::spawn("127.0.0.1:0", ServeTower::new(app))
-            .await
-            .expect("upstream");
-        Up { server, script }
-    }
-    fn addr(&self) -> SocketAddr {
-        self.server.local_addr()
-    }
-    fn url(&self) -> String {
-        format!("http://{}", self.addr())
-    }
-    /// The key of this backend's breaker in the proxy.
-    fn breaker_key(&self) -> String {
-        self.addr().to_string()
-    }
-}
 
 fn post(addr: SocketAddr, path: &str, body: &'static str) -> Request<ClientBody> {
     Request::post(path)
@@ -114,7 +35,7 @@ async fn status_of(addr: SocketAddr, req: Request<ClientBody>) -> StatusCode {
 
 #[tokio::test]
 async fn retry_turns_two_503s_into_200_for_get_but_never_resends_a_post() {
-    let up = Up::start().await;
+    let up = ScriptedUpstream::start().await;
     let proxy = PingoraProxy::builder("127.0.0.1:0")
         .routes([Route::prefix("/", Upstream::new(up.url()))])
         .middleware(middleware::retry(2))
@@ -125,29 +46,21 @@ async fn retry_turns_two_503s_into_200_for_get_but_never_resends_a_post() {
 
     up.script.queue(&[503, 503]);
     assert_eq!(http_get(addr, "/thing").await.0, StatusCode::OK);
-    assert_eq!(
-        up.script.gets.load(Ordering::SeqCst),
-        3,
-        "two retries then success"
-    );
+    assert_eq!(up.script.gets(), 3, "two retries then success");
 
     up.script.queue(&[503, 503]);
     assert_eq!(
         status_of(addr, post(addr, "/thing", "once")).await,
         StatusCode::SERVICE_UNAVAILABLE
     );
-    assert_eq!(
-        up.script.posts.load(Ordering::SeqCst),
-        1,
-        "the POST reached the upstream once"
-    );
+    assert_eq!(up.script.posts(), 1, "the POST reached the upstream once");
     proxy.shutdown().await;
 }
 
 #[tokio::test]
 async fn retry_gives_up_after_max_retries_and_passes_the_last_answer() {
-    let up = Up::start().await;
-    up.script.always.store(502, Ordering::SeqCst);
+    let up = ScriptedUpstream::start().await;
+    up.script.answer_always(Some(502));
     let proxy = PingoraProxy::builder("127.0.0.1:0")
         .routes([Route::prefix("/", Upstream::new(up.url()))])
         .middleware(middleware::retry(2))
@@ -158,13 +71,13 @@ async fn retry_gives_up_after_max_retries_and_passes_the_last_answer() {
         http_get(proxy.local_addr(), "/").await.0,
         StatusCode::BAD_GATEWAY
     );
-    assert_eq!(up.script.gets.load(Ordering::SeqCst), 3);
+    assert_eq!(up.script.gets(), 3);
     proxy.shutdown().await;
 }
 
 #[tokio::test]
 async fn refused_connection_is_retried_on_the_other_backend() {
-    let up = Up::start().await;
+    let up = ScriptedUpstream::start().await;
     let refusing = format!("http://{}", refusing_addr());
     let proxy = PingoraProxy::builder("127.0.0.1:0")
         .routes([Route::prefix(
@@ -200,8 +113,11 @@ fn fast_breaker() -> CircuitBreakerLayer {
 
 #[tokio::test]
 async fn breaker_opens_a_failing_backend_and_closes_it_after_recovery() {
-    let (bad, good) = (Up::start().await, Up::start().await);
-    bad.script.always.store(500, Ordering::SeqCst);
+    let (bad, good) = (
+        ScriptedUpstream::start().await,
+        ScriptedUpstream::start().await,
+    );
+    bad.script.answer_always(Some(500));
     let breaker = fast_breaker();
     let handle = breaker.handle();
     let proxy = PingoraProxy::builder("127.0.0.1:0")
@@ -237,7 +153,7 @@ async fn breaker_opens_a_failing_backend_and_closes_it_after_recovery() {
     );
 
     // The backend recovers; once the wait in open has passed a trial call closes the breaker.
-    bad.script.always.store(0, Ordering::SeqCst);
+    bad.script.answer_always(None);
     tokio::time::sleep(Duration::from_millis(1_050)).await;
     for _ in 0..20 {
         if handle.state(&bad.breaker_key()) == Some(BreakerState::Closed) {
@@ -258,7 +174,10 @@ async fn breaker_opens_a_failing_backend_and_closes_it_after_recovery() {
 
 #[tokio::test]
 async fn every_backend_open_answers_503_without_contacting_any() {
-    let (a, b) = (Up::start().await, Up::start().await);
+    let (a, b) = (
+        ScriptedUpstream::start().await,
+        ScriptedUpstream::start().await,
+    );
     let breaker = middleware::circuit_breaker(50, 10_000);
     let handle = breaker.handle();
     let proxy = PingoraProxy::builder("127.0.0.1:0")
@@ -282,7 +201,7 @@ async fn every_backend_open_answers_503_without_contacting_any() {
 
 #[tokio::test]
 async fn rate_limit_sixth_request_gets_429_and_the_upstream_saw_five() {
-    let up = Up::start().await;
+    let up = ScriptedUpstream::start().await;
     let proxy = PingoraProxy::builder("127.0.0.1:0")
         .routes([Route::prefix("/", Upstream::new(up.url()))])
         .middleware(middleware::rate_limit(5, 60_000))
@@ -315,7 +234,7 @@ async fn rate_limit_sixth_request_gets_429_and_the_upstream_saw_five() {
 
 #[tokio::test]
 async fn one_layer_value_shares_its_limiter_and_breakers_between_axum_and_the_proxy() {
-    let up = Up::start().await;
+    let up = ScriptedUpstream::start().await;
     let limiter = RateLimitLayer::builder(4, Duration::from_secs(60))
         .build()
         .unwrap();
@@ -365,8 +284,8 @@ async fn one_layer_value_shares_its_limiter_and_breakers_between_axum_and_the_pr
 
 #[tokio::test]
 async fn timeout_layer_answers_504_before_the_upstream_does() {
-    let up = Up::start().await;
-    up.script.hold.store(true, Ordering::SeqCst);
+    let up = ScriptedUpstream::start().await;
+    up.script.hold(true);
     let proxy = PingoraProxy::builder("127.0.0.1:0")
         .routes([Route::prefix("/", Upstream::new(up.url()))])
         .middleware(middleware::timeout(300))
@@ -377,17 +296,14 @@ async fn timeout_layer_answers_504_before_the_upstream_does() {
         .await
         .unwrap();
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
-    assert!(
-        !up.script.answered.load(Ordering::SeqCst),
-        "the upstream had not answered yet"
-    );
-    up.script.release.notify_one();
+    assert!(!up.script.answered(), "the upstream had not answered yet");
+    up.script.release_one();
     proxy.shutdown().await;
 }
 
 #[tokio::test]
 async fn four_layer_stack_proxies_bodies_unchanged() {
-    let up = Up::start().await;
+    let up = ScriptedUpstream::start().await;
     let proxy: RunningProxy = PingoraProxy::builder("127.0.0.1:0")
         .routes([Route::prefix("/", Upstream::new(up.url()))])
         .middleware(middleware::timeout(5_000))
@@ -684,7 +600,7 @@ async fn retry_per_try_timeout_retries_a_stalled_get_but_not_a_post() {
 #[tokio::test]
 async fn an_upload_outliving_the_request_deadline_is_cut_with_504() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let up = Up::start().await;
+    let up = ScriptedUpstream::start().await;
     let proxy = PingoraProxy::builder("127.0.0.1:0")
         .routes([Route::prefix("/", Upstream::new(up.url()))])
         .request_timeout(Duration::from_millis(300))
@@ -726,7 +642,7 @@ async fn an_upload_outliving_the_request_deadline_is_cut_with_504() {
     let seen = String::from_utf8_lossy(&seen);
     assert!(seen.starts_with("HTTP/1.1 504"), "{seen}");
     assert!(
-        !up.script.answered.load(Ordering::SeqCst),
+        !up.script.answered(),
         "the upstream never got the whole upload"
     );
     uploader.abort();

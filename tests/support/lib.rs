@@ -20,6 +20,9 @@ use tokio::sync::mpsc;
 pub type ClientBody = BoxBody<Bytes, Infallible>;
 
 pub mod redis_server;
+pub mod scripted;
+
+pub use scripted::{Script, ScriptedUpstream};
 
 /// A deadline for steps that would otherwise hang when the code under test is broken. It guards
 /// against deadlock only; no test asserts how long anything took.
