@@ -755,6 +755,15 @@ pub(super) fn write_millis(buf: &mut Vec<u8>, d: Duration) {
     buf.extend_from_slice(&three_digits((micros % 1000) as u32));
 }
 
+/// `d` in milliseconds rounded to the microsecond, for the `latency_ms` and `duration_ms` fields:
+/// the value [`write_millis`] writes, and one a text rendering shows short (`1.021`, where
+/// `as_secs_f64() * 1e3` shows `1.0206790000000001`).
+#[inline]
+pub(super) fn millis_f64(d: Duration) -> f64 {
+    let micros = d.as_secs() * 1_000_000 + u64::from(d.subsec_nanos() + 500) / 1000;
+    micros as f64 / 1e3
+}
+
 /// Appends `value` with three decimals, rounded half up, through integer arithmetic.
 pub(super) fn write_f64(buf: &mut Vec<u8>, value: f64) {
     if value.is_nan() {
@@ -1298,6 +1307,30 @@ mod tests {
         let mut buf = Vec::new();
         write_millis(&mut buf, Duration::from_micros(1_234_500));
         assert_eq!(buf, b"1234.500");
+    }
+
+    /// The fields' float milliseconds: written as the line writes them, shown short.
+    #[test]
+    fn float_millis_match_the_line_and_show_at_most_three_decimals() {
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        for i in 0..20_000u64 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // Every scale, from nanoseconds to days; exact half microseconds included.
+            let d = Duration::from_nanos(x % 10u64.pow((i % 15) as u32 + 1));
+            let (mut ints, mut floats) = (Vec::new(), Vec::new());
+            write_millis(&mut ints, d);
+            write_f64(&mut floats, millis_f64(d));
+            assert_eq!(ints, floats, "{d:?}");
+            let shown = millis_f64(d).to_string();
+            let decimals = shown.split_once('.').map_or(0, |(_, f)| f.len());
+            assert!(decimals <= 3, "{d:?} shown as {shown}");
+        }
+        assert_eq!(
+            millis_f64(Duration::from_nanos(1_020_679)).to_string(),
+            "1.021"
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tracing::Span;
 
+use super::access_log::millis_f64;
 use super::trace::RequestId;
 use super::{labels, Route, Shared, ACCESS_LOG_TARGET};
 
@@ -123,7 +124,7 @@ impl Finish {
         if !self.span.is_disabled() {
             self.span
                 .record("http.response.status_code", status.as_u16())
-                .record("latency_ms", latency.as_secs_f64() * 1e3);
+                .record("latency_ms", millis_f64(latency));
         }
         if let (Some(log), Some(access_log)) = (&self.log, &self.shared.access_log) {
             access_log.write_request(&super::RequestLine {
@@ -146,7 +147,7 @@ impl Finish {
                 method = self.method,
                 target = tracing::field::display(&log.target),
                 status = status.as_u16(),
-                duration_ms = latency.as_secs_f64() * 1e3,
+                duration_ms = millis_f64(latency),
                 request_id = self.request_id.as_ref().map(tracing::field::display),
                 "request"
             );

@@ -19,6 +19,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::Session;
 use tracing::Span;
 
+use super::access_log::millis_f64;
 use super::labels::{self, AttemptError};
 use super::trace::{self, RequestId, TraceContext};
 use super::{ActiveGuard, ObsLayer, RouteLabel, ACCESS_LOG_TARGET, ATTEMPT_TARGET, SPAN_TARGET};
@@ -182,9 +183,9 @@ impl ObsLayer {
                 server.address = backend,
                 status = outcome.ok(),
                 error_type = outcome.err().map(AttemptError::as_str),
-                connect_ms = reused.map(|_| connect.as_secs_f64() * 1e3),
+                connect_ms = reused.map(|_| millis_f64(connect)),
                 reused,
-                took_ms = took.as_secs_f64() * 1e3,
+                took_ms = millis_f64(took),
                 "upstream attempt"
             );
         }
@@ -349,7 +350,7 @@ impl ProxyPolicy for ObsLayer {
         if let Some(span) = ctx.enabled_span() {
             span.record("http.route", route)
                 .record("http.response.status_code", code)
-                .record("latency_ms", latency.as_secs_f64() * 1e3)
+                .record("latency_ms", millis_f64(latency))
                 .record("server.address", ctx.upstream.as_deref())
                 .record("attempts", ctx.attempts);
         }
@@ -377,7 +378,7 @@ impl ProxyPolicy for ObsLayer {
             target = tracing::field::display(&req.uri),
             status = code,
             bytes = session.body_bytes_sent(),
-            duration_ms = latency.as_secs_f64() * 1e3,
+            duration_ms = millis_f64(latency),
             upstream = ctx.upstream.as_deref(),
             attempts = ctx.attempts,
             request_id = ctx.request_id_ref().map(tracing::field::display),
