@@ -23,7 +23,9 @@
 # (one SO_REUSEPORT socket per thread), nor the rate limit alone in-process or in Redis,
 # `pingora-tower+rl`, `pingora-tower+redis`, `pingora-tower+redis-lease`, which start a
 # redis-server on REDIS_PORT (19379)), CARGO_TARGET_DIR, PROXY_CPU (1),
-# LOAD_CPU (0), KEEP_WORK=1 keeps the temp dir with the logs and configs. Every load run lasts
+# LOAD_CPU (0), FRESH (`full` or `resumed`: a new connection per request, with full or resumed
+# TLS handshakes, loadgen's `--fresh`; wrk then sends `Connection: close`), KEEP_WORK=1 keeps
+# the temp dir with the logs and configs. Every load run lasts
 # at most 10 s. REPORT (proxy): the name of the .csv/.md written (the plot is drawn for `proxy`
 # only).
 set -euo pipefail
@@ -42,6 +44,13 @@ CONTENDERS=${CONTENDERS:-direct pingora-plain pingora-server pingora-tower pingo
 PORT=${PORT:-19001}
 RESULTS=$PB_HERE/results
 REPORT=${REPORT:-proxy}
+FRESH=${FRESH:-}
+FRESH_ARGS=()
+WRK_ARGS=()
+if [[ -n $FRESH ]]; then
+  FRESH_ARGS=(--fresh "$FRESH")
+  WRK_ARGS=(-H "Connection: close")
+fi
 
 for secs in "$CPU_SECS" "$WRK_SECS" "$LAT_SECS"; do
   ((secs >= 1 && secs <= 10)) || pb_die "every run must last 1..10 s (got $secs)"
@@ -74,7 +83,7 @@ pb_log "upstream pid $UP_PID on 127.0.0.1:$UP_PORT (CPU $LOAD_CPU); work dir $PB
 echo "round,contender,offered_rps,achieved_rps,requests,errors,cpu_us_per_req,loaded_p50_us,loaded_p99_us,wrk_rps,wrk_errors,p50_us,p99_us" >"$CSV"
 
 # `--cacert` is used by https URLs only (the TLS contenders).
-loadgen() { taskset -c "$LOAD_CPU" "$PB_BIN/loadgen" --cacert "$PB_WORK/tls/cert.pem" "$@"; }
+loadgen() { taskset -c "$LOAD_CPU" "$PB_BIN/loadgen" --cacert "$PB_WORK/tls/cert.pem" "${FRESH_ARGS[@]}" "$@"; }
 
 # Measures contender $1 (pid $2 listening on $3) in round $4; appends one CSV row.
 measure() {
@@ -97,7 +106,7 @@ measure() {
   lat=$(loadgen --url "$url" --rate "$LAT_RATE" --duration "$LAT_SECS" --connections 1)
   echo "$round $name unloaded: $lat" >>"$RAW"
 
-  wrk_out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$WRK_CONNS" -d"${WRK_SECS}s" --timeout 2s "$url")
+  wrk_out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$WRK_CONNS" -d"${WRK_SECS}s" --timeout 2s "${WRK_ARGS[@]}" "$url")
   echo "$round $name wrk: $(tr '\n' ' ' <<<"$wrk_out")" >>"$RAW"
   wrk_rps=$(awk '/^Requests\/sec:/ { print $2 }' <<<"$wrk_out")
   wrk_err=$(awk '/Non-2xx or 3xx responses:/ { n += $NF } /Socket errors:/ { gsub(",", ""); n += $4 + $6 + $8 + $10 } END { print n + 0 }' <<<"$wrk_out")
@@ -131,7 +140,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
 done
 
 python3 "$PB_HERE/summarize.py" "$CSV" "$RESULTS/$REPORT.md" \
-  "rate $RATE req/s over $CONNS connections for $CPU_SECS s; wrk -t1 -c$WRK_CONNS -d${WRK_SECS}s; unloaded: 1 connection at $LAT_RATE req/s for $LAT_SECS s; $ROUNDS rounds"
+  "rate $RATE req/s over $CONNS connections${FRESH:+ (a new connection per request, $FRESH TLS handshakes)} for $CPU_SECS s; wrk -t1 -c$WRK_CONNS -d${WRK_SECS}s; unloaded: 1 connection at $LAT_RATE req/s for $LAT_SECS s; $ROUNDS rounds"
 if [[ $REPORT != proxy ]]; then
   :
 elif python3 -c 'import matplotlib' 2>/dev/null; then

@@ -3,11 +3,15 @@
 //!
 //! ```text
 //! loadgen --url http://127.0.0.1:19001/ [--connections 1]
-//!         (--rate R --duration S | --count N) [--cacert ca.pem]
+//!         (--rate R --duration S | --count N) [--cacert ca.pem] [--fresh full|resumed]
 //! ```
 //! - **TLS** (`--url https://…`): each connection does one TLS handshake (rustls, TLS 1.3,
 //!   ALPN `http/1.1`, the server's certificate verified against `--cacert`) and then carries
 //!   its keep-alive requests, so the handshake is amortised as with `wrk`.
+//! - **Connection churn** (`--fresh`): every request on a new connection, closed by the client
+//!   once the answer is read; its service time then includes the TCP connect and the TLS
+//!   handshake. `full`: every TLS handshake is a full one (no session resumption); `resumed`:
+//!   the client keeps the server's session tickets and resumes.
 //! - **Open loop** (`--rate`, `--duration`): request `i` is due at `start + i / R`; requests are
 //!   spread round robin over the connections, each connection sending its due requests one
 //!   after another (HTTP/1.1 has one request in flight per connection), so a slow server builds
@@ -22,7 +26,8 @@
 //! `ok`, `errors`, `unsent`, `elapsed_s`, `achieved_rps`, the service time (request written
 //! until the answer's last byte) `p50_us`, `p90_us`, `p99_us`, `max_us`, and the latency counted
 //! from when each request was due (`due_p50_us`, `due_p99_us`: includes queueing and the
-//! runtime's 1 ms timer granularity).
+//! runtime's 1 ms timer granularity), and the TLS handshakes done and resumed
+//! (`tls_handshakes`, `tls_resumed`).
 
 // A load generator schedules and times real requests: wall-clock `std::time::Instant` is the point.
 #![allow(clippy::disallowed_types)]
@@ -39,11 +44,13 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper::Request;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
+use rustls::HandshakeKind;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 const USAGE: &str = "loadgen --url http://127.0.0.1:19001/ [--connections 1] \
-                     (--rate R --duration S | --count N) [--cacert ca.pem]";
+                     (--rate R --duration S | --count N) [--cacert ca.pem] \
+                     [--fresh full|resumed]";
 
 /// How long one request may take before it counts as an error.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
@@ -57,10 +64,13 @@ struct Target {
     path: String,
     /// For `https://` URLs: the client configuration.
     tls: Option<TlsConnector>,
+    /// `--fresh`: a new connection per request.
+    fresh: bool,
 }
 
-/// A TLS client trusting only the certificates in `cacert`, offering HTTP/1.1.
-fn tls_connector(cacert: &str) -> Result<TlsConnector, common::BoxError> {
+/// A TLS client trusting only the certificates in `cacert`, offering HTTP/1.1, resuming
+/// sessions when `resume`.
+fn tls_connector(cacert: &str, resume: bool) -> Result<TlsConnector, common::BoxError> {
     let pem = std::fs::read(cacert).map_err(|e| format!("--cacert {cacert}: {e}"))?;
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_pemfile::certs(&mut &pem[..]) {
@@ -72,6 +82,9 @@ fn tls_connector(cacert: &str) -> Result<TlsConnector, common::BoxError> {
         .with_root_certificates(roots)
         .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    if !resume {
+        config.resumption = rustls::client::Resumption::disabled();
+    }
     Ok(TlsConnector::from(std::sync::Arc::new(config)))
 }
 
@@ -81,7 +94,11 @@ struct Tally {
     ok: u64,
     errors: u64,
     unsent: u64,
-    /// Nanoseconds from writing the request to reading the answer's last byte.
+    /// TLS handshakes done, and how many of them resumed a session.
+    handshakes: u64,
+    resumed: u64,
+    /// Nanoseconds from writing the request (with `--fresh`, from connecting) to reading the
+    /// answer's last byte.
     service_ns: Vec<u64>,
     /// Nanoseconds from when the request was due to its answer's last byte.
     due_ns: Vec<u64>,
@@ -116,11 +133,18 @@ fn main() -> Result<(), common::BoxError> {
     let addr: SocketAddr = authority
         .parse()
         .map_err(|e| format!("--url: need an IP:port authority ({e})"))?;
+    let (fresh, resume) = match args.opt("fresh").as_deref() {
+        None => (false, true),
+        Some("full") => (true, false),
+        Some("resumed") => (true, true),
+        Some(other) => return Err(format!("--fresh: full or resumed, not {other:?}").into()),
+    };
     let tls = match url.scheme_str() {
         Some("https") => Some(tls_connector(
             &args
                 .opt("cacert")
                 .ok_or("an https:// --url needs --cacert")?,
+            resume,
         )?),
         _ => None,
     };
@@ -129,6 +153,7 @@ fn main() -> Result<(), common::BoxError> {
         authority,
         path: url.path_and_query().map_or("/", |p| p.as_str()).to_owned(),
         tls,
+        fresh,
     };
     let connections: u64 = args.parse_or("connections", 1u64).max(1);
     let count: Option<u64> = args.opt("count").map(|_| args.parse_or("count", 0));
@@ -181,11 +206,13 @@ fn main() -> Result<(), common::BoxError> {
 
     let mut service: Vec<u64> = Vec::new();
     let mut due: Vec<u64> = Vec::new();
-    let (mut ok, mut errors, mut unsent) = (0, 0, 0);
+    let (mut ok, mut errors, mut unsent, mut handshakes, mut resumed) = (0, 0, 0, 0, 0);
     for t in tallies {
         ok += t.ok;
         errors += t.errors;
         unsent += t.unsent;
+        handshakes += t.handshakes;
+        resumed += t.resumed;
         service.extend(t.service_ns);
         due.extend(t.due_ns);
     }
@@ -194,7 +221,8 @@ fn main() -> Result<(), common::BoxError> {
     let us = |v: &[u64], p: f64| percentile(v, p) as f64 / 1_000.0;
     println!(
         "ok={ok} errors={errors} unsent={unsent} elapsed_s={elapsed:.3} achieved_rps={:.1} \
-         p50_us={:.1} p90_us={:.1} p99_us={:.1} max_us={:.1} due_p50_us={:.1} due_p99_us={:.1}",
+         p50_us={:.1} p90_us={:.1} p99_us={:.1} max_us={:.1} due_p50_us={:.1} due_p99_us={:.1} \
+         tls_handshakes={handshakes} tls_resumed={resumed}",
         if elapsed > 0.0 {
             ok as f64 / elapsed
         } else {
@@ -219,7 +247,10 @@ fn percentile(v: &[u64], p: f64) -> u64 {
     v[rank.min(v.len() - 1)]
 }
 
-async fn connect(target: &Target) -> Result<SendRequest<Empty<Bytes>>, common::BoxError> {
+/// A connection to the target, and for TLS whether its handshake resumed a session.
+async fn connect(
+    target: &Target,
+) -> Result<(SendRequest<Empty<Bytes>>, Option<bool>), common::BoxError> {
     let stream = TcpStream::connect(target.addr).await?;
     stream.set_nodelay(true)?;
     let Some(tls) = &target.tls else {
@@ -227,15 +258,16 @@ async fn connect(target: &Target) -> Result<SendRequest<Empty<Bytes>>, common::B
         tokio::spawn(async move {
             let _ = conn.await;
         });
-        return Ok(sender);
+        return Ok((sender, None));
     };
     let name = ServerName::from(target.addr.ip());
     let stream = tls.connect(name, stream).await?;
+    let resumed = stream.get_ref().1.handshake_kind() == Some(HandshakeKind::Resumed);
     let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
-    Ok(sender)
+    Ok((sender, Some(resumed)))
 }
 
 /// One request on `sender`: `Ok(true)` for `200` with its body read.
@@ -290,9 +322,16 @@ async fn run_connection(target: Target, plan: Plan) -> Tally {
                 None
             }
         };
+        let started = Instant::now();
         if sender.is_none() {
             match tokio::time::timeout(REQUEST_TIMEOUT, connect(&target)).await {
-                Ok(Ok(s)) => sender = Some(s),
+                Ok(Ok((s, tls))) => {
+                    sender = Some(s);
+                    if let Some(resumed) = tls {
+                        tally.handshakes += 1;
+                        tally.resumed += u64::from(resumed);
+                    }
+                }
                 failed => {
                     // The first failure of each connection says why (a TLS error, a refusal).
                     if tally.errors == 0 {
@@ -307,7 +346,12 @@ async fn run_connection(target: Target, plan: Plan) -> Tally {
             }
         }
         let Some(s) = sender.as_mut() else { continue };
-        let sent = Instant::now();
+        // With `--fresh` the connect and the handshake are part of the request's time.
+        let sent = if target.fresh {
+            started
+        } else {
+            Instant::now()
+        };
         let result = tokio::time::timeout(REQUEST_TIMEOUT, exchange(s, &target)).await;
         let done = Instant::now();
         match result {
@@ -327,6 +371,10 @@ async fn run_connection(target: Target, plan: Plan) -> Tally {
                 tally.errors += 1;
                 sender = None;
             }
+        }
+        if target.fresh {
+            // Dropping the sender ends the connection's task, which closes the socket.
+            sender = None;
         }
     }
     tally
