@@ -1285,20 +1285,23 @@ mod tests {
         }
     }
 
-    /// The integer milliseconds equal the float ones but on an exact half microsecond.
-    #[test]
-    fn millis_are_written_as_the_float_milliseconds() {
+    /// 20,000 pseudo-random durations (xorshift), of every scale from nanoseconds to
+    /// `10^digits` ns.
+    fn sample_durations(digits: u64) -> impl Iterator<Item = Duration> {
         let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-        for i in 0..20_000u64 {
-            // Every scale, from nanoseconds to hours.
+        (0..20_000u64).map(move |i| {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            let nanos = x % 10u64.pow((i % 13) as u32 + 1);
-            if nanos % 1000 == 500 {
-                continue;
-            }
-            let d = Duration::from_nanos(nanos);
+            Duration::from_nanos(x % 10u64.pow((i % digits) as u32 + 1))
+        })
+    }
+
+    /// The integer milliseconds equal the float ones but on an exact half microsecond.
+    #[test]
+    fn millis_are_written_as_the_float_milliseconds() {
+        // Up to hours.
+        for d in sample_durations(13).filter(|d| d.subsec_nanos() % 1000 != 500) {
             let (mut ints, mut floats) = (Vec::new(), Vec::new());
             write_millis(&mut ints, d);
             write_f64(&mut floats, d.as_secs_f64() * 1e3);
@@ -1312,13 +1315,8 @@ mod tests {
     /// The fields' float milliseconds: written as the line writes them, shown short.
     #[test]
     fn float_millis_match_the_line_and_show_at_most_three_decimals() {
-        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
-        for i in 0..20_000u64 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            // Every scale, from nanoseconds to days; exact half microseconds included.
-            let d = Duration::from_nanos(x % 10u64.pow((i % 15) as u32 + 1));
+        // Up to days, exact half microseconds included.
+        for d in sample_durations(15) {
             let (mut ints, mut floats) = (Vec::new(), Vec::new());
             write_millis(&mut ints, d);
             write_f64(&mut floats, millis_f64(d));
