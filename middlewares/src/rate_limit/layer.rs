@@ -55,9 +55,9 @@ pub(super) enum Checked {
 /// The state of a key's bucket after an admitted request, for the `RateLimit` header.
 ///
 /// Kept in raw nanoseconds; the accessors convert on demand, so a caller that does not expose
-/// headers pays for no division. With the state in Redis, a request admitted from a lease or by
-/// [`FailurePolicy::Open`](super::redis::FailurePolicy::Open) did not see the bucket: its quota
-/// is not known, and the accessors return `None`.
+/// headers pays for no division. With the state in Redis (feature `redis`), a request admitted
+/// from a lease or by the open failure policy did not see the bucket: its quota is not known,
+/// and the accessors return `None`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Quota {
     slack: u64,
