@@ -53,7 +53,7 @@ use std::fmt;
 use std::io::{self, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tracing::field::{Field, Visit};
@@ -145,10 +145,11 @@ impl AccessLog {
     }
 
     /// Holds lines in memory and writes them together once they reach `bytes`, or once the
-    /// oldest one held is `flush_every` old (checked as each line comes, so a quiet server
-    /// keeps its last lines until the next request, a [`flush`](Self::flush) or the drop of
-    /// the last handle and layer). Fewer writes per line, at the price of lines lost if the
-    /// process dies. `bytes == 0` writes every line at once.
+    /// oldest one held is `flush_every` old: checked as each line comes, and by a thread of
+    /// the log's own every `flush_every` (at least 10 ms), so a quiet server's last lines reach
+    /// the writer too. Fewer writes per line, at the price of the lines held when the process
+    /// dies without dropping the log or calling [`flush`](Self::flush). `bytes == 0` writes
+    /// every line at once.
     pub fn buffered(self, bytes: usize, flush_every: Duration) -> Self {
         self.sink.lock().batch = Some(Batch {
             bytes,
@@ -156,6 +157,7 @@ impl AccessLog {
             pending: Vec::new(),
             oldest: Duration::ZERO,
         });
+        spawn_flusher(Arc::downgrade(&self.sink), flush_every);
         self
     }
 
@@ -176,12 +178,7 @@ impl AccessLog {
     /// Writes the lines held by [`buffered`](Self::buffered) and flushes the writer.
     pub fn flush(&self) -> io::Result<()> {
         let mut out = self.sink.lock();
-        let out = &mut *out;
-        if let Some(batch) = &mut out.batch {
-            let result = out.writer.write_all(&batch.pending);
-            batch.pending.clear();
-            result?;
-        }
+        out.write_held()?;
         out.writer.flush()
     }
 
@@ -215,6 +212,25 @@ fn system_time() -> Duration {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
+}
+
+/// The thread behind [`AccessLog::buffered`]: every `flush_every`, writes the held lines that
+/// are that old; ends once the log is gone.
+fn spawn_flusher(sink: Weak<Sink>, flush_every: Duration) {
+    let period = flush_every.max(Duration::from_millis(10));
+    let flusher = move || {
+        let mut synced = None;
+        loop {
+            std::thread::sleep(period);
+            let Some(sink) = sink.upgrade() else { return };
+            let now = sink.clock.now(&mut synced);
+            sink.write_aged(now);
+        }
+    };
+    // Without the thread (none can be made) lines still go as the next ones come.
+    let _ = std::thread::Builder::new()
+        .name("access-log-flush".into())
+        .spawn(flusher);
 }
 
 /// Where a line's time comes from.
@@ -267,30 +283,40 @@ impl Sink {
     /// Writes (or holds) one finished line.
     fn write_line(&self, line: &[u8], now: Duration) {
         let mut out = self.lock();
-        let out = &mut *out;
         let Some(batch) = &mut out.batch else {
             if let Err(e) = out.writer.write_all(line) {
                 self.failed(&e, now);
             }
             return;
         };
-        if !batch.pending.is_empty() && batch.pending.len() + line.len() > batch.bytes {
-            let result = out.writer.write_all(&batch.pending);
-            batch.pending.clear();
-            if let Err(e) = result {
+        let overflows = !batch.pending.is_empty() && batch.pending.len() + line.len() > batch.bytes;
+        if overflows {
+            if let Err(e) = out.write_held() {
                 self.failed(&e, now);
             }
         }
-        if batch.pending.is_empty() {
+        let Some(batch) = &mut out.batch else { return };
+        // Threads take the lock out of time order: the batch's age is its earliest line's.
+        if batch.pending.is_empty() || now < batch.oldest {
             batch.oldest = now;
         }
         batch.pending.extend_from_slice(line);
-        // A clock stepped back counts as old: better a write too soon than lines held for hours.
-        let aged = now < batch.oldest || now - batch.oldest >= batch.flush_every;
-        if batch.pending.len() >= batch.bytes || aged {
-            let result = out.writer.write_all(&batch.pending);
-            batch.pending.clear();
-            if let Err(e) = result {
+        let full = batch.pending.len() >= batch.bytes;
+        if full || now - batch.oldest >= batch.flush_every {
+            if let Err(e) = out.write_held() {
+                self.failed(&e, now);
+            }
+        }
+    }
+
+    /// Writes the held lines that are `flush_every` old at `now` (the flusher thread's call).
+    fn write_aged(&self, now: Duration) {
+        let mut out = self.lock();
+        let aged = out.batch.as_ref().is_some_and(|batch| {
+            !batch.pending.is_empty() && now.saturating_sub(batch.oldest) >= batch.flush_every
+        });
+        if aged {
+            if let Err(e) = out.write_held() {
                 self.failed(&e, now);
             }
         }
@@ -309,23 +335,35 @@ impl Sink {
             .compare_exchange(last, secs, Ordering::Relaxed, Ordering::Relaxed)
             .is_ok()
         {
-            // Not a `tracing` event: this runs inside the dispatch of one, where tracing
-            // drops nested events.
-            eprintln!(
+            // Not a `tracing` event: this may run inside the dispatch of one. Not `eprintln!`
+            // either: it panics when stderr is gone, and this runs inside a request.
+            let _ = writeln!(
+                io::stderr().lock(),
                 "access log: a write failed ({e}); {errors} failed so far, their lines dropped"
             );
         }
     }
 }
 
+impl Out {
+    /// Writes the lines held in buffered mode (none otherwise); they are dropped if that fails.
+    fn write_held(&mut self) -> io::Result<()> {
+        let Some(batch) = &mut self.batch else {
+            return Ok(());
+        };
+        if batch.pending.is_empty() {
+            return Ok(());
+        }
+        let result = self.writer.write_all(&batch.pending);
+        batch.pending.clear();
+        result
+    }
+}
+
 impl Drop for Sink {
     fn drop(&mut self) {
         let out = self.out.get_mut().unwrap_or_else(PoisonError::into_inner);
-        if let Some(batch) = &mut out.batch {
-            if !batch.pending.is_empty() {
-                let _ = out.writer.write_all(&batch.pending);
-            }
-        }
+        let _ = out.write_held();
         let _ = out.writer.flush();
     }
 }
@@ -1138,8 +1176,36 @@ mod tests {
             );
             now.fetch_sub(60_000, Ordering::Relaxed);
             access_event("/5", None);
-            assert_eq!(out.writes(), 2, "a clock stepped back writes");
+            assert_eq!(
+                out.writes(),
+                1,
+                "the age counts from the earliest line held"
+            );
+            now.fetch_add(1_000, Ordering::Relaxed);
+            access_event("/6", None);
+            assert_eq!(
+                out.writes(),
+                2,
+                "a clock stepped back holds lines no longer"
+            );
         });
+    }
+
+    /// A quiet server's last lines reach the writer: the log's thread writes them once old.
+    #[test]
+    fn held_lines_are_written_without_another_line_coming() {
+        let out = Shared::default();
+        let log = AccessLog::new(out.clone()).buffered(1 << 20, Duration::from_millis(20));
+        with_log(&log, || access_event("/only", None));
+        // A bounded wait (up to 30 s) for the thread, not a measure of it.
+        for _ in 0..6_000 {
+            if out.writes() > 0 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(out.text().lines().count(), 1, "the held line was written");
+        assert_eq!(log.write_errors(), 0);
     }
 
     #[test]
