@@ -77,13 +77,7 @@ async fn setup(control: bool) -> Setup {
 
 impl Setup {
     async fn get(&self, path: &str) -> StatusCode {
-        let addr = self.proxy.local_addr();
-        let res = tokio::time::timeout(HANG_GUARD, send(addr, get_request(addr, path)))
-            .await
-            .expect("proxy answered");
-        let status = res.status();
-        body_text(res).await;
-        status
+        get_status(self.proxy.local_addr(), path).await
     }
 
     /// `method path` on the admin listener: status, `Allow` header and body.

@@ -19,15 +19,6 @@ use pingora_tower::proxy::{HealthCheck, PingoraProxy, Route, RunningProxy, Upstr
 use pingora_tower::{server, ServeTower};
 use pingora_tower_test_support::*;
 
-async fn get_status(addr: SocketAddr, path: &str) -> StatusCode {
-    let res = tokio::time::timeout(HANG_GUARD, send(addr, get_request(addr, path)))
-        .await
-        .expect("answered");
-    let status = res.status();
-    body_text(res).await;
-    status
-}
-
 async fn wait_unhealthy(proxy: &RunningProxy, addr: SocketAddr) {
     for _ in 0..400 {
         if proxy

@@ -94,6 +94,14 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (http::StatusCode, String
     (status, body_text(res).await)
 }
 
+/// The status of `GET http://addr{path}` (body read), bounded by [`HANG_GUARD`].
+pub async fn get_status(addr: SocketAddr, path: &str) -> http::StatusCode {
+    tokio::time::timeout(HANG_GUARD, http_get(addr, path))
+        .await
+        .expect("answered within the hang guard")
+        .0
+}
+
 /// A `GET` request for `path` with a `Host` header.
 pub fn get_request(addr: SocketAddr, path: &str) -> Request<ClientBody> {
     Request::get(path)
