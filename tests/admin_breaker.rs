@@ -82,12 +82,22 @@ impl Setup {
 
     /// `method path` on the admin listener: status, `Allow` header and body.
     async fn admin(&self, method: &str, path: &str) -> (StatusCode, Option<String>, String) {
-        let req = Request::builder()
-            .method(method)
-            .uri(path)
-            .header(http::header::HOST, self.admin.to_string())
-            .body(empty())
-            .unwrap();
+        let host = self.admin.to_string();
+        self.admin_with(method, path, &[("host", &host)]).await
+    }
+
+    /// [`admin`](Self::admin) with these headers (`Host` among them, or none).
+    async fn admin_with(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, Option<String>, String) {
+        let mut req = Request::builder().method(method).uri(path);
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        let req = req.body(empty()).unwrap();
         let res = tokio::time::timeout(HANG_GUARD, send(self.admin, req))
             .await
             .expect("admin answered");
@@ -288,6 +298,47 @@ async fn without_the_opt_in_post_is_refused_and_nothing_changes() {
     s.proxy.shutdown().await;
 }
 
+/// A web page the operator has open cannot force a breaker: a cross-site form post, a fetch
+/// from another site, or a DNS-rebound name are refused; curl-like requests still work.
+#[tokio::test]
+async fn requests_a_browser_sends_for_a_web_page_are_refused() {
+    let s = setup(true).await;
+    let path = format!("/breakers/{}/open", s.a.breaker_key());
+    let admin = s.admin.to_string();
+    let port = s.admin.port().to_string();
+    let rebound = format!("rebound.evil.example:{port}");
+    let from_pages: [&[(&str, &str)]; 4] = [
+        &[("host", &admin), ("origin", "https://evil.example")],
+        &[("host", &admin), ("origin", "null")],
+        &[("host", &admin), ("sec-fetch-site", "cross-site")],
+        &[("host", &rebound)],
+    ];
+    for headers in from_pages {
+        let (status, _, body) = s.admin_with("POST", &path, headers).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{headers:?}: {body}");
+        assert!(body.contains("refused"), "{body}");
+    }
+    assert_eq!(
+        s.handle.state(&s.a.breaker_key()),
+        Some(BreakerState::Closed),
+        "nothing changed"
+    );
+    let localhost = format!("localhost:{port}");
+    let v6 = format!("[::1]:{port}");
+    let from_tools: [&[(&str, &str)]; 4] = [
+        &[("host", &admin)],
+        &[("host", &localhost)],
+        &[("host", &v6)],
+        &[("host", &admin), ("sec-fetch-site", "none")],
+    ];
+    for headers in from_tools {
+        let reset = format!("/breakers/{}/reset", s.a.breaker_key());
+        let (status, _, body) = s.admin_with("POST", &reset, headers).await;
+        assert_eq!(status, StatusCode::OK, "{headers:?}: {body}");
+    }
+    s.proxy.shutdown().await;
+}
+
 #[test]
 fn breaker_control_without_admin_is_a_config_error_naming_both_settings() {
     let err = PingoraProxy::builder("127.0.0.1:0")
@@ -377,7 +428,8 @@ async fn hostile_control_requests_get_clean_answers_and_change_nothing() {
     let before = s.handle.keys().len();
     let long = "9".repeat(4096);
     let a = s.a.breaker_key();
-    let post = |target: &str, rest: &str| format!("POST {target} HTTP/1.1\r\nHost: t\r\n{rest}");
+    let post =
+        |target: &str, rest: &str| format!("POST {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n{rest}");
     let no_body = "Content-Length: 0\r\n\r\n";
     for (raw, want) in [
         // Raw brackets and colons of an IPv6 key (unknown here).

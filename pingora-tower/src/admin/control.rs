@@ -5,10 +5,16 @@
 //!
 //! Only existing breakers are found (an unknown key is `404` and creates nothing), so a caller
 //! cannot grow the breaker registry by naming addresses.
+//!
+//! A web page the operator has open must not reach these: a cross-site form `POST` to the
+//! loopback listener needs no CORS preflight, and a DNS-rebound name makes any page "same
+//! origin". So a request a browser sends on a page's behalf (one with `Origin`, or with
+//! `Sec-Fetch-Site` other than `none`) is refused, and so is one whose `Host` is a name other
+//! than `localhost` rather than an address. `curl` and scripts send neither header.
 
 use bytes::Bytes;
-use http::header::{HeaderValue, ALLOW};
-use http::{Method, Response, StatusCode};
+use http::header::{HeaderValue, ALLOW, HOST, ORIGIN};
+use http::{HeaderMap, Method, Response, StatusCode};
 use http_body_util::Full;
 use middlewares::circuit_breaker::Breaker;
 use middlewares::obs::Metrics;
@@ -54,12 +60,21 @@ pub(crate) fn answer(
     metrics: &Metrics,
     enabled: bool,
     method: &Method,
+    headers: &HeaderMap,
     rest: &str,
 ) -> Response<Full<Bytes>> {
     if !enabled {
         return text(
             StatusCode::FORBIDDEN,
             "breaker control is off (ProxyBuilder::admin_breaker_control)\n".into(),
+            "text/plain",
+        );
+    }
+    if let Some(why) = from_a_web_page(headers) {
+        tracing::warn!(why, "breaker control refused a request sent by a browser");
+        return text(
+            StatusCode::FORBIDDEN,
+            format!("breaker control refused: {why}\n"),
             "text/plain",
         );
     }
@@ -107,6 +122,40 @@ pub(crate) fn answer(
     json::string(&mut body, state);
     body.push('}');
     text(StatusCode::OK, body, "application/json")
+}
+
+/// Why a request looks sent by a browser for some web page (see the module docs), if it does.
+fn from_a_web_page(headers: &HeaderMap) -> Option<&'static str> {
+    if headers.contains_key(ORIGIN) {
+        return Some("the request has an Origin header");
+    }
+    if headers
+        .get("sec-fetch-site")
+        .is_some_and(|site| site.as_bytes() != b"none")
+    {
+        return Some("the request came from a web page (Sec-Fetch-Site)");
+    }
+    let host = headers.get(HOST).map(HeaderValue::as_bytes);
+    if host.is_some_and(|host| !is_address_or_localhost(host)) {
+        return Some("the Host header names neither an address nor localhost");
+    }
+    None
+}
+
+/// `host[:port]` where host is `localhost`, an IPv4 address or a bracketed IPv6 one.
+fn is_address_or_localhost(host: &[u8]) -> bool {
+    let Ok(host) = std::str::from_utf8(host) else {
+        return false;
+    };
+    let name = match host.strip_prefix('[') {
+        Some(v6) => {
+            return v6
+                .split_once(']')
+                .is_some_and(|(a, _)| a.parse::<std::net::Ipv6Addr>().is_ok())
+        }
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::Ipv4Addr>().is_ok()
 }
 
 fn usage() -> Response<Full<Bytes>> {

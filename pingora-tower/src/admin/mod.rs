@@ -92,6 +92,7 @@ impl Admin {
                 &self.inner.metrics,
                 self.breaker_control,
                 req.method(),
+                req.headers(),
                 rest,
             );
         }

@@ -300,9 +300,10 @@ impl<L> ProxyBuilder<L> {
     /// key being the backend's socket address (`127.0.0.1:9000`). Off by default, and then
     /// such requests are refused with `403`. Anyone who reaches the admin listener can then
     /// take a backend out of service (or keep a failing one in), so the listener must be on
-    /// loopback or a private network. The breakers are those whose handle was given to
-    /// `Metrics::watch_breakers` (see [`metrics`](Self::metrics)); an unknown key is `404`
-    /// and creates nothing. Without [`admin`](Self::admin), [`build`](Self::build) refuses it.
+    /// loopback or a private network. Requests a browser sends for a web page (with `Origin`,
+    /// or a `Host` that is a name other than `localhost`) are refused. The breakers are those
+    /// whose handle was given to `Metrics::watch_breakers` (see [`metrics`](Self::metrics));
+    /// an unknown key is `404` and creates nothing. Without [`admin`](Self::admin), [`build`](Self::build) refuses it.
     pub fn admin_breaker_control(mut self, enabled: bool) -> Self {
         self.obs.breaker_control = enabled;
         self
