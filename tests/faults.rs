@@ -77,6 +77,8 @@ enum Fault {
     CloseBeforeHead,
     /// Waits `SLOW`, then answers like `Answer`.
     Slow(&'static [u8]),
+    /// A `103 Early Hints` interim head, then this status with an empty body.
+    EarlyHintsThen(u16),
 }
 
 /// The first 4 bytes the mid-body faults send (of a declared 10).
@@ -192,6 +194,13 @@ async fn act(stream: &mut TcpStream, fault: Fault) -> bool {
         Fault::Status(code) => {
             let head = format!("HTTP/1.1 {code} Fault\r\nContent-Length: 0\r\n\r\n");
             stream.write_all(head.as_bytes()).await.is_ok()
+        }
+        Fault::EarlyHintsThen(code) => {
+            let heads = format!(
+                "HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n\
+                 HTTP/1.1 {code} Fault\r\nContent-Length: 0\r\n\r\n"
+            );
+            stream.write_all(heads.as_bytes()).await.is_ok()
         }
         Fault::ResetMidBody | Fault::TruncateMidBody => {
             let mut out = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n".to_vec();
@@ -880,6 +889,28 @@ async fn upstream_faults_do_open_the_breaker_so_the_counting_works() {
         let reply = exchange(proxy.addr(), &post_bytes("/fail", "x")).await;
         assert_clean(&reply, &[]);
     }
+    assert_eq!(
+        proxy.breaker.state(&up.breaker_key()),
+        Some(BreakerState::Open),
+        "{:?}",
+        proxy.breaker.metrics(&up.breaker_key())
+    );
+    let running = proxy.running;
+    tokio::time::timeout(DRAIN, running.shutdown())
+        .await
+        .expect("the proxy drained");
+}
+
+/// An interim `103` head is not the answer: the final `500` behind it is what the breaker
+/// counts (a layer that took the `103` for the response counted a success and missed it).
+#[tokio::test]
+async fn failures_behind_an_interim_head_still_open_the_breaker() {
+    let up = RawUpstream::start(|_: &Seen| Fault::EarlyHintsThen(500));
+    let proxy = Proxy::start(Upstream::new(up.url())).await;
+    for _ in 0..4 {
+        exchange(proxy.addr(), &post_bytes("/fail", "x")).await;
+    }
+    assert!(up.requests() >= 3, "the requests reached the upstream");
     assert_eq!(
         proxy.breaker.state(&up.breaker_key()),
         Some(BreakerState::Open),

@@ -381,11 +381,17 @@ where
         'life3: 'async_trait,
         Self: 'async_trait,
     {
-        if let Err(e) =
-            self.policy
-                .upstream_response_filter(session, upstream_response, &mut ctx.own)
-        {
-            return Box::pin(std::future::ready(Err(e)));
+        // Pingora passes interim heads (`100`, `103`) through here before the final one; a
+        // policy sees the answer only (`101` is final: the connection changes protocol).
+        let status = upstream_response.status;
+        let interim = status.is_informational() && status != http::StatusCode::SWITCHING_PROTOCOLS;
+        if !interim {
+            if let Err(e) =
+                self.policy
+                    .upstream_response_filter(session, upstream_response, &mut ctx.own)
+            {
+                return Box::pin(std::future::ready(Err(e)));
+            }
         }
         let LayerCtx { inner, own } = ctx;
         in_span(self.policy.span(own), move || {

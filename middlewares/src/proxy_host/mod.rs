@@ -254,8 +254,9 @@ pub trait ProxyPolicy: Send + Sync {
         Ok(())
     }
 
-    /// Before the inner proxy's `upstream_response_filter`, with the upstream's response head,
-    /// before anything of it goes downstream. `Err` aborts this attempt (Pingora then asks
+    /// Before the inner proxy's `upstream_response_filter`, with the upstream's final response
+    /// head, before anything of it goes downstream (interim heads, `100` and `103`, go to the
+    /// inner proxy only: no policy takes one for the answer). `Err` aborts this attempt (Pingora then asks
     /// `error_while_proxy` whether to retry; a retryable status becomes a retry this way).
     fn upstream_response_filter(
         &self,
