@@ -100,7 +100,7 @@ async fn mix() -> Mix {
         .admin("127.0.0.1:0")
         .metrics(metrics)
         .middleware(limiter)
-        .middleware(middleware::timeout(300))
+        .middleware(middleware::timeout(1_000))
         .middleware(retry)
         .middleware(breaker)
         .spawn()
@@ -169,6 +169,16 @@ async fn metrics_and_status_are_exactly_what_the_mix_implies() {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
     assert_eq!(total, 7.0, "{text}");
+    // Every request lands in the histogram's buckets, not only in its count.
+    assert_eq!(
+        sample(
+            &text,
+            "http_server_request_duration_seconds_bucket",
+            &format!(r#"{},le="+Inf""#, req("200", "/"))
+        ),
+        Some(4.0),
+        "{text}"
+    );
     assert_eq!(sample(&text, "http_server_active_requests", ""), Some(0.0));
 
     let attempt = |server: SocketAddr, code: &str, error: &str| {
@@ -217,6 +227,14 @@ async fn metrics_and_status_are_exactly_what_the_mix_implies() {
     assert_eq!(breaker(mix.broken.addr(), "closed"), Some(0.0));
     assert_eq!(breaker(main, "closed"), Some(1.0), "{text}");
     assert_eq!(breaker(main, "open"), Some(0.0));
+    // One timeout is no reason to open the slow backend's breaker.
+    assert_eq!(breaker(mix.slow.addr(), "closed"), Some(1.0), "{text}");
+    let transitions: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("pingora_tower_circuit_breaker_transitions_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(transitions, 1.0, "only the forced open: {text}");
     assert_eq!(
         sample(
             &text,
@@ -251,6 +269,10 @@ async fn metrics_and_status_are_exactly_what_the_mix_implies() {
             mix.broken.addr()
         ),
         r#"{"name":"/slow","#.to_owned(),
+        format!(
+            r#""address":"{}","weight":1,"healthy":true,"breaker":"closed""#,
+            mix.slow.addr()
+        ),
     ] {
         assert!(json.contains(&part), "{part} not in {json}");
     }

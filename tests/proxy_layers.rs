@@ -296,6 +296,7 @@ async fn timeout_layer_answers_504_before_the_upstream_does() {
         .await
         .unwrap();
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(up.script.hits(), 1, "the request reached the upstream");
     assert!(!up.script.answered(), "the upstream had not answered yet");
     up.script.release_one();
     proxy.shutdown().await;

@@ -85,6 +85,14 @@ impl Script {
     }
 
     async fn answer(State(script): State<Arc<Script>>, req: Request) -> (StatusCode, Bytes) {
+        let held = script.hold.load(Ordering::SeqCst) || req.uri().path().starts_with("/slow");
+        // Waiting for the release from before the request is counted: a test that saw it
+        // counted and then releases cannot miss it.
+        let release = script.release.notified();
+        tokio::pin!(release);
+        if held {
+            release.as_mut().enable();
+        }
         let counter = if req.method() == Method::POST {
             &script.posts
         } else {
@@ -92,12 +100,11 @@ impl Script {
         };
         counter.fetch_add(1, Ordering::SeqCst);
         lock(&script.seen).push(req.headers().clone());
-        let held = script.hold.load(Ordering::SeqCst) || req.uri().path().starts_with("/slow");
         let body = axum::body::to_bytes(req.into_body(), usize::MAX)
             .await
             .unwrap_or_default();
         if held {
-            script.release.notified().await;
+            release.await;
         }
         let status = match script.always.load(Ordering::SeqCst) {
             0 => lock(&script.statuses).pop_front().unwrap_or(200),
