@@ -170,9 +170,8 @@ mod tests {
         use tracing_subscriber::layer::SubscriberExt;
         let direct = Shared::default();
         let via_event = Shared::default();
-        let target: Uri = "/a%0a?b=c d"
-            .parse()
-            .unwrap_or_else(|_| Uri::from_static("/a?b=c"));
+        // A target that needs quoting and escaping in the line.
+        let target: Uri = "/a\"b?c=\u{e9}".parse().unwrap();
         let id = RequestId::Made(0x4bf92f3577b34da6a3ce929d0e0e4736);
         let client: SocketAddr = "10.0.0.1:4000".parse().unwrap();
         let error = std::io::Error::other("upstream \"gone\"");
@@ -211,6 +210,11 @@ mod tests {
             text.split_once(' ').unwrap().1.to_owned()
         };
         assert_eq!(strip(&direct), strip(&via_event));
+        assert!(
+            strip(&direct).contains(" target=\"/a\\\"b?c=\u{e9}\" "),
+            "{}",
+            strip(&direct)
+        );
         assert!(
             strip(&direct).contains(r#"error="upstream \"gone\"""#),
             "{}",
