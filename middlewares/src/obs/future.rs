@@ -38,14 +38,29 @@ pub(crate) struct LogFields {
 
 pin_project! {
     /// Response future of [`Obs`](super::Obs): the inner future, polled inside the request's
-    /// span.
+    /// span. Dropped before the response (the client went away), the request is recorded
+    /// with status `499`, as the proxy host and nginx record it.
     #[derive(Debug)]
     pub struct ResponseFuture<F> {
         #[pin]
         inner: F,
         finish: Option<Finish>,
     }
+
+    impl<F> PinnedDrop for ResponseFuture<F> {
+        fn drop(this: Pin<&mut Self>) {
+            if let Some(finish) = this.project().finish.take() {
+                finish.done(CLIENT_CLOSED);
+            }
+        }
+    }
 }
+
+/// nginx's "client closed request".
+const CLIENT_CLOSED: StatusCode = match StatusCode::from_u16(499) {
+    Ok(status) => status,
+    Err(_) => StatusCode::INTERNAL_SERVER_ERROR,
+};
 
 impl<F> ResponseFuture<F> {
     pub(crate) fn new(inner: F, finish: Finish) -> Self {
@@ -245,5 +260,18 @@ mod tests {
         assert_eq!(metrics.active_requests(), 1);
         drop(cancelled);
         assert_eq!(metrics.active_requests(), 0);
+        // Each counted once, the cancelled one as 499.
+        let text = metrics.render();
+        for status in ["200", "499"] {
+            let count = text
+                .lines()
+                .find(|l| {
+                    l.starts_with("http_server_request_duration_seconds_count")
+                        && l.contains(&format!("http_response_status_code=\"{status}\""))
+                })
+                .and_then(|l| l.rsplit(' ').next())
+                .unwrap_or_else(|| panic!("no {status} count in {text}"));
+            assert_eq!(count, "1", "{status}: {text}");
+        }
     }
 }

@@ -331,9 +331,6 @@ where
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let shared = &self.policy.shared;
         let start = shared.clock.now_nanos();
-        if let Some(m) = &shared.metrics {
-            m.request_began();
-        }
         let method = labels::method(req.method());
         let route = tower_route(&req);
         let (trace_ctx, client_id) = self.policy.incoming(req.headers());
@@ -384,6 +381,11 @@ where
             let _enter = span.enter();
             self.inner.call(req)
         };
+        // Counted in once the future that counts it out exists (a `call` that panics leaves
+        // the gauge as it was).
+        if let Some(m) = &shared.metrics {
+            m.request_began();
+        }
         ResponseFuture::new(
             inner,
             future::Finish {
