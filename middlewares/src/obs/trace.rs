@@ -9,8 +9,9 @@ pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 /// The default request id header.
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// Longest request id taken from a client; a longer one is replaced (it would bloat every log
-/// line and upstream request).
+/// Longest request id taken from a client (it would bloat every log line). A longer or
+/// unprintable one is not used: left out of logs and spans, and replaced upstream only when ids
+/// are generated (otherwise it goes upstream as sent, like any other header).
 pub const MAX_REQUEST_ID_LEN: usize = 128;
 
 /// A trace id that displays as 32 lowercase hex digits (formatted only when a subscriber
