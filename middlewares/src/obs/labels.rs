@@ -19,8 +19,9 @@ pub fn method(method: &Method) -> &'static str {
     }
 }
 
-/// The `http_response_status_code` label: the three digits of a valid status (100–999, what
-/// `http::StatusCode` can hold), read from a static table.
+/// The `http_response_status_code` label: the three digits of a common status, else its class
+/// (`1xx` to `5xx`), else `_OTHER` (600–999, which `http::StatusCode` also holds: not a server
+/// error).
 pub fn status(status: StatusCode) -> &'static str {
     // `StatusCode::as_str` borrows a static table but is typed with `self`'s lifetime; the
     // common statuses are spelled out, the rest share one bucket per class.
@@ -59,7 +60,8 @@ pub fn status(status: StatusCode) -> &'static str {
         2 => "2xx",
         3 => "3xx",
         4 => "4xx",
-        _ => "5xx",
+        5 => "5xx",
+        _ => "_OTHER",
     }
 }
 
@@ -103,6 +105,7 @@ mod tests {
         assert_eq!(status(StatusCode::OK), "200");
         assert_eq!(status(StatusCode::IM_A_TEAPOT), "4xx");
         assert_eq!(status(StatusCode::from_u16(599).unwrap()), "5xx");
-        assert_eq!(status(StatusCode::from_u16(999).unwrap()), "5xx");
+        assert_eq!(status(StatusCode::from_u16(999).unwrap()), "_OTHER");
+        assert_eq!(status(StatusCode::from_u16(600).unwrap()), "_OTHER");
     }
 }
