@@ -113,9 +113,13 @@ fn attempt_error(e: &Error) -> AttemptError {
     }
 }
 
-/// Most backend labels kept: backends come from the configuration, so this is only a bound
-/// against a proxy that makes peers up per request (their labels are then formatted each time).
+/// Most backend labels: backends come from the configuration, so this is only a bound against a
+/// proxy that makes peers up per request (from a client's `Host`, say). Past it, attempts to new
+/// addresses share the label `_OTHER`, so such a proxy adds no series either.
 const MAX_BACKEND_LABELS: usize = 1_024;
+
+static OTHER_BACKEND: std::sync::LazyLock<Arc<str>> =
+    std::sync::LazyLock::new(|| Arc::from("_OTHER"));
 
 /// Backend labels by address, so an attempt does not format its peer's address: a short list
 /// scanned under a read lock (a proxy has few backends).
@@ -132,12 +136,17 @@ impl BackendLabels {
                 return label.clone();
             }
         }
-        let label: Arc<str> = Arc::from(addr.to_string());
-        if let Ok(mut list) = self.0.write() {
-            if list.len() < MAX_BACKEND_LABELS && !list.iter().any(|(a, _)| *a == addr) {
-                list.push((addr, label.clone()));
-            }
+        let Ok(mut list) = self.0.write() else {
+            return Arc::from(addr.to_string());
+        };
+        if let Some((_, label)) = list.iter().find(|(a, _)| *a == addr) {
+            return label.clone();
         }
+        if list.len() >= MAX_BACKEND_LABELS {
+            return OTHER_BACKEND.clone();
+        }
+        let label: Arc<str> = Arc::from(addr.to_string());
+        list.push((addr, label.clone()));
         label
     }
 }
@@ -404,3 +413,27 @@ impl std::fmt::Display for ClientAddr<'_> {
 /// `traceparent` for Pingora's `insert_header`, which copies a `HeaderName`'s text on every
 /// call but takes a static string as is.
 const TRACEPARENT_NAME: &str = "traceparent";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_labels_past_the_bound_share_one() {
+        let labels = BackendLabels::default();
+        let peer = |n: usize| {
+            let addr = SocketAddr::from(([10, 0, (n >> 8) as u8, n as u8], 80));
+            HttpPeer::new(addr, false, String::new())
+        };
+        for n in 0..MAX_BACKEND_LABELS {
+            assert_eq!(&*labels.get(&peer(n)), peer(n).address().to_string());
+        }
+        assert_eq!(&*labels.get(&peer(MAX_BACKEND_LABELS)), "_OTHER");
+        assert_eq!(&*labels.get(&peer(MAX_BACKEND_LABELS + 1)), "_OTHER");
+        assert_eq!(
+            &*labels.get(&peer(3)),
+            "10.0.0.3:80",
+            "known ones keep theirs"
+        );
+    }
+}
