@@ -743,8 +743,23 @@ pub(super) fn write_value(buf: &mut Vec<u8>, value: &str) {
     }
 }
 
+/// The Unicode line and paragraph separators, and the invisible format characters a viewer acts
+/// on (zero-width ones, bidirectional overrides and isolates, the byte order mark): written raw,
+/// they could reorder or hide parts of a line on an operator's screen.
+fn is_invisible_format(c: char) -> bool {
+    matches!(
+        c,
+        '\u{2028}'
+            | '\u{2029}'
+            | '\u{200b}'..='\u{200f}'
+            | '\u{202a}'..='\u{202e}'
+            | '\u{2060}'..='\u{206f}'
+            | '\u{feff}'
+    )
+}
+
 /// Appends `"value"` with `"` and `\` escaped and every control character (C0, DEL, C1, and
-/// the Unicode line and paragraph separators) written as an escape.
+/// [the invisible format ones](is_invisible_format)) written as an escape.
 fn write_quoted(buf: &mut Vec<u8>, value: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     buf.push(b'"');
@@ -764,7 +779,7 @@ fn write_quoted(buf: &mut Vec<u8>, value: &str) {
                     HEX[usize::from(b & 0xf)],
                 ]);
             }
-            c if c.is_control() || c == '\u{2028}' || c == '\u{2029}' => {
+            c if c.is_control() || is_invisible_format(c) => {
                 // Every such character is below U+10000: four hex digits.
                 let n = u32::from(c);
                 buf.extend_from_slice(b"\\u");
@@ -976,7 +991,7 @@ mod tests {
         let log = AccessLog::new(out.clone());
         with_log(&log, || {
             access_event(
-                "/a\nts=forged status=200\r\n\"q\" k=v \\ \u{1b}[31m\u{7f}\u{9b}\u{2028}é\t",
+                "/a\nts=forged status=200\r\n\"q\" k=v \\ \u{1b}[31m\u{7f}\u{9b}\u{2028}é\t\u{202e}\u{200b}",
                 Some("id with=\"quote\""),
             );
         });
@@ -986,7 +1001,7 @@ mod tests {
         assert!(
             text.contains(
                 " target=\"/a\\nts=forged status=200\\r\\n\\\"q\\\" k=v \\\\ \\x1b[31m\\x7f\
-                 \\u009b\\u2028é\\t\" "
+                 \\u009b\\u2028é\\t\\u202e\\u200b\" "
             ),
             "{text}"
         );
