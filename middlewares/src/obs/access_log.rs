@@ -185,7 +185,7 @@ impl AccessLog {
     /// Writes one request's line directly, without a `tracing` event: the `obs` layer's fast
     /// path ([`ObsLayer::access_log`](super::ObsLayer::access_log)). Same line as the layer
     /// writes for the access event.
-    pub fn write_request(&self, request: &super::RequestLine<'_>) {
+    pub(crate) fn write_request(&self, request: &super::RequestLine<'_>) {
         let write = |line: &mut Line| {
             let now = self.sink.clock.now(&mut line.synced);
             line.start(now);

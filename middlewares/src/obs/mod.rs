@@ -74,7 +74,7 @@ pub use metrics::{
 };
 #[cfg(feature = "pingora")]
 pub use proxy::ObsCtx;
-pub use request_line::RequestLine;
+pub(crate) use request_line::RequestLine;
 
 use std::sync::Arc;
 use std::task::{Context, Poll};

@@ -18,7 +18,7 @@ use super::LogAddr;
 const LINE_ROOM: usize = 192;
 
 /// The fields of one access-log line, in the order they are written (absent ones left out).
-pub struct RequestLine<'a> {
+pub(crate) struct RequestLine<'a> {
     /// The client's address.
     pub client: Option<SocketAddr>,
     /// The method label (one of the fixed set, or `_OTHER`).
