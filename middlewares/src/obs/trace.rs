@@ -42,7 +42,8 @@ pub struct TraceContext {
 }
 
 impl TraceContext {
-    /// Continues the caller's trace when `headers` hold a valid version-00 `traceparent`.
+    /// Continues the caller's trace when `headers` hold a valid `traceparent` (version 00, or
+    /// a later one read as 00).
     pub fn continued(headers: &HeaderMap) -> Option<Self> {
         Self::continued_from(headers.get(&TRACEPARENT)?)
     }
@@ -249,8 +250,18 @@ fn unhex(s: &[u8]) -> Option<u128> {
 }
 
 /// `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`, ids non-zero (W3C Trace Context).
+/// A later version (`01` to `fe`) is read the same way, as the standard asks, and may carry more
+/// fields after another `-`; `ff` is invalid.
 fn parse(v: &[u8]) -> Option<(u128, u64, u8)> {
-    if v.len() != 55 || &v[..3] != b"00-" || v[35] != b'-' || v[52] != b'-' {
+    if v.len() < 55 || v[2] != b'-' || v[35] != b'-' || v[52] != b'-' {
+        return None;
+    }
+    let fits = match unhex(&v[..2])? {
+        0 => v.len() == 55,
+        0xff => false,
+        _ => v.len() == 55 || v[55] == b'-',
+    };
+    if !fits {
         return None;
     }
     let trace = unhex(&v[3..35])?;
@@ -286,8 +297,13 @@ mod tests {
         for bad in [
             "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
-            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
             "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            // Version 00 has exactly four fields; ff is no version.
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-more",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            // A later version's fourth field ends at the end or at a dash.
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01x",
+            "0g-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
             "garbage",
         ] {
             let mut h = HeaderMap::new();
@@ -296,6 +312,21 @@ mod tests {
             let t = TraceContext::from_headers(&h);
             assert_eq!(t.parent_id, None, "{bad}");
             assert_eq!(t.flags, 1);
+        }
+    }
+
+    #[test]
+    fn a_later_version_is_read_as_version_00() {
+        for later in [
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-what-the-future-adds",
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(TRACEPARENT, HeaderValue::from_static(later));
+            let t = TraceContext::continued(&h).unwrap_or_else(|| panic!("{later}"));
+            assert_eq!(t.trace_id, 0x4bf92f3577b34da6a3ce929d0e0e4736);
+            assert_eq!(t.parent_id, Some(0x00f067aa0ba902b7));
+            assert!(t.traceparent().to_str().unwrap().starts_with("00-"));
         }
     }
 
