@@ -144,7 +144,7 @@ async fn forced_open_backend_gets_no_traffic_until_reset() {
         format!(r#"{{"breaker":"{a}","state":"forced-open"}}"#)
     );
     assert_eq!(s.handle.state(&a), Some(BreakerState::ForcedOpen));
-    assert_eq!(s.status_breaker(&s.a).await, r#""open""#);
+    assert_eq!(s.status_breaker(&s.a).await, r#""forced_open""#);
     assert_eq!(s.status_breaker(&s.b).await, r#""closed""#);
     let (_, _, page) = s.admin("GET", "/").await;
     assert!(page.contains(&a), "the status page lists {a}");
@@ -225,7 +225,7 @@ async fn forced_closed_backend_keeps_getting_traffic_while_it_fails() {
         "every request reached the backend"
     );
     assert_eq!(s.handle.state(&c), Some(BreakerState::ForcedClosed));
-    assert_eq!(s.status_breaker(&s.c).await, r#""closed""#);
+    assert_eq!(s.status_breaker(&s.c).await, r#""forced_closed""#);
 
     // Back to automatic operation, the same failures open it.
     assert_eq!(
@@ -392,7 +392,7 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Overrides {
 }
 
 #[tokio::test]
-async fn each_override_is_logged_at_warn_with_key_and_state() {
+async fn each_override_is_logged_at_warn_with_key_state_and_client() {
     use tracing_subscriber::layer::SubscriberExt;
     let overrides = Overrides::default();
     // The current-thread test runtime runs the admin listener on this thread.
@@ -418,6 +418,7 @@ async fn each_override_is_logged_at_warn_with_key_and_state() {
             line.contains(&format!("breaker={a} ")) && line.contains(&format!("state={state} ")),
             "{line}"
         );
+        assert!(line.contains("client=127.0.0.1:"), "who did it: {line}");
     }
     s.proxy.shutdown().await;
 }

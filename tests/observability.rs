@@ -265,7 +265,7 @@ async fn metrics_and_status_are_exactly_what_the_mix_implies() {
             mix.dead
         ),
         format!(
-            r#""address":"{}","weight":1,"healthy":true,"breaker":"open""#,
+            r#""address":"{}","weight":1,"healthy":true,"breaker":"forced_open""#,
             mix.broken.addr()
         ),
         r#"{"name":"/slow","#.to_owned(),

@@ -456,8 +456,8 @@ impl Metrics {
         }
     }
 
-    /// Every watched breaker with its state label.
-    pub fn breaker_states(&self) -> Vec<(String, &'static str)> {
+    /// Every watched breaker with its state.
+    pub fn breaker_states(&self) -> Vec<(String, crate::circuit_breaker::State)> {
         let Ok(watched) = self.inner.watched.lock() else {
             return Vec::new();
         };
@@ -465,7 +465,7 @@ impl Metrics {
         for handle in watched.iter() {
             for key in handle.keys() {
                 if let Some(state) = handle.state(&key) {
-                    out.push((key, breaker_state_label(state)));
+                    out.push((key, state));
                 }
             }
         }
@@ -474,7 +474,7 @@ impl Metrics {
 
     fn refresh_breakers(&self) {
         for (key, state) in self.breaker_states() {
-            self.set_breaker_state(&key, state);
+            self.set_breaker_state(&key, breaker_state_label(state));
         }
     }
 }

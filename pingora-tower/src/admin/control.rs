@@ -61,6 +61,7 @@ pub(crate) fn answer(
     enabled: bool,
     method: &Method,
     headers: &HeaderMap,
+    client: Option<std::net::SocketAddr>,
     rest: &str,
 ) -> Response<Full<Bytes>> {
     if !enabled {
@@ -71,7 +72,11 @@ pub(crate) fn answer(
         );
     }
     if let Some(why) = from_a_web_page(headers) {
-        tracing::warn!(why, "breaker control refused a request sent by a browser");
+        tracing::warn!(
+            why,
+            client = client.map(tracing::field::display),
+            "breaker control refused a request sent by a browser"
+        );
         return text(
             StatusCode::FORBIDDEN,
             format!("breaker control refused: {why}\n"),
@@ -113,6 +118,7 @@ pub(crate) fn answer(
     tracing::warn!(
         breaker = breaker.key(),
         state,
+        client = client.map(tracing::field::display),
         "circuit breaker overridden from the admin listener"
     );
     let mut body = String::with_capacity(64);

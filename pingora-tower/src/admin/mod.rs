@@ -93,6 +93,7 @@ impl Admin {
                 self.breaker_control,
                 req.method(),
                 req.headers(),
+                req.extensions().get::<std::net::SocketAddr>().copied(),
                 rest,
             );
         }

@@ -60,8 +60,8 @@ pub(crate) fn render(view: &StatusView, metrics: &Metrics) -> String {
 <title>pingora-tower status</title><style>\
 body{{font:14px system-ui,sans-serif;margin:1.5em;color:#222}}h1{{font-size:1.3em}}\
 table{{border-collapse:collapse;margin:.5em 0 1.5em}}th,td{{border:1px solid #ccc;padding:.3em .7em;text-align:left}}\
-th{{background:#eee}}.up{{background:#c8f0c8}}.down{{background:#f5b5b5}}.open{{background:#f5b5b5}}\
-.half_open{{background:#f8e3a0}}.closed{{background:#c8f0c8}}.kpi{{display:inline-block;margin-right:2em}}\
+th{{background:#eee}}.up{{background:#c8f0c8}}.down{{background:#f5b5b5}}.open,.forced_open{{background:#f5b5b5}}\
+.half_open{{background:#f8e3a0}}.closed{{background:#c8f0c8}}.forced_closed{{background:#f8e3a0}}.kpi{{display:inline-block;margin-right:2em}}\
 .kpi b{{font-size:1.4em;display:block}}.spark{{display:inline-block;margin-right:2em}}\
 </style></head><body><h1>pingora-tower</h1><div>"
     );

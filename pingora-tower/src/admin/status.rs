@@ -4,7 +4,8 @@
 use std::fmt::Write;
 use std::sync::Arc;
 
-use middlewares::obs::Metrics;
+use middlewares::circuit_breaker::State;
+use middlewares::obs::{breaker_state_label, Metrics};
 use tokio::time::Instant;
 
 use super::json;
@@ -58,7 +59,8 @@ pub struct BackendView {
     pub weight: u32,
     /// Whether the balancer sends it traffic.
     pub healthy: bool,
-    /// Its breaker's state, when a breaker watched by the metrics has one for it.
+    /// Its breaker's state (`closed`, `open`, `half_open`, or `forced_open` / `forced_closed`
+    /// after an operator's override), when a breaker watched by the metrics has one for it.
     pub breaker: Option<&'static str>,
 }
 
@@ -81,7 +83,7 @@ pub(crate) fn collect(
         let breaker = breakers
             .iter()
             .find(|(key, _)| *key == address)
-            .map(|(_, state)| *state);
+            .map(|&(_, state)| status_label(state));
         if let Some(route) = routes.get_mut(b.route) {
             route.backends.push(BackendView {
                 url: b.url,
@@ -104,6 +106,16 @@ pub(crate) fn collect(
         retries: metrics.retries_total(),
         retry_budget_exhausted: metrics.retry_budget_exhausted_total(),
         routes,
+    }
+}
+
+/// A breaker's state as `/status` and the page show it: the gauge's label, but an operator's
+/// override is told apart (the gauge keeps its three states).
+fn status_label(state: State) -> &'static str {
+    match state {
+        State::ForcedOpen => "forced_open",
+        State::ForcedClosed => "forced_closed",
+        other => breaker_state_label(other),
     }
 }
 

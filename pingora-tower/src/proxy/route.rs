@@ -251,12 +251,12 @@ impl RouteTable {
         Ok(RouteTable { hosts, names_hosts })
     }
 
-    /// The index of the route for this canonical host (name only, no port) and canonical path.
     /// Whether some route names a host: otherwise the host plays no part in [`find`](Self::find).
     pub(crate) fn names_hosts(&self) -> bool {
         self.names_hosts
     }
 
+    /// The index of the route for this canonical host (name only, no port) and canonical path.
     pub(crate) fn find(&self, host: Option<&str>, path: &str) -> Option<usize> {
         self.hosts
             .iter()
