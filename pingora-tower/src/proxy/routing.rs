@@ -210,15 +210,23 @@ impl RoutingProxy {
         Rejected,
     > {
         let host = request_host(req)?.map(canonical::authority).transpose()?;
-        if !req.raw_path_is_utf8() {
-            return Err(Rejected("request target is not ASCII"));
-        }
-        let path = canonical::path(req.uri.path(), self.shared.hygiene.path)?;
+        let path = self.canonical_path(req)?;
         let found = self
             .shared
             .table
             .find(host.as_ref().map(canonical::Authority::name), &path);
         Ok((found, host, path))
+    }
+
+    /// The request's path, canonical (the target must be ASCII).
+    fn canonical_path<'r>(
+        &self,
+        req: &'r RequestHeader,
+    ) -> Result<std::borrow::Cow<'r, str>, Rejected> {
+        if !req.raw_path_is_utf8() {
+            return Err(Rejected("request target is not ASCII"));
+        }
+        canonical::path(req.uri.path(), self.shared.hygiene.path)
     }
 
     /// Whether a backend this request has not tried yet is healthy.
@@ -329,10 +337,7 @@ impl RouteOf for RoutingProxy {
         } else {
             // No route names a host: the path alone decides (a request refused for a malformed
             // host is then labelled with its path's route, as a refused `429` is).
-            if !req.raw_path_is_utf8() {
-                return None;
-            }
-            let path = canonical::path(req.uri.path(), self.shared.hygiene.path).ok()?;
+            let path = self.canonical_path(req).ok()?;
             self.shared.table.find(None, &path)
         };
         labels.get(found?).cloned()
