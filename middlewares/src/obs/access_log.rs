@@ -186,20 +186,7 @@ impl AccessLog {
     /// path ([`ObsLayer::access_log`](super::ObsLayer::access_log)). Same line as the layer
     /// writes for the access event.
     pub(crate) fn write_request(&self, request: &super::RequestLine<'_>) {
-        let write = |line: &mut Line| {
-            let now = self.sink.clock.now(&mut line.synced);
-            line.start(now);
-            request.append(&mut line.buf);
-            line.buf.push(b'\n');
-            self.sink.write_line(&line.buf, now);
-        };
-        let written = LINE.try_with(|cell| match cell.try_borrow_mut() {
-            Ok(mut line) => write(&mut line),
-            Err(_) => write(&mut Line::default()),
-        });
-        if written.is_err() {
-            write(&mut Line::default());
-        }
+        write_line(&self.sink, |buf| request.append(buf));
     }
 
     /// How many writes failed (each dropped its line, or its batch of lines).
@@ -481,15 +468,30 @@ struct Writer {
 
 impl<S: Subscriber> Layer<S> for Writer {
     fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
-        let written = LINE.try_with(|cell| match cell.try_borrow_mut() {
-            Ok(mut line) => line.write(&self.sink, event),
-            // A writer that logs an access event itself: a fresh buffer for the nested line.
-            Err(_) => Line::default().write(&self.sink, event),
-        });
-        if written.is_err() {
-            // The thread is exiting and its buffer is gone.
-            Line::default().write(&self.sink, event);
+        write_line(&self.sink, |buf| event.record(&mut Fields { buf }));
+    }
+}
+
+/// Writes one line to `sink`: the time, the fields `fields` appends, a newline; in the thread's
+/// buffer, or a fresh one when that is in use (a field's `Display` that logs an access event
+/// itself) or gone (the thread is exiting).
+fn write_line(sink: &Sink, fields: impl FnOnce(&mut Vec<u8>)) {
+    let mut fields = Some(fields);
+    let mut write = |line: &mut Line| {
+        if let Some(fields) = fields.take() {
+            let now = sink.clock.now(&mut line.synced);
+            line.start(now);
+            fields(&mut line.buf);
+            line.buf.push(b'\n');
+            sink.write_line(&line.buf, now);
         }
+    };
+    let written = LINE.try_with(|cell| match cell.try_borrow_mut() {
+        Ok(mut line) => write(&mut line),
+        Err(_) => write(&mut Line::default()),
+    });
+    if written.is_err() {
+        write(&mut Line::default());
     }
 }
 
@@ -511,14 +513,6 @@ impl Line {
         self.buf.clear();
         self.buf.extend_from_slice(b"ts=");
         self.clock.write(&mut self.buf, now);
-    }
-
-    fn write(&mut self, sink: &Sink, event: &Event<'_>) {
-        let now = sink.clock.now(&mut self.synced);
-        self.start(now);
-        event.record(&mut Fields { buf: &mut self.buf });
-        self.buf.push(b'\n');
-        sink.write_line(&self.buf, now);
     }
 }
 
