@@ -33,6 +33,14 @@ async fn wait_unhealthy(proxy: &RunningProxy, addr: SocketAddr) {
     panic!("{addr} never marked down");
 }
 
+/// The sum of every sample of `name` (all label sets) in a Prometheus text scrape.
+fn sum_of(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// The value of the sample `name{labels}` in a Prometheus text scrape (labels in the
 /// encoder's order: sorted by name).
 fn sample(text: &str, name: &str, labels: &str) -> Option<f64> {
@@ -163,11 +171,7 @@ async fn metrics_and_status_are_exactly_what_the_mix_implies() {
     assert_eq!(count(&req("503", "/open")), 1.0, "{text}");
     // Refused before any upstream work, still labelled with the route it asked for.
     assert_eq!(count(&req("429", "/")), 1.0, "{text}");
-    let total: f64 = text
-        .lines()
-        .filter(|l| l.starts_with("http_server_request_duration_seconds_count"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
+    let total: f64 = sum_of(&text, "http_server_request_duration_seconds_count");
     assert_eq!(total, 7.0, "{text}");
     // Every request lands in the histogram's buckets, not only in its count.
     assert_eq!(
@@ -194,11 +198,7 @@ async fn metrics_and_status_are_exactly_what_the_mix_implies() {
     assert_eq!(attempt(main, "200", ""), Some(4.0), "{text}");
     assert_eq!(attempt(main, "503", ""), Some(1.0), "{text}");
     assert_eq!(attempt(mix.slow.addr(), "", "timeout"), Some(1.0), "{text}");
-    let attempts: f64 = text
-        .lines()
-        .filter(|l| l.starts_with("http_client_request_duration_seconds_count"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
+    let attempts: f64 = sum_of(&text, "http_client_request_duration_seconds_count");
     assert_eq!(
         attempts, 6.0,
         "no attempt to the open or the dead backend:\n{text}"
@@ -229,11 +229,7 @@ async fn metrics_and_status_are_exactly_what_the_mix_implies() {
     assert_eq!(breaker(main, "open"), Some(0.0));
     // One timeout is no reason to open the slow backend's breaker.
     assert_eq!(breaker(mix.slow.addr(), "closed"), Some(1.0), "{text}");
-    let transitions: f64 = text
-        .lines()
-        .filter(|l| l.starts_with("pingora_tower_circuit_breaker_transitions_total"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
+    let transitions: f64 = sum_of(&text, "pingora_tower_circuit_breaker_transitions_total");
     assert_eq!(transitions, 1.0, "only the forced open: {text}");
     assert_eq!(
         sample(
